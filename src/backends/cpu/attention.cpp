@@ -1,0 +1,41 @@
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "backends/cpu/cpu_ops.h"
+
+namespace dsv::ops::cpu {
+
+void attention(const AttentionParams& p) {
+  const int64_t past = p.S - p.T;
+  std::vector<float> scores(static_cast<size_t>(p.S));
+  for (int64_t t = 0; t < p.T; ++t) {
+    const int64_t visible = past + t + 1;  // causal: keys 0 .. past + t
+    for (int64_t h = 0; h < p.H; ++h) {
+      const float* q = p.q + (t * p.H + h) * p.Dqk;
+      float max_score = -std::numeric_limits<float>::infinity();
+      for (int64_t s = 0; s < visible; ++s) {
+        const float* k = p.k + (s * p.H + h) * p.Dqk;
+        float dot = 0.0f;
+        for (int64_t d = 0; d < p.Dqk; ++d) dot += q[d] * k[d];
+        scores[s] = dot * p.scale;
+        max_score = std::max(max_score, scores[s]);
+      }
+      double denom = 0.0;
+      for (int64_t s = 0; s < visible; ++s) {
+        scores[s] = std::exp(scores[s] - max_score);
+        denom += scores[s];
+      }
+      const float inv = static_cast<float>(1.0 / denom);
+      float* out = p.out + (t * p.H + h) * p.Dv;
+      for (int64_t d = 0; d < p.Dv; ++d) out[d] = 0.0f;
+      for (int64_t s = 0; s < visible; ++s) {
+        const float w = scores[s] * inv;
+        const float* v = p.v + (s * p.H + h) * p.Dv;
+        for (int64_t d = 0; d < p.Dv; ++d) out[d] += w * v[d];
+      }
+    }
+  }
+}
+
+}  // namespace dsv::ops::cpu

@@ -1,0 +1,15 @@
+// CPU reference ops: plain fp32 loops (matrix products through OpenBLAS when built with it).
+// They are the specification every CUDA op is tested against. Params are validated by src/ops.
+#pragma once
+#include "ops/ops.h"
+
+namespace dsv::ops::cpu {
+
+void linear(const LinearParams& p);
+void rmsnorm(const RmsNormParams& p);
+void rope(const RopeParams& p);
+void attention(const AttentionParams& p);
+void swiglu(const SwigluParams& p);
+void route(const RouterParams& p);
+
+}  // namespace dsv::ops::cpu

@@ -1,0 +1,36 @@
+// Layer kinds of the DeepSeek-V2/V3 decoder (legend in model/config.h). Each takes normalized input
+// rows x[T, D] and writes out[T, D]; the residual adds happen in decoder_layer().
+#pragma once
+#include <vector>
+
+#include "core/tap.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "model/weights.h"
+
+namespace dsv::layers {
+
+// cos/sin of each rotary pair at T consecutive positions, times the YaRN attention factor.
+struct RopeTable {
+  int64_t tokens = 0, half = 0;
+  std::vector<float> cos, sin;  // [T, R/2]
+};
+RopeTable make_rope_table(const ModelConfig& c, int64_t first_position, int64_t T);
+
+// MLA: appends the T new latent rows to cache layer `cache_layer` at cache.length and attends over
+// cache rows [0, cache.length + T).
+void mla(const ModelConfig& c, const MlaWeights& w, const float* x, int64_t T, KvCache& cache, int64_t cache_layer,
+         const RopeTable& rope, float* out, const TapFn& tap, int64_t layer);
+
+void mlp(const ModelConfig& c, const MlpWeights& w, const float* x, int64_t T, float* out, bool accumulate);
+
+void moe(const ModelConfig& c, const MoeWeights& w, const float* x, int64_t T, float* out, const TapFn& tap,
+         int64_t layer);
+
+// x[T, D] is the residual stream, updated in place: x += attn(norm(x)); x += ffn(norm(x)).
+void decoder_layer(const ModelConfig& c, const LayerWeights& w, float* x, int64_t T, KvCache& cache,
+                   int64_t cache_layer, const RopeTable& rope, const TapFn& tap, int64_t layer);
+
+void rmsnorm_rows(const float* x, const Tensor& weight, int64_t rows, double eps, float* y);
+
+}  // namespace dsv::layers

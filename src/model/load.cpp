@@ -1,0 +1,135 @@
+// Checkpoint -> Weights through the name table: shape checks, dtype conversion, FP8 block dequant.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "core/error.h"
+#include "io/hf_names.h"
+#include "model/model.h"
+
+namespace dsv {
+namespace {
+
+// The release stores FP8 weights with one fp32 `weight_scale_inv` per (rows x cols) block:
+// w = fp8 * scale_inv[i / rows, j / cols].
+void dequantize_fp8_blocks(const TensorEntry& w, const TensorEntry& s, int64_t block_rows, int64_t block_cols,
+                           float* out) {
+  const int64_t rows = w.shape[0], cols = w.shape[1];
+  const int64_t srows = (rows + block_rows - 1) / block_rows, scols = (cols + block_cols - 1) / block_cols;
+  DSV_CHECK(s.shape.size() == 2 && s.shape[0] == srows && s.shape[1] == scols,
+            "{}: tensor \"{}\": expected shape [{}, {}] for {}x{} blocks of a [{}, {}] weight, found {}", *s.file,
+            s.name, srows, scols, block_rows, block_cols, rows, cols, shape_string(s.shape));
+  std::vector<float> scales(static_cast<size_t>(srows * scols));
+  convert_to_f32(s.dtype, s.data, scales.data(), scales.size());
+  const auto* q = w.data;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      out[i * cols + j] = e4m3_to_f32(q[i * cols + j]) * scales[(i / block_rows) * scols + j / block_cols];
+}
+
+int64_t count_mtp_modules(const ModelConfig& c, const Checkpoint& ckpt) {
+  int64_t n = 0;
+  while (ckpt.find(fmt::format("model.layers.{}.eh_proj.weight", c.num_hidden_layers + n))) ++n;
+  return n;
+}
+
+}  // namespace
+
+std::unique_ptr<Model> load_model(const std::string& dir) {
+  auto m = std::make_unique<Model>();
+  m->config = load_model_config(dir);
+  const ModelConfig& c = m->config;
+  m->checkpoint = std::make_unique<Checkpoint>(dir);
+  const Checkpoint& ckpt = *m->checkpoint;
+
+  const int64_t mtp_present = count_mtp_modules(c, ckpt);
+  // transformers writes num_nextn_predict_layers = 1 by default even without MTP weights: only
+  // modules that are actually stored are loaded; more stored than declared is a mismatch.
+  DSV_CHECK(mtp_present <= c.num_nextn_predict_layers,
+            "{}: checkpoint holds {} MTP module(s) but config.json declares num_nextn_predict_layers = {}", dir,
+            mtp_present, c.num_nextn_predict_layers);
+  const std::vector<WeightSlot> slots = hf_weight_table(c, mtp_present, m->weights);
+
+  // Pass 1: check names, shapes, dtypes; size the arena.
+  std::vector<std::string> problems;
+  std::set<std::string> consumed;
+  std::map<std::string, int64_t> dtype_counts;
+  int64_t arena_floats = 0;
+  std::vector<const TensorEntry*> entries(slots.size(), nullptr);
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const WeightSlot& s = slots[i];
+    const TensorEntry* e = ckpt.find(s.hf_name);
+    if (!e) {
+      problems.push_back(fmt::format("missing tensor \"{}\" (expected shape {})", s.hf_name, shape_string(s.shape)));
+      continue;
+    }
+    consumed.insert(s.hf_name);
+    if (e->shape != s.shape) {
+      problems.push_back(fmt::format("tensor \"{}\" has shape {}, expected {} (from config.json)", s.hf_name,
+                                     shape_string(e->shape), shape_string(s.shape)));
+      continue;
+    }
+    if (e->dtype == DType::I32 || e->dtype == DType::I64) {
+      problems.push_back(fmt::format("tensor \"{}\" has integer dtype {}, expected a float type", s.hf_name,
+                                     dtype_name(e->dtype)));
+      continue;
+    }
+    if (e->dtype == DType::F8_E4M3) {
+      const std::string scale_name = s.hf_name + "_scale_inv";
+      if (s.shape.size() != 2 || !ckpt.find(scale_name)) {
+        problems.push_back(fmt::format("FP8 tensor \"{}\" needs its block scales \"{}\"", s.hf_name, scale_name));
+        continue;
+      }
+      consumed.insert(scale_name);
+    }
+    dtype_counts[std::string(dtype_name(e->dtype))]++;
+    entries[i] = e;
+    const bool aligned = reinterpret_cast<uintptr_t>(e->data) % alignof(float) == 0;
+    if (e->dtype != DType::F32 || !aligned) arena_floats += e->numel();
+  }
+  for (const std::string& name : ckpt.names())
+    if (!consumed.count(name) && !hf_name_is_ignored(c, name))
+      problems.push_back(fmt::format("unexpected tensor \"{}\" {} (not part of a {} model with this config)", name,
+                                     shape_string(ckpt.get(name).shape), c.model_type));
+  if (!problems.empty()) {
+    std::string msg = fmt::format("{}: checkpoint does not match config.json ({} problem(s)):", dir, problems.size());
+    const size_t shown = std::min<size_t>(problems.size(), 20);
+    for (size_t i = 0; i < shown; ++i) msg += "\n  " + problems[i];
+    if (shown < problems.size()) msg += fmt::format("\n  ... and {} more", problems.size() - shown);
+    DSV_FAIL("{}", msg);
+  }
+
+  // Pass 2: point at fp32 weights in place; convert the rest into the arena.
+  m->arena.resize(static_cast<size_t>(arena_floats));
+  float* next = m->arena.data();
+  const int64_t block_rows = c.fp8_block_rows > 0 ? c.fp8_block_rows : 128;
+  const int64_t block_cols = c.fp8_block_cols > 0 ? c.fp8_block_cols : 128;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const TensorEntry& e = *entries[i];
+    Tensor& t = *slots[i].target;
+    t.shape = e.shape;
+    const bool aligned = reinterpret_cast<uintptr_t>(e.data) % alignof(float) == 0;
+    if (e.dtype == DType::F32 && aligned) {
+      t.data = reinterpret_cast<const float*>(e.data);
+      m->stats.zero_copy_bytes += static_cast<int64_t>(e.nbytes);
+    } else {
+      if (e.dtype == DType::F8_E4M3) {
+        dequantize_fp8_blocks(e, ckpt.get(slots[i].hf_name + "_scale_inv"), block_rows, block_cols, next);
+        m->stats.fp8_tensors++;
+      } else {
+        convert_to_f32(e.dtype, e.data, next, static_cast<size_t>(e.numel()));
+      }
+      t.data = next;
+      next += e.numel();
+      m->stats.converted_bytes += e.numel() * 4;
+    }
+    m->stats.tensors++;
+  }
+  if (c.tie_word_embeddings) m->weights.lm_head = m->weights.embed_tokens;
+  for (const auto& [name, n] : dtype_counts) m->stats.dtype_counts.emplace_back(name, n);
+  return m;
+}
+
+}  // namespace dsv

@@ -1,0 +1,61 @@
+// Model: config + weights (+ the mapped checkpoint and the arena that back them), and the CPU
+// forward pass over a latent KV cache. Model code is single-device; parallelism comes from outside.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tap.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace dsv {
+
+struct LoadStats {
+  int64_t tensors = 0;
+  int64_t zero_copy_bytes = 0;   // fp32 weights used in place from the mapped files
+  int64_t converted_bytes = 0;   // fp32 bytes written to the arena (bf16/f16/fp8 or misaligned)
+  int64_t fp8_tensors = 0;       // dequantized with weight_scale_inv
+  std::vector<std::pair<std::string, int64_t>> dtype_counts;  // checkpoint dtype -> tensors
+};
+
+struct Model {
+  ModelConfig config;
+  Weights weights;
+  LoadStats stats;
+  std::unique_ptr<Checkpoint> checkpoint;  // keeps the maps alive for zero-copy weights
+  std::vector<float> arena;                // converted weights, one allocation
+};
+
+// Loads config.json and the safetensors of `dir`, checking every tensor against the name table.
+std::unique_ptr<Model> load_model(const std::string& dir);
+
+// MLA latent cache: per layer and token, the normalized latent (C) followed by the roped shared key
+// (R): C + R floats, the whole per-token state MLA needs.
+struct KvCache {
+  int64_t layers = 0, width = 0, capacity = 0, length = 0;
+  std::vector<std::vector<float>> rows;  // [layer][capacity * width]
+
+  KvCache() = default;
+  KvCache(int64_t layers, int64_t width, int64_t capacity);
+  float* row(int64_t layer, int64_t position) { return rows[layer].data() + position * width; }
+};
+KvCache make_kv_cache(const ModelConfig& c, int64_t capacity);
+
+struct ForwardOptions {
+  bool all_logits = true;      // logits for every token; false: only the last one
+  float* logits = nullptr;     // [T or 1, V]
+  float* final_hidden = nullptr;  // optional [T, D]: hidden state after the final norm (MTP input)
+  TapFn tap;
+};
+
+// Runs T tokens starting at cache->length (positions cache->length ..), appends them to the cache.
+void forward(const Model& m, const int32_t* ids, int64_t T, KvCache& cache, const ForwardOptions& opt);
+
+// Teacher-forced MTP evaluation over a whole sequence: depth k (1-based) at index i predicts
+// ids[i + k + 1] from ids[i + k] and depth k-1's hidden state at i. Returns per depth [T - k, V].
+std::vector<std::vector<float>> mtp_logits(const Model& m, const int32_t* ids, int64_t T,
+                                           const float* final_hidden, const TapFn& tap = {});
+
+}  // namespace dsv

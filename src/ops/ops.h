@@ -1,0 +1,89 @@
+// Ops: one Params struct per op, passed with designated initializers. Pointers are fp32 on the CPU
+// backend; strides are in elements. Each op validates its Params before dispatching to a backend.
+// Accumulate contract (see docs/ARCHITECTURE.md): outputs are overwritten unless `accumulate` says +=.
+#pragma once
+#include <cstdint>
+
+#include "model/config.h"
+
+namespace dsv::ops {
+
+enum class Backend { Cpu, Cuda };
+
+struct Context {
+  Backend backend = Backend::Cpu;
+  void* stream = nullptr;  // cudaStream_t on the CUDA backend
+};
+
+// y[M, N] (+)= x[M, K] . w[N, K]^T + bias[N]        (torch.nn.functional.linear)
+struct LinearParams {
+  const float* x = nullptr;
+  const float* w = nullptr;
+  const float* bias = nullptr;  // optional
+  float* y = nullptr;
+  int64_t M = 0, N = 0, K = 0;
+  int64_t x_stride = 0;  // row stride of x; 0 means K
+  int64_t y_stride = 0;  // row stride of y; 0 means N
+  bool accumulate = false;
+};
+void linear(const Context& ctx, const LinearParams& p);
+
+// y[r, :] = weight * x[r, :] / sqrt(mean(x[r, :]^2) + eps)   (T5/DeepSeek RMSNorm, fp32)
+struct RmsNormParams {
+  const float* x = nullptr;
+  const float* weight = nullptr;
+  float* y = nullptr;  // may alias x
+  int64_t rows = 0, dim = 0;
+  int64_t x_stride = 0, y_stride = 0;  // 0 means dim
+  float eps = 1e-6f;
+};
+void rmsnorm(const Context& ctx, const RmsNormParams& p);
+
+// Rotates the R rope dims of `heads` vectors per token, in place.
+// x[t, h, offset : offset + R] with token stride `token_stride` and head stride `head_stride`;
+// cos/sin: [T, R/2] (already multiplied by the YaRN attention factor).
+struct RopeParams {
+  float* x = nullptr;
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  int64_t tokens = 0, heads = 0, rope_dim = 0;
+  int64_t token_stride = 0, head_stride = 0, offset = 0;
+  RopeLayout layout = RopeLayout::Interleaved;
+};
+void rope(const Context& ctx, const RopeParams& p);
+
+// Causal attention for T queries over S keys (the last T keys are the queries' own positions).
+// q[T, H, Dqk], k[S, H, Dqk], v[S, H, Dv] -> out[T, H, Dv]; query t sees keys 0 .. S - T + t.
+struct AttentionParams {
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  float* out = nullptr;
+  int64_t T = 0, S = 0, H = 0, Dqk = 0, Dv = 0;
+  float scale = 1.0f;
+};
+void attention(const Context& ctx, const AttentionParams& p);
+
+// out[n] = silu(gate[n]) * up[n]
+struct SwigluParams {
+  const float* gate = nullptr;
+  const float* up = nullptr;
+  float* out = nullptr;
+  int64_t n = 0;
+};
+void swiglu(const Context& ctx, const SwigluParams& p);
+
+// MoE routing: logits[T, E] (fp32) -> top-K expert indices and combine weights per token.
+struct RouterParams {
+  const float* logits = nullptr;
+  const float* correction_bias = nullptr;  // [E], SigmoidNoauxGroups only
+  int32_t* indices = nullptr;              // [T, K]
+  float* weights = nullptr;                // [T, K]
+  int64_t T = 0, E = 0, K = 0, n_group = 1, topk_group = 1;
+  RouterKind kind = RouterKind::SigmoidNoauxGroups;
+  bool norm_topk_prob = false;
+  float routed_scaling_factor = 1.0f;
+};
+void route(const Context& ctx, const RouterParams& p);
+
+}  // namespace dsv::ops

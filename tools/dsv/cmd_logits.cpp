@@ -1,0 +1,55 @@
+// dsv logits --model DIR --ids 1,2,3 --out FILE.npy: float32 logits [n_ids, vocab] of one forward pass.
+#include <fmt/format.h>
+
+#include "cli_util.h"
+#include "core/error.h"
+#include "commands.h"
+#include "io/npy.h"
+#include "model/model.h"
+
+namespace dsv::cli {
+namespace {
+
+struct LogitsArgs {
+  std::string model, ids, out, mtp_out, device = "cpu";
+};
+
+void run_logits(const LogitsArgs& a) {
+  DSV_CHECK(a.device == "cpu", "--device {}: only \"cpu\" is available in this build", a.device);
+  const std::vector<int32_t> ids = parse_id_list(a.ids, "--ids");
+  auto model = load_model(a.model);
+  const ModelConfig& c = model->config;
+  const int64_t T = static_cast<int64_t>(ids.size());
+  DSV_CHECK(T <= c.max_position_embeddings, "--ids: {} tokens exceed the model's context of {}", T,
+            c.max_position_embeddings);
+  std::vector<float> logits(static_cast<size_t>(T * c.vocab_size)), hidden(static_cast<size_t>(T * c.hidden_size));
+  KvCache cache = make_kv_cache(c, T);
+  forward(*model, ids.data(), T, cache, {.all_logits = true, .logits = logits.data(), .final_hidden = hidden.data()});
+  write_npy_f32(a.out, logits.data(), {T, c.vocab_size});
+  fmt::print(stderr, "wrote {} logits [{}, {}] to {}\n", c.model_type, T, c.vocab_size, a.out);
+  if (!a.mtp_out.empty()) {
+    DSV_CHECK(!model->weights.mtp.empty(), "--mtp-out: {} has no MTP modules (model.layers.{}.*)", a.model,
+              c.num_hidden_layers);
+    DSV_CHECK(T >= 2, "--mtp-out needs at least 2 ids (MTP predicts the token after next)");
+    const auto depths = mtp_logits(*model, ids.data(), T, hidden.data());
+    write_npy_f32(a.mtp_out, depths[0].data(), {T - 1, c.vocab_size});
+    fmt::print(stderr, "wrote MTP depth-1 logits [{}, {}] to {} (row i predicts ids[i + 2])\n", T - 1, c.vocab_size,
+               a.mtp_out);
+  }
+}
+
+}  // namespace
+
+void register_logits(CLI::App& app) {
+  static LogitsArgs a;
+  auto* cmd = app.add_subcommand("logits", "Write the float32 logits [n_ids, vocab] of one forward pass as .npy");
+  cmd->add_option("--model", a.model, "Hugging Face model directory")->required();
+  cmd->add_option("--ids", a.ids, "Comma-separated token ids, e.g. 1,2,3")->required();
+  cmd->add_option("--out", a.out, "Output .npy file (float32, C order)")->required();
+  cmd->add_option("--mtp-out", a.mtp_out,
+                  "Also write the first MTP module's logits [n_ids - 1, vocab] (row i predicts ids[i + 2])");
+  cmd->add_option("--device", a.device, "cpu (cuda arrives with the CUDA backend)")->capture_default_str();
+  cmd->callback([] { run_logits(a); });
+}
+
+}  // namespace dsv::cli
