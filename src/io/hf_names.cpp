@@ -60,10 +60,12 @@ void add_layer(TableBuilder& t, const ModelConfig& c, int64_t index, bool moe, L
     t.add(p + "mlp.gate.e_score_correction_bias", {E}, &L.moe.score_correction_bias);
   L.moe.experts.resize(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e)
-    add_mlp(t, c, fmt::format("{}mlp.experts.{}.", p, e), c.moe_intermediate_size, L.moe.experts[e], c.mlp_bias);
-  if (c.n_shared_experts > 0)
-    add_mlp(t, c, p + "mlp.shared_experts.", c.moe_intermediate_size * c.n_shared_experts, L.moe.shared,
-            c.mlp_bias);
+    // Routed experts never carry biases (transformers' fused expert tensors have none); V2's mlp_bias
+    // applies to dense MLPs and shared experts only.
+    add_mlp(t, c, fmt::format("{}mlp.experts.{}.", p, e), c.moe_intermediate_size, L.moe.experts[e], false);
+  // With n_shared_experts == 0 the shapes are [0, D]: transformers stores such empty tensors, other
+  // writers omit them; the loader accepts both (see load.cpp).
+  add_mlp(t, c, p + "mlp.shared_experts.", c.moe_intermediate_size * c.n_shared_experts, L.moe.shared, c.mlp_bias);
 }
 
 }  // namespace

@@ -61,6 +61,9 @@ std::unique_ptr<Model> load_model(const std::string& dir) {
   for (size_t i = 0; i < slots.size(); ++i) {
     const WeightSlot& s = slots[i];
     const TensorEntry* e = ckpt.find(s.hf_name);
+    int64_t expected_numel = 1;
+    for (int64_t d : s.shape) expected_numel *= d;
+    if (!e && expected_numel == 0) continue;  // an empty tensor (no shared experts) may be omitted
     if (!e) {
       problems.push_back(fmt::format("missing tensor \"{}\" (expected shape {})", s.hf_name, shape_string(s.shape)));
       continue;
@@ -107,6 +110,7 @@ std::unique_ptr<Model> load_model(const std::string& dir) {
   const int64_t block_rows = c.fp8_block_rows > 0 ? c.fp8_block_rows : 128;
   const int64_t block_cols = c.fp8_block_cols > 0 ? c.fp8_block_cols : 128;
   for (size_t i = 0; i < slots.size(); ++i) {
+    if (!entries[i]) continue;  // omitted empty tensor
     const TensorEntry& e = *entries[i];
     Tensor& t = *slots[i].target;
     t.shape = e.shape;

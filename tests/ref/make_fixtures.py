@@ -233,7 +233,7 @@ def build(name, family, kw, opts, out_root, seed):
     if opts.get("dtype") == "bf16":
         round_trip_bf16(model)
     rng = np.random.default_rng(seed)
-    ids = [int(x) for x in rng.integers(2, VOCAB, N_IDS)]
+    ids = [int(x) for x in rng.integers(2, model.config.vocab_size, N_IDS)]
     notes = []
 
     extra_sd = mtp_state(model, model.config, seed) if opts.get("mtp") else {}

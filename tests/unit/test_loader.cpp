@@ -120,3 +120,26 @@ TEST(Checkpoint, ConfigMissingFieldNamesFile) {
 }
 
 }  // namespace dsv
+
+namespace dsv {
+
+TEST(Checkpoint, NoSharedExpertsAcceptsEmptyOrOmittedTensors) {
+  const std::string cfg = test::tiny_config_json("deepseek_v3", R"(, "n_shared_experts": 0)");
+  const ModelConfig c = parse_model_config(cfg, "c");
+  auto tensors = test::random_tensors(c, 0, DType::F32, 6);  // holds [0, D]-shaped shared experts
+  auto with_empty = test::temp_dir("load_empty_shared");
+  test::write_checkpoint(with_empty, cfg, tensors);
+  EXPECT_NO_THROW(load_model(with_empty.string()));
+  std::erase_if(tensors, [](const auto& t) { return t.name.find("shared_experts") != std::string::npos; });
+  auto omitted = test::temp_dir("load_omitted_shared");
+  test::write_checkpoint(omitted, cfg, tensors);
+  auto m = load_model(omitted.string());
+  const ModelConfig& mc = m->config;
+  std::vector<int32_t> ids = {3, 5, 7};
+  std::vector<float> logits(3 * mc.vocab_size);
+  KvCache cache = make_kv_cache(mc, 3);
+  forward(*m, ids.data(), 3, cache, {.logits = logits.data()});
+  for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+}
+
+}  // namespace dsv
