@@ -1,0 +1,23 @@
+// CUDA backend (sm_90a). Launchers take the same Params as the CPU ops (src/ops/ops.h) with device
+// pointers, and return cudaError_t; callers check it. This header stays free of host-library
+// headers so nvcc can include it. Model-level dispatch to these ops arrives with issue 4.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "ops/ops.h"
+
+namespace dsv::ops::cuda {
+
+struct DeviceInfo {
+  std::string name;
+  int sm_count = 0, major = 0, minor = 0;
+  size_t total_memory = 0, l2_bytes = 0, shared_per_block_optin = 0;
+};
+cudaError_t query_device(int device, DeviceInfo* out);
+
+cudaError_t rmsnorm(const RmsNormParams& p, cudaStream_t stream);
+cudaError_t swiglu(const SwigluParams& p, cudaStream_t stream);
+
+}  // namespace dsv::ops::cuda
