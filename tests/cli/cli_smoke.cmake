@@ -1,0 +1,56 @@
+# Runs the real dsv binary: --help everywhere, good runs on a fixture, and bad input that must fail
+# with a clear message and a non-zero exit (never a crash).  Invoked by ctest with -DDSV=... -DSRC=... -DWORK=...
+file(REMOVE_RECURSE "${WORK}")
+file(MAKE_DIRECTORY "${WORK}")
+set(FIXTURE "${SRC}/tests/fixtures/models/v3_mtp")
+
+function(expect_ok)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "expected success: ${ARGN}\nrc=${rc}\n${out}\n${err}")
+  endif()
+  set(LAST_OUT "${out}${err}" PARENT_SCOPE)
+endfunction()
+
+# expect_fail(<needle> <command...>): exit code 1 (a dsv::Error, not a crash) and the needle in stderr.
+function(expect_fail needle)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 1)
+    message(FATAL_ERROR "expected exit code 1: ${ARGN}\nrc=${rc}\n${out}\n${err}")
+  endif()
+  string(FIND "${err}" "${needle}" pos)
+  if(pos EQUAL -1)
+    message(FATAL_ERROR "expected \"${needle}\" in the error of: ${ARGN}\n${err}")
+  endif()
+endfunction()
+
+foreach(sub "" info generate logits)
+  expect_ok(${DSV} ${sub} --help)
+endforeach()
+
+expect_ok(${DSV} info ${FIXTURE})
+string(FIND "${LAST_OUT}" "1 stored" pos)
+if(pos EQUAL -1)
+  message(FATAL_ERROR "dsv info does not report the MTP module:\n${LAST_OUT}")
+endif()
+expect_ok(${DSV} logits --model ${FIXTURE} --ids 5,9,17,33 --out ${WORK}/l.npy --mtp-out ${WORK}/m.npy)
+file(SIZE ${WORK}/l.npy l_size)
+# 4 x 128 float32 + 128-byte header
+if(NOT l_size EQUAL 2176)
+  message(FATAL_ERROR "logits.npy has ${l_size} bytes, expected 2176")
+endif()
+expect_ok(${DSV} generate --model ${FIXTURE} --prompt-ids 3,4,5 --max-new-tokens 5 --temperature 0.7 --top-p 0.9 --seed 1)
+
+# Bad input: each a clear error, exit code 1.
+expect_fail("cannot open" ${DSV} logits --model ${WORK}/nope --ids 1 --out ${WORK}/x.npy)
+expect_fail("is not a token id" ${DSV} logits --model ${FIXTURE} --ids 1,x --out ${WORK}/x.npy)
+expect_fail("outside the vocabulary" ${DSV} logits --model ${FIXTURE} --ids 1,100000 --out ${WORK}/x.npy)
+expect_fail("exceeds the model's context" ${DSV} generate --model ${FIXTURE} --prompt-ids 1 --max-new-tokens 100000)
+file(MAKE_DIRECTORY ${WORK}/trunc)
+file(COPY ${SRC}/tests/fixtures/models/v3_bf16/config.json DESTINATION ${WORK}/trunc)
+# A truncated copy: the first 4000 bytes of the real file (header intact, data cut).
+execute_process(COMMAND head -c 4000 ${SRC}/tests/fixtures/models/v3_bf16/model.safetensors
+                OUTPUT_FILE ${WORK}/trunc/model.safetensors)
+expect_fail("model.safetensors" ${DSV} logits --model ${WORK}/trunc --ids 1 --out ${WORK}/x.npy)
+expect_fail("not valid JSON" ${DSV} info ${SRC}/tests/cli)
+message(STATUS "cli smoke: all checks passed")
