@@ -35,7 +35,7 @@ void forward(const Model& m, const int32_t* ids, int64_t T, KvCache& cache, cons
 
   const layers::RopeTable rope = layers::make_rope_table(c, cache.length, T);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-    layers::decoder_layer(c, w.layers[l], x.data(), T, cache, l, rope, opt.tap, l);
+    layers::decoder_layer(c, w.layers[l], x.data(), T, cache, l, rope, opt.mla_mode, opt.tap, l);
   cache.length += T;
 
   layers::rmsnorm_rows(x.data(), w.norm, T, c.rms_norm_eps, x.data());

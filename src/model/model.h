@@ -43,10 +43,14 @@ struct KvCache {
 };
 KvCache make_kv_cache(const ModelConfig& c, int64_t capacity);
 
+// How MLA attends: Auto = absorbed for single-token decode steps, expanded otherwise.
+enum class MlaMode { Auto, Expanded, Absorbed };
+
 struct ForwardOptions {
   bool all_logits = true;      // logits for every token; false: only the last one
   float* logits = nullptr;     // [T or 1, V]
   float* final_hidden = nullptr;  // optional [T, D]: hidden state after the final norm (MTP input)
+  MlaMode mla_mode = MlaMode::Auto;
   TapFn tap;
 };
 

@@ -39,6 +39,7 @@ void attention(const Context& ctx, const AttentionParams& p) {
   DSV_CHECK(p.q && p.k && p.v && p.out, "attention: null pointer");
   DSV_CHECK(p.T <= p.S, "attention: {} queries but only {} keys (queries must be the last keys)", p.T, p.S);
   DSV_CHECK(p.H > 0 && p.Dqk > 0 && p.Dv > 0, "attention: bad sizes H={} Dqk={} Dv={}", p.H, p.Dqk, p.Dv);
+  DSV_CHECK(p.Hkv == 0 || p.Hkv == 1 || p.Hkv == p.H, "attention: Hkv={} must be 1 or H={}", p.Hkv, p.H);
   require_cpu(ctx, "attention");
   cpu::attention(p);
 }

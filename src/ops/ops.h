@@ -53,13 +53,18 @@ struct RopeParams {
 void rope(const Context& ctx, const RopeParams& p);
 
 // Causal attention for T queries over S keys (the last T keys are the queries' own positions).
-// q[T, H, Dqk], k[S, H, Dqk], v[S, H, Dv] -> out[T, H, Dv]; query t sees keys 0 .. S - T + t.
+// q[T, H, Dqk], k[S, Hkv, Dqk], v[S, Hkv, Dv] -> out[T, H, Dv]; query t sees keys 0 .. S - T + t.
+// Hkv = H (one K/V per head, expanded MLA) or 1 (all heads share one K/V: absorbed MLA, where k is
+// the latent cache row [C + R] and v its first C values). Token strides of k and v default to
+// Hkv * Dqk and Hkv * Dv.
 struct AttentionParams {
   const float* q = nullptr;
   const float* k = nullptr;
   const float* v = nullptr;
   float* out = nullptr;
   int64_t T = 0, S = 0, H = 0, Dqk = 0, Dv = 0;
+  int64_t Hkv = 0;                     // 0 means H
+  int64_t k_stride = 0, v_stride = 0;  // 0 means dense
   float scale = 1.0f;
 };
 void attention(const Context& ctx, const AttentionParams& p);

@@ -122,3 +122,22 @@ TEST(Fixtures, AreBundled) { EXPECT_GE(fixture_names().size(), 8u) << "tests/fix
 
 }  // namespace
 }  // namespace dsv
+
+namespace dsv {
+namespace {
+
+// The absorbed form (attention over the latent rows) must equal the expanded one, for prefill and
+// for decode, on every fixture.
+TEST_P(FixtureTest, AbsorbedMlaEqualsExpanded) {
+  const Fixture f = open_fixture(GetParam());
+  auto m = load_model(f.dir.string());
+  const int64_t T = static_cast<int64_t>(f.ids.size()), V = m->config.vocab_size;
+  std::vector<float> expanded(static_cast<size_t>(T * V)), absorbed(static_cast<size_t>(T * V));
+  KvCache c1 = make_kv_cache(m->config, T), c2 = make_kv_cache(m->config, T);
+  forward(*m, f.ids.data(), T, c1, {.logits = expanded.data(), .mla_mode = MlaMode::Expanded});
+  forward(*m, f.ids.data(), T, c2, {.logits = absorbed.data(), .mla_mode = MlaMode::Absorbed});
+  EXPECT_LE(max_rel_error(absorbed.data(), expanded), 1e-5);
+}
+
+}  // namespace
+}  // namespace dsv

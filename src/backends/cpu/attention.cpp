@@ -7,7 +7,8 @@
 namespace dsv::ops::cpu {
 
 void attention(const AttentionParams& p) {
-  const int64_t past = p.S - p.T;
+  const int64_t past = p.S - p.T, Hkv = p.Hkv ? p.Hkv : p.H;
+  const int64_t ks = p.k_stride ? p.k_stride : Hkv * p.Dqk, vs = p.v_stride ? p.v_stride : Hkv * p.Dv;
   std::vector<float> scores(static_cast<size_t>(p.S));
   for (int64_t t = 0; t < p.T; ++t) {
     const int64_t visible = past + t + 1;  // causal: keys 0 .. past + t
@@ -15,7 +16,7 @@ void attention(const AttentionParams& p) {
       const float* q = p.q + (t * p.H + h) * p.Dqk;
       float max_score = -std::numeric_limits<float>::infinity();
       for (int64_t s = 0; s < visible; ++s) {
-        const float* k = p.k + (s * p.H + h) * p.Dqk;
+        const float* k = p.k + s * ks + (h % Hkv) * p.Dqk;
         float dot = 0.0f;
         for (int64_t d = 0; d < p.Dqk; ++d) dot += q[d] * k[d];
         scores[s] = dot * p.scale;
@@ -31,7 +32,7 @@ void attention(const AttentionParams& p) {
       for (int64_t d = 0; d < p.Dv; ++d) out[d] = 0.0f;
       for (int64_t s = 0; s < visible; ++s) {
         const float w = scores[s] * inv;
-        const float* v = p.v + (s * p.H + h) * p.Dv;
+        const float* v = p.v + s * vs + (h % Hkv) * p.Dv;
         for (int64_t d = 0; d < p.Dv; ++d) out[d] += w * v[d];
       }
     }

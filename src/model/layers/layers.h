@@ -20,7 +20,7 @@ RopeTable make_rope_table(const ModelConfig& c, int64_t first_position, int64_t 
 // MLA: appends the T new latent rows to cache layer `cache_layer` at cache.length and attends over
 // cache rows [0, cache.length + T).
 void mla(const ModelConfig& c, const MlaWeights& w, const float* x, int64_t T, KvCache& cache, int64_t cache_layer,
-         const RopeTable& rope, float* out, const TapFn& tap, int64_t layer);
+         const RopeTable& rope, MlaMode mode, float* out, const TapFn& tap, int64_t layer);
 
 void mlp(const ModelConfig& c, const MlpWeights& w, const float* x, int64_t T, float* out, bool accumulate);
 
@@ -29,7 +29,7 @@ void moe(const ModelConfig& c, const MoeWeights& w, const float* x, int64_t T, f
 
 // x[T, D] is the residual stream, updated in place: x += attn(norm(x)); x += ffn(norm(x)).
 void decoder_layer(const ModelConfig& c, const LayerWeights& w, float* x, int64_t T, KvCache& cache,
-                   int64_t cache_layer, const RopeTable& rope, const TapFn& tap, int64_t layer);
+                   int64_t cache_layer, const RopeTable& rope, MlaMode mode, const TapFn& tap, int64_t layer);
 
 void rmsnorm_rows(const float* x, const Tensor& weight, int64_t rows, double eps, float* y);
 

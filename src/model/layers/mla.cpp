@@ -1,6 +1,7 @@
-// Multi-head latent attention (DeepSeek-V2 s2.1), in the expanded form: the cache holds only the
-// normalized latent c_kv [C] and the roped shared key k_rope [R] per token; keys and values of all
-// heads are re-expanded from it through kv_b_proj for each call.
+// Multi-head latent attention (DeepSeek-V2 s2.1). The cache holds only the normalized latent c_kv [C]
+// and the roped shared key k_rope [R] per token. Two equivalent forms: expanded (keys and values of
+// all heads re-made through kv_b_proj; cheaper when most keys are new, as in prefill) and absorbed
+// (attention directly over the cached rows; cheaper for decode, and what the CUDA decode kernel does).
 #include <vector>
 
 #include "core/error.h"
@@ -14,7 +15,7 @@ namespace dsv::layers {
 constexpr double kLatentNormEps = 1e-6;
 
 void mla(const ModelConfig& c, const MlaWeights& w, const float* x, int64_t T, KvCache& cache, int64_t cache_layer,
-         const RopeTable& rope, float* out, const TapFn& tap, int64_t layer) {
+         const RopeTable& rope, MlaMode mode, float* out, const TapFn& tap, int64_t layer) {
   const int64_t D = c.hidden_size, H = c.num_attention_heads, Q = c.q_lora_rank, C = c.kv_lora_rank,
                 R = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim, Dv = c.v_head_dim, Dqk = Dn + R;
   const ops::Context ctx;
@@ -48,26 +49,53 @@ void mla(const ModelConfig& c, const MlaWeights& w, const float* x, int64_t T, K
   emit(tap, "q", layer, q.data(), {T, H, Dqk});
   emit(tap, "kv_latent", layer, cache_rows, {T, C + R});
 
-  // Expand keys and values of all S cached positions: kv[S, H, Dn + Dv] = latent . kv_b_proj^T.
   const int64_t S = base + T;
-  std::vector<float> kv(static_cast<size_t>(S * H * (Dn + Dv)));
-  ops::linear(ctx, {.x = cache.row(cache_layer, 0), .w = w.kv_b_proj.data, .y = kv.data(), .M = S,
-                    .N = H * (Dn + Dv), .K = C, .x_stride = cache.width});
-  std::vector<float> k(static_cast<size_t>(S * H * Dqk)), v(static_cast<size_t>(S * H * Dv));
-  for (int64_t s = 0; s < S; ++s) {
-    const float* k_rope = cache.row(cache_layer, s) + C;
-    for (int64_t h = 0; h < H; ++h) {
-      const float* src = kv.data() + (s * H + h) * (Dn + Dv);
-      float* kd = k.data() + (s * H + h) * Dqk;
-      std::copy(src, src + Dn, kd);
-      std::copy(k_rope, k_rope + R, kd + Dn);  // the one rope key is shared by all heads
-      std::copy(src + Dn, src + Dn + Dv, v.data() + (s * H + h) * Dv);
-    }
-  }
-
+  const float scale = static_cast<float>(c.softmax_scale());
   std::vector<float> attn(static_cast<size_t>(T * H * Dv));
-  ops::attention(ctx, {.q = q.data(), .k = k.data(), .v = v.data(), .out = attn.data(), .T = T, .S = S, .H = H,
-                       .Dqk = Dqk, .Dv = Dv, .scale = static_cast<float>(c.softmax_scale())});
+  const bool absorbed = mode == MlaMode::Absorbed || (mode == MlaMode::Auto && T == 1);
+  if (!absorbed) {
+    // Expanded: keys and values of all S cached positions, kv[S, H, Dn + Dv] = latent . kv_b^T.
+    std::vector<float> kv(static_cast<size_t>(S * H * (Dn + Dv)));
+    ops::linear(ctx, {.x = cache.row(cache_layer, 0), .w = w.kv_b_proj.data, .y = kv.data(), .M = S,
+                      .N = H * (Dn + Dv), .K = C, .x_stride = cache.width});
+    std::vector<float> k(static_cast<size_t>(S * H * Dqk)), v(static_cast<size_t>(S * H * Dv));
+    for (int64_t s = 0; s < S; ++s) {
+      const float* k_rope = cache.row(cache_layer, s) + C;
+      for (int64_t h = 0; h < H; ++h) {
+        const float* src = kv.data() + (s * H + h) * (Dn + Dv);
+        float* kd = k.data() + (s * H + h) * Dqk;
+        std::copy(src, src + Dn, kd);
+        std::copy(k_rope, k_rope + R, kd + Dn);  // the one rope key is shared by all heads
+        std::copy(src + Dn, src + Dn + Dv, v.data() + (s * H + h) * Dv);
+      }
+    }
+    ops::attention(ctx, {.q = q.data(), .k = k.data(), .v = v.data(), .out = attn.data(), .T = T, .S = S, .H = H,
+                         .Dqk = Dqk, .Dv = Dv, .scale = scale});
+  } else {
+    // Absorbed (DeepSeek-V2 s2.1.2): fold W_UK into the query and W_UV after the attention, so all
+    // heads attend over the cached rows [C + R] themselves, as one shared key/value head:
+    //   q_lat[t, h] = [W_UK[h]^T q_nope[t, h] ; q_rope[t, h]]        [C + R]
+    //   o_lat[t, h] = sum_s softmax_s(q_lat . row_s * scale) row_s[:C]   [C]
+    //   out[t, h]   = W_UV[h] o_lat[t, h]                             [Dv]
+    std::vector<float> q_lat(static_cast<size_t>(T * H * (C + R)), 0.0f);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h) {
+        const float* qn = q.data() + (t * H + h) * Dqk;
+        float* ql = q_lat.data() + (t * H + h) * (C + R);
+        const float* w_uk = w.kv_b_proj.data + h * (Dn + Dv) * C;  // [Dn, C]
+        for (int64_t d = 0; d < Dn; ++d)
+          for (int64_t i = 0; i < C; ++i) ql[i] += qn[d] * w_uk[d * C + i];
+        std::copy(qn + Dn, qn + Dqk, ql + C);
+      }
+    std::vector<float> o_lat(static_cast<size_t>(T * H * C));
+    const float* rows = cache.row(cache_layer, 0);
+    ops::attention(ctx, {.q = q_lat.data(), .k = rows, .v = rows, .out = o_lat.data(), .T = T, .S = S, .H = H,
+                         .Dqk = C + R, .Dv = C, .Hkv = 1, .k_stride = cache.width, .v_stride = cache.width,
+                         .scale = scale});
+    for (int64_t h = 0; h < H; ++h)
+      ops::linear(ctx, {.x = o_lat.data() + h * C, .w = w.kv_b_proj.data + (h * (Dn + Dv) + Dn) * C,
+                        .y = attn.data() + h * Dv, .M = T, .N = Dv, .K = C, .x_stride = H * C, .y_stride = H * Dv});
+  }
   emit(tap, "attn_heads", layer, attn.data(), {T, H, Dv});
   ops::linear(ctx, {.x = attn.data(), .w = w.o_proj.data, .bias = w.o_proj_bias.data, .y = out, .M = T, .N = D,
                     .K = H * Dv});

@@ -37,7 +37,7 @@ std::vector<std::vector<float>> mtp_logits(const Model& m, const int32_t* ids, i
     ops::linear({}, {.x = cat.data(), .w = mw.eh_proj.data, .y = x.data(), .M = n, .N = D, .K = 2 * D});
     KvCache cache(1, c.kv_lora_rank + c.qk_rope_head_dim, n);
     const layers::RopeTable rope = layers::make_rope_table(c, k, n);
-    layers::decoder_layer(c, mw.block, x.data(), n, cache, 0, rope, tap, layer);
+    layers::decoder_layer(c, mw.block, x.data(), n, cache, 0, rope, MlaMode::Auto, tap, layer);
     layers::rmsnorm_rows(x.data(), mw.shared_head_norm, n, c.rms_norm_eps, x.data());
     std::vector<float> logits(static_cast<size_t>(n * V));
     ops::linear({}, {.x = x.data(), .w = w.lm_head.data, .y = logits.data(), .M = n, .N = V, .K = D});
