@@ -1,7 +1,13 @@
 // Checkpoint -> Weights through the name table: shape checks, dtype conversion, FP8 block dequant.
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <mutex>
+#include <thread>
 #include <map>
 #include <set>
 
@@ -104,33 +110,60 @@ std::unique_ptr<Model> load_model(const std::string& dir) {
     DSV_FAIL("{}", msg);
   }
 
-  // Pass 2: point at fp32 weights in place; convert the rest into the arena.
+  // Pass 2: point at fp32 weights in place; convert the rest into the arena. Each converted tensor
+  // owns a precomputed range of the arena, so tensors convert in parallel.
   m->arena.resize(static_cast<size_t>(arena_floats));
+  std::vector<float*> destination(slots.size(), nullptr);
   float* next = m->arena.data();
-  const int64_t block_rows = c.fp8_block_rows > 0 ? c.fp8_block_rows : 128;
-  const int64_t block_cols = c.fp8_block_cols > 0 ? c.fp8_block_cols : 128;
   for (size_t i = 0; i < slots.size(); ++i) {
-    if (!entries[i]) continue;  // omitted empty tensor
-    const TensorEntry& e = *entries[i];
+    const TensorEntry* e = entries[i];
+    if (!e) continue;  // omitted empty tensor
     Tensor& t = *slots[i].target;
-    t.shape = e.shape;
-    const bool aligned = reinterpret_cast<uintptr_t>(e.data) % alignof(float) == 0;
-    if (e.dtype == DType::F32 && aligned) {
-      t.data = reinterpret_cast<const float*>(e.data);
-      m->stats.zero_copy_bytes += static_cast<int64_t>(e.nbytes);
+    t.shape = e->shape;
+    const bool aligned = reinterpret_cast<uintptr_t>(e->data) % alignof(float) == 0;
+    if (e->dtype == DType::F32 && aligned) {
+      t.data = reinterpret_cast<const float*>(e->data);
+      m->stats.zero_copy_bytes += static_cast<int64_t>(e->nbytes);
     } else {
-      if (e.dtype == DType::F8_E4M3) {
-        dequantize_fp8_blocks(e, ckpt.get(slots[i].hf_name + "_scale_inv"), block_rows, block_cols, next);
-        m->stats.fp8_tensors++;
-      } else {
-        convert_to_f32(e.dtype, e.data, next, static_cast<size_t>(e.numel()));
-      }
+      destination[i] = next;
       t.data = next;
-      next += e.numel();
-      m->stats.converted_bytes += e.numel() * 4;
+      next += e->numel();
+      m->stats.converted_bytes += e->numel() * 4;
+      if (e->dtype == DType::F8_E4M3) m->stats.fp8_tensors++;
     }
     m->stats.tensors++;
   }
+  const int64_t block_rows = c.fp8_block_rows > 0 ? c.fp8_block_rows : 128;
+  const int64_t block_cols = c.fp8_block_cols > 0 ? c.fp8_block_cols : 128;
+  // Progress for loads that take a while (more than 1 GiB to convert), on a terminal only.
+  const bool progress = m->stats.converted_bytes > (int64_t{1} << 30) && ::isatty(STDERR_FILENO);
+  std::atomic<size_t> cursor{0}, done{0};
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
+  auto worker = [&] {
+    for (size_t i = cursor++; i < slots.size(); i = cursor++) {
+      if (!destination[i]) continue;
+      try {
+        const TensorEntry& e = *entries[i];
+        if (e.dtype == DType::F8_E4M3)
+          dequantize_fp8_blocks(e, ckpt.get(slots[i].hf_name + "_scale_inv"), block_rows, block_cols, destination[i]);
+        else
+          convert_to_f32(e.dtype, e.data, destination[i], static_cast<size_t>(e.numel()));
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(failure_mutex);
+        if (!failure) failure = std::current_exception();
+      }
+      const size_t d = ++done;
+      if (progress && d % 64 == 0) fmt::print(stderr, "\rconverting weights: {}/{} tensors", d, slots.size());
+    }
+  };
+  const unsigned threads = std::max(1u, std::min(16u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  if (progress) fmt::print(stderr, "\rconverting weights: done ({} tensors)\n", slots.size());
+  if (failure) std::rethrow_exception(failure);
   if (c.tie_word_embeddings) m->weights.lm_head = m->weights.embed_tokens;
   for (const auto& [name, n] : dtype_counts) m->stats.dtype_counts.emplace_back(name, n);
   return m;
