@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <tuple>
 #include <random>
 #include <vector>
 
@@ -89,5 +90,106 @@ TEST_F(CudaOps, SwigluMatchesCpu) {
   }
 }
 
+
+TEST_F(CudaOps, LinearMatchesCpu) {
+  struct Case { int64_t M, N, K; bool bias, accumulate; int64_t x_pad, y_pad; };
+  for (const Case& c : {Case{1, 1, 1, false, false, 0, 0}, Case{7, 33, 129, true, false, 0, 0},
+                        Case{64, 576, 2048, false, true, 0, 0}, Case{3, 50, 40, true, true, 5, 9},
+                        Case{129, 255, 17, false, false, 0, 3}}) {
+    SCOPED_TRACE(testing::Message() << c.M << "x" << c.N << "x" << c.K);
+    const int64_t xs = c.K + c.x_pad, ys = c.N + c.y_pad;
+    const auto x = randn(c.M * xs, 1 + c.M), w = randn(c.N * c.K, 2 + c.N), b = randn(c.N, 3);
+    auto want = randn(c.M * ys, 4);  // accumulate adds onto this
+    DeviceBuffer dx(x), dw(w), db(b), dy(want);
+    const LinearParams cpu_p{.x = x.data(), .w = w.data(), .bias = c.bias ? b.data() : nullptr, .y = want.data(),
+                             .M = c.M, .N = c.N, .K = c.K, .x_stride = xs, .y_stride = ys, .accumulate = c.accumulate};
+    cpu::linear(cpu_p);
+    LinearParams gpu_p = cpu_p;
+    gpu_p.x = dx.ptr;
+    gpu_p.w = dw.ptr;
+    gpu_p.bias = c.bias ? db.ptr : nullptr;
+    gpu_p.y = dy.ptr;
+    CUDA_OK(cuda::linear(gpu_p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LE(rel_l2(dy.download(), want), 1e-5);  // fp32 products, different summation order
+  }
+}
+
+TEST_F(CudaOps, RopeMatchesCpu) {
+  for (RopeLayout layout : {RopeLayout::Interleaved, RopeLayout::HalfSplit})
+    for (auto [T, H, R] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 2}, {5, 16, 64}, {33, 3, 8}}) {
+      const int64_t Dn = 7, stride = Dn + R;
+      auto x = randn(T * H * stride, T * H + R);
+      const auto cos = randn(T * R / 2, 11), sin = randn(T * R / 2, 12);
+      DeviceBuffer dx(x), dc(cos), ds(sin);
+      RopeParams p{.x = x.data(), .cos = cos.data(), .sin = sin.data(), .tokens = T, .heads = H, .rope_dim = R,
+                   .token_stride = H * stride, .head_stride = stride, .offset = Dn, .layout = layout};
+      cpu::rope(p);
+      p.x = dx.ptr;
+      p.cos = dc.ptr;
+      p.sin = ds.ptr;
+      CUDA_OK(cuda::rope(p, 0));
+      CUDA_OK(cudaDeviceSynchronize());
+      EXPECT_LE(rel_l2(dx.download(), x), 1e-6);
+    }
+}
+
+TEST_F(CudaOps, AttentionMatchesCpu) {
+  struct Case { int64_t T, S, H, Hkv, Dqk, Dv; };
+  // Expanded MLA (Hkv = H, 192/128 as the releases), absorbed decode over latent rows (Hkv = 1,
+  // 576/512), and awkward small sizes.
+  for (const Case& c : {Case{9, 9, 4, 4, 192, 128}, Case{1, 300, 16, 1, 576, 512}, Case{3, 130, 5, 1, 37, 19},
+                        Case{1, 1, 1, 1, 1, 1}, Case{17, 40, 2, 2, 24, 16}}) {
+    SCOPED_TRACE(testing::Message() << "T" << c.T << " S" << c.S << " H" << c.H << " Hkv" << c.Hkv);
+    const int64_t row = c.Hkv == 1 ? c.Dqk : 0;  // absorbed: v is the first Dv values of each k row
+    const auto q = randn(c.T * c.H * c.Dqk, 21), k = randn(c.S * c.Hkv * c.Dqk, 22), v = randn(c.S * c.Hkv * c.Dv, 23);
+    std::vector<float> want(c.T * c.H * c.Dv);
+    AttentionParams p{.q = q.data(), .k = k.data(), .v = row ? k.data() : v.data(), .out = want.data(), .T = c.T,
+                      .S = c.S, .H = c.H, .Dqk = c.Dqk, .Dv = c.Dv, .Hkv = c.Hkv, .k_stride = row, .v_stride = row,
+                      .scale = 1.0f / std::sqrt(static_cast<float>(c.Dqk))};
+    cpu::attention(p);
+    DeviceBuffer dq(q), dk(k), dv(v), dout(std::vector<float>(want.size(), NAN));
+    p.q = dq.ptr;
+    p.k = dk.ptr;
+    p.v = row ? dk.ptr : dv.ptr;
+    p.out = dout.ptr;
+    CUDA_OK(cuda::attention(p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LE(rel_l2(dout.download(), want), 1e-5);
+  }
+}
+
+TEST_F(CudaOps, RouterMatchesCpu) {
+  struct Case { RouterKind kind; int64_t T, E, K, G, topk_group; bool norm; };
+  for (const Case& c : {Case{RouterKind::SigmoidNoauxGroups, 37, 256, 8, 8, 4, true},
+                        Case{RouterKind::SigmoidNoauxGroups, 5, 64, 6, 1, 1, false},
+                        Case{RouterKind::SoftmaxGreedy, 19, 64, 6, 1, 1, false},
+                        Case{RouterKind::SoftmaxGroupLimited, 23, 160, 6, 8, 3, false},
+                        Case{RouterKind::SoftmaxGroupLimited, 4, 6, 5, 3, 2, false}}) {
+    SCOPED_TRACE(testing::Message() << "E" << c.E << " K" << c.K << " G" << c.G);
+    const auto logits = randn(c.T * c.E, c.E + c.K), bias = randn(c.E, 5);
+    std::vector<int32_t> want_idx(c.T * c.K);
+    std::vector<float> want_w(c.T * c.K);
+    RouterParams p{.logits = logits.data(), .correction_bias = bias.data(), .indices = want_idx.data(),
+                   .weights = want_w.data(), .T = c.T, .E = c.E, .K = c.K, .n_group = c.G, .topk_group = c.topk_group,
+                   .kind = c.kind, .norm_topk_prob = c.norm, .routed_scaling_factor = 2.5f};
+    cpu::route(p);
+    DeviceBuffer dl(logits), db(bias), dw(std::vector<float>(want_w.size(), NAN));
+    int32_t* didx = nullptr;
+    CUDA_OK(cudaMalloc(&didx, want_idx.size() * 4));
+    p.logits = dl.ptr;
+    p.correction_bias = db.ptr;
+    p.indices = didx;
+    p.weights = dw.ptr;
+    CUDA_OK(cuda::route(p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    std::vector<int32_t> got_idx(want_idx.size());
+    CUDA_OK(cudaMemcpy(got_idx.data(), didx, got_idx.size() * 4, cudaMemcpyDeviceToHost));
+    cudaFree(didx);
+    // Same experts in the same order (both select by value, ties to the lower index).
+    EXPECT_EQ(got_idx, want_idx);
+    EXPECT_LE(rel_l2(dw.download(), want_w), 1e-6);
+  }
+}
 }  // namespace
 }  // namespace dsv::ops

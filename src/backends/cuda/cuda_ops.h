@@ -19,5 +19,15 @@ cudaError_t query_device(int device, DeviceInfo* out);
 
 cudaError_t rmsnorm(const RmsNormParams& p, cudaStream_t stream);
 cudaError_t swiglu(const SwigluParams& p, cudaStream_t stream);
+cudaError_t rope(const RopeParams& p, cudaStream_t stream);
+// Reference-grade attention kernel (one block per query and head, online softmax over S): correct
+// for any sizes, not tuned. The flash-style prefill and absorbed decode kernels replace it.
+cudaError_t attention(const AttentionParams& p, cudaStream_t stream);
+// One block per token; E <= 1024.
+cudaError_t route(const RouterParams& p, cudaStream_t stream);
+
+// fp32 linear through cuBLASLt (TF32 off: exact fp32 products, the CPU op's twin). Host code in
+// linear.cpp; the handle is created once per thread.
+cudaError_t linear(const LinearParams& p, cudaStream_t stream);
 
 }  // namespace dsv::ops::cuda

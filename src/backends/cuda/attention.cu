@@ -1,0 +1,85 @@
+// Causal attention, fp32, one block per (query, head): each thread scores a strided subset of the
+// keys with an online softmax, then the block merges the partial (max, sum, accumulator) states.
+// Shared K/V heads (Hkv = 1) and token strides let it run absorbed MLA straight over the cache rows.
+#include <cfloat>
+
+#include "backends/cuda/cuda_ops.h"
+
+namespace dsv::ops::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+
+__global__ void attention_kernel(AttentionParams p, int64_t hkv, int64_t ks, int64_t vs) {
+  const int64_t t = blockIdx.x, h = blockIdx.y;
+  const int64_t visible = p.S - p.T + t + 1;
+  const float* q = p.q + (t * p.H + h) * p.Dqk;
+  const float* kbase = p.k + (h % hkv) * p.Dqk;
+  const float* vbase = p.v + (h % hkv) * p.Dv;
+  // Pass 1: the row maximum (for a stable softmax).
+  float local_max = -FLT_MAX;
+  for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) {
+    const float* k = kbase + s * ks;
+    float dot = 0.0f;
+    for (int64_t d = 0; d < p.Dqk; ++d) dot += q[d] * k[d];
+    local_max = fmaxf(local_max, dot * p.scale);
+  }
+  __shared__ float reduce[kThreads];
+  reduce[threadIdx.x] = local_max;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) reduce[threadIdx.x] = fmaxf(reduce[threadIdx.x], reduce[threadIdx.x + stride]);
+    __syncthreads();
+  }
+  const float row_max = reduce[0];
+  __syncthreads();
+  // Pass 2: the denominator.
+  float local_sum = 0.0f;
+  for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) {
+    const float* k = kbase + s * ks;
+    float dot = 0.0f;
+    for (int64_t d = 0; d < p.Dqk; ++d) dot += q[d] * k[d];
+    local_sum += __expf(dot * p.scale - row_max);
+  }
+  reduce[threadIdx.x] = local_sum;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) reduce[threadIdx.x] += reduce[threadIdx.x + stride];
+    __syncthreads();
+  }
+  const float inv_sum = 1.0f / reduce[0];
+  __syncthreads();
+  // Pass 3: out[d] = sum_s p_s v_s[d], threads over d, keys in order (deterministic).
+  float* out = p.out + (t * p.H + h) * p.Dv;
+  __shared__ float probs[kThreads];
+  for (int64_t s0 = 0; s0 < visible; s0 += kThreads) {
+    const int64_t s = s0 + threadIdx.x;
+    if (s < visible) {
+      const float* k = kbase + s * ks;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < p.Dqk; ++d) dot += q[d] * k[d];
+      probs[threadIdx.x] = __expf(dot * p.scale - row_max) * inv_sum;
+    }
+    __syncthreads();
+    const int64_t n = visible - s0 < kThreads ? visible - s0 : kThreads;
+    for (int64_t d = threadIdx.x; d < p.Dv; d += blockDim.x) {
+      float acc = s0 == 0 ? 0.0f : out[d];
+      for (int64_t j = 0; j < n; ++j) acc += probs[j] * vbase[(s0 + j) * vs + d];
+      out[d] = acc;
+    }
+    __syncthreads();
+  }
+}
+
+}  // namespace
+
+cudaError_t attention(const AttentionParams& p, cudaStream_t stream) {
+  if (p.T == 0) return cudaSuccess;
+  const int64_t hkv = p.Hkv ? p.Hkv : p.H;
+  const int64_t ks = p.k_stride ? p.k_stride : hkv * p.Dqk, vs = p.v_stride ? p.v_stride : hkv * p.Dv;
+  attention_kernel<<<dim3(static_cast<unsigned>(p.T), static_cast<unsigned>(p.H)), kThreads, 0, stream>>>(p, hkv, ks,
+                                                                                                           vs);
+  return cudaGetLastError();
+}
+
+}  // namespace dsv::ops::cuda

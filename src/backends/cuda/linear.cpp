@@ -1,0 +1,47 @@
+// fp32 linear through cuBLASLt: y[M, N] (+)= x[M, K] . w[N, K]^T (+ bias), row-major. cuBLASLt is
+// column-major, so we compute y^T[N, M] = w[N, K] . x^T: A = w (transposed view), B = x.
+#include <cublasLt.h>
+
+#include "backends/cuda/cuda_ops.h"
+
+namespace dsv::ops::cuda {
+namespace {
+
+struct LtHandle {
+  cublasLtHandle_t handle = nullptr;
+  LtHandle() { cublasLtCreate(&handle); }
+  ~LtHandle() { if (handle) cublasLtDestroy(handle); }
+};
+
+}  // namespace
+
+cudaError_t add_bias(const LinearParams& p, cudaStream_t stream);  // bias.cu
+
+cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
+  if (p.M == 0 || p.N == 0) return cudaSuccess;
+  thread_local LtHandle lt;
+  const int64_t xs = p.x_stride ? p.x_stride : p.K, ys = p.y_stride ? p.y_stride : p.N;
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  // CUBLAS_COMPUTE_32F without fast modes: true fp32 products (no TF32), like the CPU op.
+  if (cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
+  const cublasOperation_t transa = CUBLAS_OP_T, transb = CUBLAS_OP_N;
+  cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &transa, sizeof transa);
+  cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof transb);
+  // Column-major views: w is [K, N] with ld K (transposed -> [N, K]); x^T is [K, M] with ld xs;
+  // y^T is [N, M] with ld ys.
+  cublasLtMatrixLayoutCreate(&a, CUDA_R_32F, p.K, p.N, p.K);
+  cublasLtMatrixLayoutCreate(&b, CUDA_R_32F, p.K, p.M, xs);
+  cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, p.N, p.M, ys);
+  const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
+  const cublasStatus_t status =
+      cublasLtMatmul(lt.handle, op, &alpha, p.w, a, p.x, b, &beta, p.y, c, p.y, c, nullptr, nullptr, 0, stream);
+  cublasLtMatrixLayoutDestroy(a);
+  cublasLtMatrixLayoutDestroy(b);
+  cublasLtMatrixLayoutDestroy(c);
+  cublasLtMatmulDescDestroy(op);
+  if (status != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
+  return p.bias ? add_bias(p, stream) : cudaSuccess;
+}
+
+}  // namespace dsv::ops::cuda

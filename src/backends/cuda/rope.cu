@@ -1,0 +1,34 @@
+// RoPE in place on the rope span of each head; one thread per rotary pair.
+#include "backends/cuda/cuda_ops.h"
+
+namespace dsv::ops::cuda {
+namespace {
+
+__global__ void rope_kernel(RopeParams p) {
+  const int64_t half = p.rope_dim / 2;
+  const int64_t total = p.tokens * p.heads * half;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = idx % half, h = (idx / half) % p.heads, t = idx / (half * p.heads);
+    float* x = p.x + t * p.token_stride + h * p.head_stride + p.offset;
+    const int64_t a = p.layout == RopeLayout::Interleaved ? 2 * i : i;
+    const int64_t b = p.layout == RopeLayout::Interleaved ? 2 * i + 1 : i + half;
+    const float c = p.cos[t * half + i], s = p.sin[t * half + i];
+    const float x0 = x[a], x1 = x[b];
+    x[a] = x0 * c - x1 * s;
+    x[b] = x1 * c + x0 * s;
+  }
+}
+
+}  // namespace
+
+cudaError_t rope(const RopeParams& p, cudaStream_t stream) {
+  const int64_t total = p.tokens * p.heads * (p.rope_dim / 2);
+  if (total == 0) return cudaSuccess;
+  const int threads = 256;
+  const int64_t blocks = (total + threads - 1) / threads;
+  rope_kernel<<<static_cast<unsigned>(blocks < 65535 ? blocks : 65535), threads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace dsv::ops::cuda
