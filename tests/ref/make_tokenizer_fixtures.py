@@ -207,7 +207,8 @@ VARIANT_TEXTS = [
     "", "hello world", "  two  spaces  ", "a word in words, word.", "sword word_ word1 word", "x [L] y", "x   [L]   y",
     "[R]   after", "a [LR]  b", "_norm and norm", "tokenize 12345 numbers 1 22 333", "``quoted`` text", "xxx axxb x",
     "aeiou vowels everywhere", " leading", "trailing  ", "tab\tand\nnewline", "你好 world", "emoji 👍🏽 here",
-    BOS + "b" + EOS, "[L][R][LR]", "word" * 3, "the model and the tokenizer", "\u200bzero width",
+    BOS + "b" + EOS, "[L][R][LR]", "word" * 3, "a word\nword\n", "\nword", "word\n\n", "x\n[L]\ny [R]\n\nz",
+    "\u00a0[L]\u3000[R]\u2003", "_word word_ éword wordé 1word", "the model and the tokenizer", "\u200bzero width",
 ]
 
 

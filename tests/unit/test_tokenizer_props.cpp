@@ -195,6 +195,11 @@ TEST(TokenizerTemplate, ErrorsNameTheConstruct) {
   expect_template_error("{{ 'abc", "unterminated string");
   expect_template_error("{{ 1 +", "line 1");
   expect_template_error("{% set x %}y{% endset %}", "block assignment");
+  expect_template_error("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}", "nesting deeper");
+  expect_template_error("{{ " + std::string(5000, '-') + "1 }}", "nesting deeper");
+  std::string deep;
+  for (int k = 0; k < 1000; ++k) deep += "{% if true %}";
+  expect_template_error(deep, "nesting deeper");
 }
 
 TEST(TokenizerTemplate, Basics) {

@@ -252,7 +252,17 @@ class Parser {
     }
   }
 
+  // Bounds recursion on hostile input (deep nesting would otherwise overflow the stack).
+  struct DepthGuard {
+    int& d;
+    DepthGuard(int& depth, const Parser& p) : d(depth) {
+      if (++d > 256) p.fail("nesting deeper than 256 levels");
+    }
+    ~DepthGuard() { --d; }
+  };
+
   NodePtr parse_statement() {
+    DepthGuard guard(depth_, *this);
     const int line = peek().line;
     const std::string kw = expect_name();
     auto n = std::make_unique<Node>();
@@ -343,6 +353,7 @@ class Parser {
   }
 
   ExprPtr parse_expr() {
+    DepthGuard guard(depth_, *this);
     ExprPtr e = parse_or();
     if (is_name("if")) {
       auto c = make(Expr::kCond, peek().line);
@@ -383,6 +394,7 @@ class Parser {
     return e;
   }
   ExprPtr parse_not() {
+    DepthGuard guard(depth_, *this);
     if (is_name("not")) {
       auto e = make(Expr::kUnary, next().line);
       e->name = "not";
@@ -443,6 +455,7 @@ class Parser {
     return e;
   }
   ExprPtr parse_unary(bool with_filter) {
+    DepthGuard guard(depth_, *this);
     ExprPtr e;
     if (is_op("-") || is_op("+")) {
       e = make(Expr::kUnary, peek().line);
@@ -622,6 +635,7 @@ class Parser {
 
   std::vector<Token> t_;
   size_t i_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace
