@@ -15,7 +15,7 @@ GenerateResult generate(const Model& m, const std::vector<int32_t>& prompt, cons
   DSV_CHECK(total <= c.max_position_embeddings,
             "prompt ({} tokens) + max-new-tokens ({}) = {} exceeds the model's context of {} tokens "
             "(max_position_embeddings)", prompt.size(), opt.max_new_tokens, total, c.max_position_embeddings);
-  KvCache cache = make_kv_cache(c, total);
+  KvCache cache = make_kv_cache(m, total);
   Sampler sampler(opt.sampling);
   std::vector<float> logits(static_cast<size_t>(c.vocab_size));
   GenerateResult result;

@@ -58,7 +58,7 @@ void add_layer(TableBuilder& t, const ModelConfig& c, int64_t index, bool moe, L
   t.add(p + "mlp.gate.weight", {E, D}, &L.moe.router);
   if (c.family == ModelFamily::DeepseekV3)
     t.add(p + "mlp.gate.e_score_correction_bias", {E}, &L.moe.score_correction_bias);
-  L.moe.experts.resize(static_cast<size_t>(E));
+  if (L.moe.experts.size() != static_cast<size_t>(E)) L.moe.experts.assign(static_cast<size_t>(E), MlpWeights{});
   for (int64_t e = 0; e < E; ++e)
     // Routed experts never carry biases (transformers' fused expert tensors have none); V2's mlp_bias
     // applies to dense MLPs and shared experts only.
@@ -74,8 +74,11 @@ std::vector<WeightSlot> hf_weight_table(const ModelConfig& c, int64_t mtp_module
   std::vector<WeightSlot> slots;
   TableBuilder t{slots};
   const int64_t V = c.vocab_size, D = c.hidden_size;
-  w.layers.assign(static_cast<size_t>(c.num_hidden_layers), LayerWeights{});
-  w.mtp.assign(static_cast<size_t>(mtp_modules), MtpWeights{});
+  // Sizes the struct when it does not fit; a Weights already shaped for this config keeps its views,
+  // so the table can also enumerate the tensors of a loaded model (see to_backend).
+  if (w.layers.size() != static_cast<size_t>(c.num_hidden_layers))
+    w.layers.assign(static_cast<size_t>(c.num_hidden_layers), LayerWeights{});
+  if (w.mtp.size() != static_cast<size_t>(mtp_modules)) w.mtp.assign(static_cast<size_t>(mtp_modules), MtpWeights{});
   t.add("model.embed_tokens.weight", {V, D}, &w.embed_tokens);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) add_layer(t, c, l, c.is_moe_layer(l), w.layers[l]);
   t.add("model.norm.weight", {D}, &w.norm);

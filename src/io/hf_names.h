@@ -15,7 +15,8 @@ struct WeightSlot {
 };
 
 // All tensors a checkpoint of this config must hold. `mtp_modules` MTP modules are included as
-// model.layers.{num_hidden_layers + k}.* (the DeepSeek-V3 release layout). Resizes `w` to fit.
+// model.layers.{num_hidden_layers + k}.* (the DeepSeek-V3 release layout). Resizes `w` when it is
+// not shaped for this config; otherwise its existing views are kept (and enumerated).
 std::vector<WeightSlot> hf_weight_table(const ModelConfig& config, int64_t mtp_modules, Weights& w);
 
 // Checkpoint tensors the engine knowingly skips: an MTP module's own copies of the embedding and

@@ -9,6 +9,7 @@
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "ops/memory.h"
 
 namespace dsv {
 
@@ -22,34 +23,40 @@ struct LoadStats {
 
 struct Model {
   ModelConfig config;
-  Weights weights;
+  Weights weights;  // views: host memory on the CPU backend, device memory otherwise
   LoadStats stats;
+  ops::Backend backend = ops::Backend::Cpu;
   std::unique_ptr<Checkpoint> checkpoint;  // keeps the maps alive for zero-copy weights
   std::vector<float> arena;                // converted weights, one allocation
+  std::vector<ops::Buffer<float>> device_storage;  // the weights on a device backend
+
+  ops::Context context() const { return ops::Context{.backend = backend}; }
 };
 
 // Loads config.json and the safetensors of `dir`, checking every tensor against the name table.
 std::unique_ptr<Model> load_model(const std::string& dir);
+// A copy of a loaded model's weights on another backend (fp32), through the same name table.
+std::unique_ptr<Model> to_backend(const Model& host, ops::Backend backend);
 
 // MLA latent cache: per layer and token, the normalized latent (C) followed by the roped shared key
 // (R): C + R floats, the whole per-token state MLA needs.
 struct KvCache {
   int64_t layers = 0, width = 0, capacity = 0, length = 0;
-  std::vector<std::vector<float>> rows;  // [layer][capacity * width]
+  std::vector<ops::Buffer<float>> rows;  // [layer][capacity * width], on the model's backend
 
   KvCache() = default;
-  KvCache(int64_t layers, int64_t width, int64_t capacity);
+  KvCache(ops::Backend backend, int64_t layers, int64_t width, int64_t capacity);
   float* row(int64_t layer, int64_t position) { return rows[layer].data() + position * width; }
 };
-KvCache make_kv_cache(const ModelConfig& c, int64_t capacity);
+KvCache make_kv_cache(const Model& m, int64_t capacity);
 
 // How MLA attends: Auto = absorbed for single-token decode steps, expanded otherwise.
 enum class MlaMode { Auto, Expanded, Absorbed };
 
 struct ForwardOptions {
   bool all_logits = true;      // logits for every token; false: only the last one
-  float* logits = nullptr;     // [T or 1, V]
-  float* final_hidden = nullptr;  // optional [T, D]: hidden state after the final norm (MTP input)
+  float* logits = nullptr;     // host [T or 1, V]
+  float* final_hidden = nullptr;  // optional host [T, D]: hidden state after the final norm (MTP input)
   MlaMode mla_mode = MlaMode::Auto;
   TapFn tap;
 };

@@ -1,12 +1,28 @@
-// Validation at the op boundary, then dispatch to a backend.
+// Validation at the op boundary, then dispatch to the CPU reference or a registered backend.
 #include "backends/cpu/cpu_ops.h"
 #include "core/error.h"
 #include "ops/ops.h"
 
 namespace dsv::ops {
+
+BackendTable& backend_table(Backend b) {
+  static BackendTable cuda;
+  DSV_CHECK(b == Backend::Cuda, "no backend table for the CPU (it is called directly)");
+  return cuda;
+}
+
+bool backend_available(Backend b) { return b == Backend::Cpu || backend_table(b).linear != nullptr; }
+
 namespace {
-void require_cpu(const Context& ctx, const char* op) {
-  DSV_CHECK(ctx.backend == Backend::Cpu, "op {}: only the CPU backend is dispatched from here", op);
+// Runs the CPU op, or the backend's entry for it (which must be registered).
+template <typename Params, typename Entry>
+void run(const Context& ctx, const Params& p, void (*cpu_op)(const Params&), Entry BackendTable::*entry,
+         const char* name) {
+  if (ctx.backend == Backend::Cpu) return cpu_op(p);
+  DSV_CHECK(backend_available(ctx.backend), "op {}: the CUDA backend is not available in this build", name);
+  auto fn = backend_table(ctx.backend).*entry;
+  DSV_CHECK(fn != nullptr, "op {}: not implemented on this backend", name);
+  fn(p, ctx.stream);
 }
 }  // namespace
 
@@ -15,15 +31,13 @@ void linear(const Context& ctx, const LinearParams& p) {
   DSV_CHECK(p.M >= 0 && p.N >= 0 && p.K >= 0, "linear: negative size M={} N={} K={}", p.M, p.N, p.K);
   DSV_CHECK(p.x_stride == 0 || p.x_stride >= p.K, "linear: x_stride {} < K {}", p.x_stride, p.K);
   DSV_CHECK(p.y_stride == 0 || p.y_stride >= p.N, "linear: y_stride {} < N {}", p.y_stride, p.N);
-  require_cpu(ctx, "linear");
-  cpu::linear(p);
+  run(ctx, p, cpu::linear, &BackendTable::linear, "linear");
 }
 
 void rmsnorm(const Context& ctx, const RmsNormParams& p) {
   DSV_CHECK(p.x && p.weight && p.y, "rmsnorm: null pointer");
   DSV_CHECK(p.dim > 0 && p.rows >= 0, "rmsnorm: bad sizes rows={} dim={}", p.rows, p.dim);
-  require_cpu(ctx, "rmsnorm");
-  cpu::rmsnorm(p);
+  run(ctx, p, cpu::rmsnorm, &BackendTable::rmsnorm, "rmsnorm");
 }
 
 void rope(const Context& ctx, const RopeParams& p) {
@@ -31,8 +45,7 @@ void rope(const Context& ctx, const RopeParams& p) {
   DSV_CHECK(p.rope_dim > 0 && p.rope_dim % 2 == 0, "rope: rope_dim must be even and positive, found {}", p.rope_dim);
   DSV_CHECK(p.offset + p.rope_dim <= (p.heads > 1 ? p.head_stride : p.token_stride),
             "rope: rope span [{}, {}) exceeds the vector stride", p.offset, p.offset + p.rope_dim);
-  require_cpu(ctx, "rope");
-  cpu::rope(p);
+  run(ctx, p, cpu::rope, &BackendTable::rope, "rope");
 }
 
 void attention(const Context& ctx, const AttentionParams& p) {
@@ -40,14 +53,12 @@ void attention(const Context& ctx, const AttentionParams& p) {
   DSV_CHECK(p.T <= p.S, "attention: {} queries but only {} keys (queries must be the last keys)", p.T, p.S);
   DSV_CHECK(p.H > 0 && p.Dqk > 0 && p.Dv > 0, "attention: bad sizes H={} Dqk={} Dv={}", p.H, p.Dqk, p.Dv);
   DSV_CHECK(p.Hkv == 0 || p.Hkv == 1 || p.Hkv == p.H, "attention: Hkv={} must be 1 or H={}", p.Hkv, p.H);
-  require_cpu(ctx, "attention");
-  cpu::attention(p);
+  run(ctx, p, cpu::attention, &BackendTable::attention, "attention");
 }
 
 void swiglu(const Context& ctx, const SwigluParams& p) {
   DSV_CHECK(p.gate && p.up && p.out, "swiglu: null pointer");
-  require_cpu(ctx, "swiglu");
-  cpu::swiglu(p);
+  run(ctx, p, cpu::swiglu, &BackendTable::swiglu, "swiglu");
 }
 
 void route(const Context& ctx, const RouterParams& p) {
@@ -58,8 +69,34 @@ void route(const Context& ctx, const RouterParams& p) {
               "route: bad grouping E={} n_group={} topk_group={}", p.E, p.n_group, p.topk_group);
   if (p.kind == RouterKind::SigmoidNoauxGroups)
     DSV_CHECK(p.correction_bias != nullptr, "route: sigmoid routing needs e_score_correction_bias");
-  require_cpu(ctx, "route");
-  cpu::route(p);
+  run(ctx, p, cpu::route, &BackendTable::route, "route");
+}
+
+void embed(const Context& ctx, const EmbedParams& p) {
+  DSV_CHECK(p.ids && p.table && p.out, "embed: null pointer");
+  run(ctx, p, cpu::embed, &BackendTable::embed, "embed");
+}
+
+void add(const Context& ctx, const AddParams& p) {
+  DSV_CHECK(p.x && p.y, "add: null pointer");
+  run(ctx, p, cpu::add, &BackendTable::add, "add");
+}
+
+void copy2d(const Context& ctx, const Copy2dParams& p) {
+  DSV_CHECK(p.dst, "copy2d: null destination");
+  DSV_CHECK(p.src_stride >= p.cols && p.dst_stride >= p.cols, "copy2d: strides ({}, {}) below cols {}",
+            p.src_stride, p.dst_stride, p.cols);
+  run(ctx, p, cpu::copy2d, &BackendTable::copy2d, "copy2d");
+}
+
+void gather_rows(const Context& ctx, const RowsParams& p) {
+  DSV_CHECK(p.rows && p.x && p.y, "gather_rows: null pointer");
+  run(ctx, p, cpu::gather_rows, &BackendTable::gather_rows, "gather_rows");
+}
+
+void scatter_add_rows(const Context& ctx, const RowsParams& p) {
+  DSV_CHECK(p.rows && p.scale && p.x && p.y, "scatter_add_rows: null pointer");
+  run(ctx, p, cpu::scatter_add_rows, &BackendTable::scatter_add_rows, "scatter_add_rows");
 }
 
 }  // namespace dsv::ops

@@ -16,6 +16,7 @@ struct Context {
 };
 
 // y[M, N] (+)= x[M, K] . w[N, K]^T + bias[N]        (torch.nn.functional.linear)
+// With w_transposed, w is [K, N] and y = x . w (used to fold W_UK into queries for absorbed MLA).
 struct LinearParams {
   const float* x = nullptr;
   const float* w = nullptr;
@@ -25,6 +26,7 @@ struct LinearParams {
   int64_t x_stride = 0;  // row stride of x; 0 means K
   int64_t y_stride = 0;  // row stride of y; 0 means N
   bool accumulate = false;
+  bool w_transposed = false;
 };
 void linear(const Context& ctx, const LinearParams& p);
 
@@ -90,5 +92,65 @@ struct RouterParams {
   float routed_scaling_factor = 1.0f;
 };
 void route(const Context& ctx, const RouterParams& p);
+
+// Data movement (device-resident on the CUDA backend, so the model code has no host loops):
+// out[t, :] = table[ids[t], :]                      ids int32, table [V, D]
+struct EmbedParams {
+  const int32_t* ids = nullptr;
+  const float* table = nullptr;
+  float* out = nullptr;
+  int64_t T = 0, D = 0;
+};
+void embed(const Context& ctx, const EmbedParams& p);
+
+// y[i] += x[i]
+struct AddParams {
+  const float* x = nullptr;
+  float* y = nullptr;
+  int64_t n = 0;
+};
+void add(const Context& ctx, const AddParams& p);
+
+// dst[r, c] = src[r, c] for r < rows, c < cols (row strides in elements); value = 0 fills dst when src is null.
+struct Copy2dParams {
+  const float* src = nullptr;
+  float* dst = nullptr;
+  int64_t rows = 0, cols = 0, src_stride = 0, dst_stride = 0;
+};
+void copy2d(const Context& ctx, const Copy2dParams& p);
+
+// out[r, :] = x[rows[r], :]             (gather the tokens routed to one expert)
+// y[rows[r], :] += scale[r] * x[r, :]   (scatter_add; rows unique within one call)
+struct RowsParams {
+  const int32_t* rows = nullptr;
+  const float* scale = nullptr;  // scatter only
+  const float* x = nullptr;
+  float* y = nullptr;
+  int64_t n = 0, D = 0;
+};
+void gather_rows(const Context& ctx, const RowsParams& p);
+void scatter_add_rows(const Context& ctx, const RowsParams& p);
+
+// Backends other than the CPU register their entry points here (the CUDA backend does so from
+// dsv_cuda, which dsv_lib does not link against).
+struct BackendTable {
+  void (*linear)(const LinearParams&, void* stream) = nullptr;
+  void (*rmsnorm)(const RmsNormParams&, void* stream) = nullptr;
+  void (*rope)(const RopeParams&, void* stream) = nullptr;
+  void (*attention)(const AttentionParams&, void* stream) = nullptr;
+  void (*swiglu)(const SwigluParams&, void* stream) = nullptr;
+  void (*route)(const RouterParams&, void* stream) = nullptr;
+  void (*embed)(const EmbedParams&, void* stream) = nullptr;
+  void (*add)(const AddParams&, void* stream) = nullptr;
+  void (*copy2d)(const Copy2dParams&, void* stream) = nullptr;
+  void (*gather_rows)(const RowsParams&, void* stream) = nullptr;
+  void (*scatter_add_rows)(const RowsParams&, void* stream) = nullptr;
+  void* (*allocate)(size_t bytes) = nullptr;
+  void (*release)(void* ptr) = nullptr;
+  void (*to_device)(void* dst, const void* src, size_t bytes, void* stream) = nullptr;
+  void (*to_host)(void* dst, const void* src, size_t bytes, void* stream) = nullptr;  // synchronizes
+};
+BackendTable& backend_table(Backend b);
+bool backend_available(Backend b);
 
 }  // namespace dsv::ops

@@ -65,7 +65,7 @@ TEST_P(FixtureTest, LogitsMatchTransformers) {
   const int64_t T = static_cast<int64_t>(f.ids.size()), V = m->config.vocab_size;
   ASSERT_EQ(ref.shape, (std::vector<int64_t>{T, V}));
   std::vector<float> logits(static_cast<size_t>(T * V));
-  KvCache cache = make_kv_cache(m->config, T);
+  KvCache cache = make_kv_cache(*m, T);
   forward(*m, f.ids.data(), T, cache, {.logits = logits.data()});
   const double err = max_rel_error(logits.data(), ref.data);
   RecordProperty("max_rel_error", std::to_string(err));
@@ -88,11 +88,11 @@ TEST_P(FixtureTest, IncrementalDecodeEqualsFullRecomputation) {
   auto m = load_model(f.dir.string());
   const int64_t T = static_cast<int64_t>(f.ids.size()), V = m->config.vocab_size, prefill = 4;
   std::vector<float> full(static_cast<size_t>(T * V));
-  KvCache full_cache = make_kv_cache(m->config, T);
+  KvCache full_cache = make_kv_cache(*m, T);
   forward(*m, f.ids.data(), T, full_cache, {.logits = full.data()});
   // A 4-token prefill, then one token at a time over the cache.
   std::vector<float> step(static_cast<size_t>(T * V));
-  KvCache cache = make_kv_cache(m->config, T);
+  KvCache cache = make_kv_cache(*m, T);
   forward(*m, f.ids.data(), prefill, cache, {.logits = step.data()});
   for (int64_t t = prefill; t < T; ++t)
     forward(*m, f.ids.data() + t, 1, cache, {.logits = step.data() + t * V});
@@ -107,7 +107,7 @@ TEST_P(FixtureTest, MtpMatchesTransformersMtpLayer) {
   ASSERT_EQ(m->weights.mtp.size(), 1u);
   const int64_t T = static_cast<int64_t>(f.ids.size()), V = m->config.vocab_size, D = m->config.hidden_size;
   std::vector<float> hidden(static_cast<size_t>(T * D));
-  KvCache cache = make_kv_cache(m->config, T);
+  KvCache cache = make_kv_cache(*m, T);
   forward(*m, f.ids.data(), T, cache, {.final_hidden = hidden.data()});
   const auto depths = mtp_logits(*m, f.ids.data(), T, hidden.data());
   const NpyArray ref = read_npy((f.dir / "mtp_logits.npy").string());
@@ -133,7 +133,7 @@ TEST_P(FixtureTest, AbsorbedMlaEqualsExpanded) {
   auto m = load_model(f.dir.string());
   const int64_t T = static_cast<int64_t>(f.ids.size()), V = m->config.vocab_size;
   std::vector<float> expanded(static_cast<size_t>(T * V)), absorbed(static_cast<size_t>(T * V));
-  KvCache c1 = make_kv_cache(m->config, T), c2 = make_kv_cache(m->config, T);
+  KvCache c1 = make_kv_cache(*m, T), c2 = make_kv_cache(*m, T);
   forward(*m, f.ids.data(), T, c1, {.logits = expanded.data(), .mla_mode = MlaMode::Expanded});
   forward(*m, f.ids.data(), T, c2, {.logits = absorbed.data(), .mla_mode = MlaMode::Absorbed});
   EXPECT_LE(max_rel_error(absorbed.data(), expanded), 1e-5);

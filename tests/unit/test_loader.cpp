@@ -137,7 +137,7 @@ TEST(Checkpoint, NoSharedExpertsAcceptsEmptyOrOmittedTensors) {
   const ModelConfig& mc = m->config;
   std::vector<int32_t> ids = {3, 5, 7};
   std::vector<float> logits(3 * mc.vocab_size);
-  KvCache cache = make_kv_cache(mc, 3);
+  KvCache cache = make_kv_cache(*m, 3);
   forward(*m, ids.data(), 3, cache, {.logits = logits.data()});
   for (float v : logits) ASSERT_TRUE(std::isfinite(v));
 }

@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "cli_util.h"
+#include "device.h"
 #include "core/error.h"
 #include "commands.h"
 #include "io/npy.h"
@@ -17,15 +18,14 @@ struct LogitsArgs {
 };
 
 void run_logits(const LogitsArgs& a) {
-  DSV_CHECK(a.device == "cpu", "--device {}: only \"cpu\" is available in this build", a.device);
   const std::vector<int32_t> ids = parse_id_list(a.ids, "--ids");
-  auto model = load_model(a.model);
+  auto model = load_model_on(a.model, a.device);
   const ModelConfig& c = model->config;
   const int64_t T = static_cast<int64_t>(ids.size());
   DSV_CHECK(T <= c.max_position_embeddings, "--ids: {} tokens exceed the model's context of {}", T,
             c.max_position_embeddings);
   std::vector<float> logits(static_cast<size_t>(T * c.vocab_size)), hidden(static_cast<size_t>(T * c.hidden_size));
-  KvCache cache = make_kv_cache(c, T);
+  KvCache cache = make_kv_cache(*model, T);
   TapFn tap;
   int64_t dumped = 0;
   if (!a.dump_dir.empty()) {
@@ -65,7 +65,7 @@ void register_logits(CLI::App& app) {
   cmd->add_option("--dump", a.dump_dir,
                   "Write every named intermediate (q, kv_latent, attn_out, router_logits, ffn_out, layer_out, ...) "
                   "as DIR/<name>.<layer>.npy, to diff against a PyTorch reference");
-  cmd->add_option("--device", a.device, "cpu (cuda arrives with the CUDA backend)")->capture_default_str();
+  cmd->add_option("--device", a.device, "cpu, or cuda (builds of the cuda preset; fp32 reference kernels for now)")->capture_default_str();
   cmd->callback([] { run_logits(a); });
 }
 

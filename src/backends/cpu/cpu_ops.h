@@ -11,5 +11,10 @@ void rope(const RopeParams& p);
 void attention(const AttentionParams& p);
 void swiglu(const SwigluParams& p);
 void route(const RouterParams& p);
+void embed(const EmbedParams& p);
+void add(const AddParams& p);
+void copy2d(const Copy2dParams& p);
+void gather_rows(const RowsParams& p);
+void scatter_add_rows(const RowsParams& p);
 
 }  // namespace dsv::ops::cpu

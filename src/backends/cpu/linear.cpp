@@ -11,22 +11,23 @@ void linear(const LinearParams& p) {
   if (p.M == 0 || p.N == 0) return;
 #ifdef DSV_HAVE_BLAS
   if (p.K > 0) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(p.M), static_cast<int>(p.N),
-                static_cast<int>(p.K), 1.0f, p.x, static_cast<int>(xs), p.w, static_cast<int>(p.K),
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, p.w_transposed ? CblasNoTrans : CblasTrans, static_cast<int>(p.M),
+                static_cast<int>(p.N), static_cast<int>(p.K), 1.0f, p.x, static_cast<int>(xs), p.w,
+                static_cast<int>(p.w_transposed ? p.N : p.K),
                 p.accumulate ? 1.0f : 0.0f, p.y, static_cast<int>(ys));
   } else if (!p.accumulate) {
     for (int64_t m = 0; m < p.M; ++m)
       for (int64_t n = 0; n < p.N; ++n) p.y[m * ys + n] = 0.0f;
   }
 #else
-  // Portable path: four output columns at a time so each x row is reused from registers.
+  // Portable path: plain dot products.
+  const int64_t w_row = p.w_transposed ? 1 : p.K, w_col = p.w_transposed ? p.N : 1;
   for (int64_t m = 0; m < p.M; ++m) {
     const float* x = p.x + m * xs;
     float* y = p.y + m * ys;
     for (int64_t n = 0; n < p.N; ++n) {
-      const float* w = p.w + n * p.K;
       float acc = 0.0f;
-      for (int64_t k = 0; k < p.K; ++k) acc += x[k] * w[k];
+      for (int64_t k = 0; k < p.K; ++k) acc += x[k] * p.w[n * w_row + k * w_col];
       y[n] = p.accumulate ? y[n] + acc : acc;
     }
   }

@@ -26,6 +26,16 @@ cudaError_t attention(const AttentionParams& p, cudaStream_t stream);
 // One block per token; E <= 1024.
 cudaError_t route(const RouterParams& p, cudaStream_t stream);
 
+cudaError_t embed(const EmbedParams& p, cudaStream_t stream);
+cudaError_t add(const AddParams& p, cudaStream_t stream);
+cudaError_t copy2d(const Copy2dParams& p, cudaStream_t stream);
+cudaError_t gather_rows(const RowsParams& p, cudaStream_t stream);
+cudaError_t scatter_add_rows(const RowsParams& p, cudaStream_t stream);
+
+// Fills ops::backend_table(Backend::Cuda) so that model code can run with Context{Backend::Cuda}.
+// Call once before using the CUDA backend (the CLI and the GPU tests do).
+void register_cuda_backend();
+
 // fp32 linear through cuBLASLt (TF32 off: exact fp32 products, the CPU op's twin). Host code in
 // linear.cpp; the handle is created once per thread.
 cudaError_t linear(const LinearParams& p, cudaStream_t stream);

@@ -25,12 +25,15 @@ cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   // CUBLAS_COMPUTE_32F without fast modes: true fp32 products (no TF32), like the CPU op.
   if (cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
-  const cublasOperation_t transa = CUBLAS_OP_T, transb = CUBLAS_OP_N;
+  // Row-major w[N, K] is column-major [K, N] (ld K): transpose it. Row-major w[K, N]
+  // (w_transposed) is column-major [N, K] (ld N): use it as is.
+  const cublasOperation_t transa = p.w_transposed ? CUBLAS_OP_N : CUBLAS_OP_T, transb = CUBLAS_OP_N;
   cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &transa, sizeof transa);
   cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof transb);
   // Column-major views: w is [K, N] with ld K (transposed -> [N, K]); x^T is [K, M] with ld xs;
   // y^T is [N, M] with ld ys.
-  cublasLtMatrixLayoutCreate(&a, CUDA_R_32F, p.K, p.N, p.K);
+  if (p.w_transposed) cublasLtMatrixLayoutCreate(&a, CUDA_R_32F, p.N, p.K, p.N);
+  else cublasLtMatrixLayoutCreate(&a, CUDA_R_32F, p.K, p.N, p.K);
   cublasLtMatrixLayoutCreate(&b, CUDA_R_32F, p.K, p.M, xs);
   cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, p.N, p.M, ys);
   const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;

@@ -1,5 +1,6 @@
 // Layer kinds of the DeepSeek-V2/V3 decoder (legend in model/config.h). Each takes normalized input
-// rows x[T, D] and writes out[T, D]; the residual adds happen in decoder_layer().
+// rows x[T, D] and writes out[T, D]; the residual adds happen in decoder_layer(). All pointers live
+// on the backend of `ctx`; the code only calls ops, so it runs unchanged on the CPU and the GPU.
 #pragma once
 #include <vector>
 
@@ -7,30 +8,39 @@
 #include "model/config.h"
 #include "model/model.h"
 #include "model/weights.h"
+#include "ops/memory.h"
 
 namespace dsv::layers {
 
 // cos/sin of each rotary pair at T consecutive positions, times the YaRN attention factor.
 struct RopeTable {
   int64_t tokens = 0, half = 0;
-  std::vector<float> cos, sin;  // [T, R/2]
+  ops::Buffer<float> cos, sin;  // [T, R/2]
 };
-RopeTable make_rope_table(const ModelConfig& c, int64_t first_position, int64_t T);
+RopeTable make_rope_table(const ops::Context& ctx, const ModelConfig& c, int64_t first_position, int64_t T);
 
 // MLA: appends the T new latent rows to cache layer `cache_layer` at cache.length and attends over
 // cache rows [0, cache.length + T).
-void mla(const ModelConfig& c, const MlaWeights& w, const float* x, int64_t T, KvCache& cache, int64_t cache_layer,
-         const RopeTable& rope, MlaMode mode, float* out, const TapFn& tap, int64_t layer);
-
-void mlp(const ModelConfig& c, const MlpWeights& w, const float* x, int64_t T, float* out, bool accumulate);
-
-void moe(const ModelConfig& c, const MoeWeights& w, const float* x, int64_t T, float* out, const TapFn& tap,
+void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, const float* x, int64_t T,
+         KvCache& cache, int64_t cache_layer, const RopeTable& rope, MlaMode mode, float* out, const TapFn& tap,
          int64_t layer);
 
-// x[T, D] is the residual stream, updated in place: x += attn(norm(x)); x += ffn(norm(x)).
-void decoder_layer(const ModelConfig& c, const LayerWeights& w, float* x, int64_t T, KvCache& cache,
-                   int64_t cache_layer, const RopeTable& rope, MlaMode mode, const TapFn& tap, int64_t layer);
+void mlp(const ops::Context& ctx, const ModelConfig& c, const MlpWeights& w, const float* x, int64_t T, float* out,
+         bool accumulate);
 
-void rmsnorm_rows(const float* x, const Tensor& weight, int64_t rows, double eps, float* y);
+void moe(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, const float* x, int64_t T, float* out,
+         const TapFn& tap, int64_t layer);
+
+// x[T, D] is the residual stream, updated in place: x += attn(norm(x)); x += ffn(norm(x)).
+void decoder_layer(const ops::Context& ctx, const ModelConfig& c, const LayerWeights& w, float* x, int64_t T,
+                   KvCache& cache, int64_t cache_layer, const RopeTable& rope, MlaMode mode, const TapFn& tap,
+                   int64_t layer);
+
+void rmsnorm_rows(const ops::Context& ctx, const float* x, const Tensor& weight, int64_t rows, double eps, float* y,
+                  int64_t y_stride = 0);
+
+// Passes a tensor to the tap hook, copied to the host first when it lives on a device.
+void emit(const ops::Context& ctx, const TapFn& tap, std::string_view name, int64_t layer, const float* data,
+          std::vector<int64_t> shape);
 
 }  // namespace dsv::layers

@@ -1,15 +1,13 @@
 // SwiGLU MLP: down(silu(gate x) * up x). Dense layers, experts and shared experts all use it.
-#include <vector>
-
 #include "model/layers/layers.h"
 #include "ops/ops.h"
 
 namespace dsv::layers {
 
-void mlp(const ModelConfig& c, const MlpWeights& w, const float* x, int64_t T, float* out, bool accumulate) {
+void mlp(const ops::Context& ctx, const ModelConfig& c, const MlpWeights& w, const float* x, int64_t T, float* out,
+         bool accumulate) {
   const int64_t D = c.hidden_size, F = w.gate_proj.dim(0);
-  const ops::Context ctx;
-  std::vector<float> gate(static_cast<size_t>(T * F)), up(static_cast<size_t>(T * F));
+  ops::Buffer<float> gate(ctx.backend, T * F), up(ctx.backend, T * F);
   ops::linear(ctx, {.x = x, .w = w.gate_proj.data, .bias = w.gate_bias.data, .y = gate.data(), .M = T, .N = F, .K = D});
   ops::linear(ctx, {.x = x, .w = w.up_proj.data, .bias = w.up_bias.data, .y = up.data(), .M = T, .N = F, .K = D});
   ops::swiglu(ctx, {.gate = gate.data(), .up = up.data(), .out = gate.data(), .n = T * F});

@@ -16,33 +16,33 @@ std::vector<std::vector<float>> mtp_logits(const Model& m, const int32_t* ids, i
                                            const TapFn& tap) {
   const ModelConfig& c = m.config;
   const Weights& w = m.weights;
+  const ops::Context ctx = m.context();
+  const ops::Backend be = ctx.backend;
   const int64_t D = c.hidden_size, V = c.vocab_size;
   DSV_CHECK(!w.mtp.empty(), "this checkpoint has no MTP modules");
+  for (int64_t t = 0; t < T; ++t)
+    DSV_CHECK(ids[t] >= 0 && ids[t] < V, "token id {} at index {} is outside the vocabulary [0, {})", ids[t], t, V);
   std::vector<std::vector<float>> out;
-  std::vector<float> previous(final_hidden, final_hidden + T * D);
+  ops::Buffer<float> previous(ctx, final_hidden, static_cast<size_t>(T * D));
   for (size_t k1 = 0; k1 < w.mtp.size(); ++k1) {
     const int64_t k = static_cast<int64_t>(k1) + 1, n = T - k;  // positions with a known next token
     if (n <= 0) break;
     const MtpWeights& mw = w.mtp[k1];
     const int64_t layer = c.num_hidden_layers + static_cast<int64_t>(k1);
-    std::vector<float> cat(static_cast<size_t>(n * 2 * D));
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t id = ids[i + k];
-      DSV_CHECK(id >= 0 && id < V, "token id {} is outside the vocabulary [0, {})", id, V);
-      float* row = cat.data() + i * 2 * D;
-      layers::rmsnorm_rows(w.embed_tokens.data + id * D, mw.enorm, 1, c.rms_norm_eps, row);
-      layers::rmsnorm_rows(previous.data() + i * D, mw.hnorm, 1, c.rms_norm_eps, row + D);
-    }
-    std::vector<float> x(static_cast<size_t>(n * D));
-    ops::linear({}, {.x = cat.data(), .w = mw.eh_proj.data, .y = x.data(), .M = n, .N = D, .K = 2 * D});
-    KvCache cache(1, c.kv_lora_rank + c.qk_rope_head_dim, n);
-    const layers::RopeTable rope = layers::make_rope_table(c, k, n);
-    layers::decoder_layer(c, mw.block, x.data(), n, cache, 0, rope, MlaMode::Auto, tap, layer);
-    layers::rmsnorm_rows(x.data(), mw.shared_head_norm, n, c.rms_norm_eps, x.data());
-    std::vector<float> logits(static_cast<size_t>(n * V));
-    ops::linear({}, {.x = x.data(), .w = w.lm_head.data, .y = logits.data(), .M = n, .N = V, .K = D});
-    emit(tap, "mtp_logits", layer, logits.data(), {n, V});
-    out.push_back(std::move(logits));
+    const ops::Buffer<int32_t> next_ids(ctx, ids + k, static_cast<size_t>(n));
+    ops::Buffer<float> emb(be, n * D), cat(be, n * 2 * D), x(be, n * D);
+    ops::embed(ctx, {.ids = next_ids.data(), .table = w.embed_tokens.data, .out = emb.data(), .T = n, .D = D});
+    layers::rmsnorm_rows(ctx, emb.data(), mw.enorm, n, c.rms_norm_eps, cat.data(), 2 * D);
+    layers::rmsnorm_rows(ctx, previous.data(), mw.hnorm, n, c.rms_norm_eps, cat.data() + D, 2 * D);
+    ops::linear(ctx, {.x = cat.data(), .w = mw.eh_proj.data, .y = x.data(), .M = n, .N = D, .K = 2 * D});
+    KvCache cache(be, 1, c.kv_lora_rank + c.qk_rope_head_dim, n);
+    const layers::RopeTable rope = layers::make_rope_table(ctx, c, k, n);
+    layers::decoder_layer(ctx, c, mw.block, x.data(), n, cache, 0, rope, MlaMode::Auto, tap, layer);
+    layers::rmsnorm_rows(ctx, x.data(), mw.shared_head_norm, n, c.rms_norm_eps, x.data());
+    ops::Buffer<float> logits(be, n * V);
+    ops::linear(ctx, {.x = x.data(), .w = w.lm_head.data, .y = logits.data(), .M = n, .N = V, .K = D});
+    layers::emit(ctx, tap, "mtp_logits", layer, logits.data(), {n, V});
+    out.push_back(logits.to_host(ctx));
     previous = std::move(x);
   }
   return out;

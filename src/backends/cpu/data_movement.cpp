@@ -1,0 +1,37 @@
+// Data movement ops: embedding gather, residual add, strided copies, expert gather/scatter.
+#include <algorithm>
+#include <cstring>
+
+#include "backends/cpu/cpu_ops.h"
+
+namespace dsv::ops::cpu {
+
+void embed(const EmbedParams& p) {
+  for (int64_t t = 0; t < p.T; ++t) std::memcpy(p.out + t * p.D, p.table + p.ids[t] * p.D, p.D * sizeof(float));
+}
+
+void add(const AddParams& p) {
+  for (int64_t i = 0; i < p.n; ++i) p.y[i] += p.x[i];
+}
+
+void copy2d(const Copy2dParams& p) {
+  for (int64_t r = 0; r < p.rows; ++r) {
+    float* dst = p.dst + r * p.dst_stride;
+    if (p.src) std::memcpy(dst, p.src + r * p.src_stride, p.cols * sizeof(float));
+    else std::fill(dst, dst + p.cols, 0.0f);
+  }
+}
+
+void gather_rows(const RowsParams& p) {
+  for (int64_t r = 0; r < p.n; ++r) std::memcpy(p.y + r * p.D, p.x + p.rows[r] * p.D, p.D * sizeof(float));
+}
+
+void scatter_add_rows(const RowsParams& p) {
+  for (int64_t r = 0; r < p.n; ++r) {
+    float* y = p.y + p.rows[r] * p.D;
+    const float* x = p.x + r * p.D;
+    for (int64_t d = 0; d < p.D; ++d) y[d] += p.scale[r] * x[d];
+  }
+}
+
+}  // namespace dsv::ops::cpu

@@ -1,0 +1,50 @@
+// Registers the CUDA ops and memory functions in ops::backend_table(Backend::Cuda). Failures become
+// dsv::Error naming the op and the CUDA error.
+#include <cuda_runtime.h>
+
+#include "backends/cuda/cuda_ops.h"
+#include "core/error.h"
+
+namespace dsv::ops::cuda {
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  DSV_CHECK(e == cudaSuccess, "CUDA {} failed: {} ({})", what, cudaGetErrorString(e), static_cast<int>(e));
+}
+cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+
+}  // namespace
+
+void register_cuda_backend() {
+  int count = 0;
+  check(cudaGetDeviceCount(&count), "device query");
+  DSV_CHECK(count > 0, "no CUDA device is visible");
+  BackendTable& t = backend_table(Backend::Cuda);
+  t.linear = [](const LinearParams& p, void* s) { check(linear(p, as_stream(s)), "linear"); };
+  t.rmsnorm = [](const RmsNormParams& p, void* s) { check(rmsnorm(p, as_stream(s)), "rmsnorm"); };
+  t.rope = [](const RopeParams& p, void* s) { check(rope(p, as_stream(s)), "rope"); };
+  t.attention = [](const AttentionParams& p, void* s) { check(attention(p, as_stream(s)), "attention"); };
+  t.swiglu = [](const SwigluParams& p, void* s) { check(swiglu(p, as_stream(s)), "swiglu"); };
+  t.route = [](const RouterParams& p, void* s) { check(route(p, as_stream(s)), "route"); };
+  t.embed = [](const EmbedParams& p, void* s) { check(embed(p, as_stream(s)), "embed"); };
+  t.add = [](const AddParams& p, void* s) { check(add(p, as_stream(s)), "add"); };
+  t.copy2d = [](const Copy2dParams& p, void* s) { check(copy2d(p, as_stream(s)), "copy2d"); };
+  t.gather_rows = [](const RowsParams& p, void* s) { check(gather_rows(p, as_stream(s)), "gather_rows"); };
+  t.scatter_add_rows = [](const RowsParams& p, void* s) {
+    check(scatter_add_rows(p, as_stream(s)), "scatter_add_rows");
+  };
+  t.allocate = [](size_t bytes) -> void* {
+    void* p = nullptr;
+    return cudaMalloc(&p, bytes) == cudaSuccess ? p : nullptr;
+  };
+  t.release = [](void* p) { cudaFree(p); };
+  // Synchronous copies: the host side of a copy may be a temporary that dies right after the call.
+  t.to_device = [](void* dst, const void* src, size_t bytes, void*) {
+    check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy to device");
+  };
+  t.to_host = [](void* dst, const void* src, size_t bytes, void*) {
+    check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
+  };
+}
+
+}  // namespace dsv::ops::cuda

@@ -1,0 +1,36 @@
+// Copies a loaded model's weights to another backend, slot by slot through the name table, so the
+// device Weights has exactly the host Weights' structure with device pointers.
+#include "core/error.h"
+#include "io/hf_names.h"
+#include "model/model.h"
+
+namespace dsv {
+
+std::unique_ptr<Model> to_backend(const Model& host, ops::Backend backend) {
+  DSV_CHECK(host.backend == ops::Backend::Cpu, "to_backend: the source model must be on the CPU");
+  DSV_CHECK(ops::backend_available(backend),
+            "the CUDA backend is not available in this build (configure with the cuda preset)");
+  auto m = std::make_unique<Model>();
+  m->config = host.config;
+  m->stats = host.stats;
+  m->backend = backend;
+  const int64_t mtp = static_cast<int64_t>(host.weights.mtp.size());
+  // The host Weights is already shaped for its config, so the table only enumerates its tensors.
+  const std::vector<WeightSlot> from = hf_weight_table(host.config, mtp, const_cast<Weights&>(host.weights));
+  const std::vector<WeightSlot> to = hf_weight_table(m->config, mtp, m->weights);
+  DSV_CHECK(from.size() == to.size(), "to_backend: tables differ ({} vs {} slots)", from.size(), to.size());
+  const ops::Context ctx = m->context();
+  m->device_storage.reserve(from.size());
+  for (size_t i = 0; i < from.size(); ++i) {
+    const Tensor& src = *from[i].target;
+    Tensor& dst = *to[i].target;
+    dst.shape = src.shape;
+    if (src.empty()) continue;  // an omitted empty tensor
+    m->device_storage.emplace_back(ctx, src.data, static_cast<size_t>(src.numel()));
+    dst.data = m->device_storage.back().data();
+  }
+  if (m->config.tie_word_embeddings) m->weights.lm_head = m->weights.embed_tokens;
+  return m;
+}
+
+}  // namespace dsv
