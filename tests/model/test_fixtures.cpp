@@ -11,46 +11,16 @@
 #include "infer/generate.h"
 #include "io/npy.h"
 #include "model/model.h"
+#include "fixture_util.h"
 
 namespace dsv {
 namespace {
 namespace fs = std::filesystem;
 
-std::vector<std::string> fixture_names() {
-  std::vector<std::string> names;
-  const fs::path root = fs::path(DSV_SOURCE_DIR) / "tests" / "fixtures" / "models";
-  if (fs::exists(root))
-    for (const auto& e : fs::directory_iterator(root))
-      if (fs::exists(e.path() / "ref.json")) names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-struct Fixture {
-  fs::path dir;
-  nlohmann::json ref;
-  std::vector<int32_t> ids;
-};
-
-Fixture open_fixture(const std::string& name) {
-  Fixture f;
-  f.dir = fs::path(DSV_SOURCE_DIR) / "tests" / "fixtures" / "models" / name;
-  std::ifstream in(f.dir / "ref.json");
-  f.ref = nlohmann::json::parse(in);
-  for (int v : f.ref["ids"]) f.ids.push_back(v);
-  return f;
-}
-
-// Scale-free error: max |a - b| over max |ref|.
-double max_rel_error(const float* got, const std::vector<float>& ref) {
-  double max_diff = 0, max_ref = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    EXPECT_TRUE(std::isfinite(got[i])) << "non-finite output at " << i;
-    max_diff = std::max(max_diff, static_cast<double>(std::fabs(got[i] - ref[i])));
-    max_ref = std::max(max_ref, static_cast<double>(std::fabs(ref[i])));
-  }
-  return max_diff / max_ref;
-}
+using test::fixture_names;
+using test::Fixture;
+using test::open_fixture;
+using test::max_rel_error;
 
 // Issue 2's bar for fp32 weights: max|diff| <= 1e-4 x max|logit|. Measured on these fixtures:
 // ~1e-6 (fp32 rounding in different summation orders; see docs/NUMERICS.md).

@@ -12,30 +12,17 @@
 #include "infer/generate.h"
 #include "io/npy.h"
 #include "model/model.h"
+#include "../model/fixture_util.h"
 
 namespace dsv {
 namespace {
 namespace fs = std::filesystem;
 
-fs::path fixtures_root() { return fs::path(DSV_SOURCE_DIR) / "tests" / "fixtures" / "models"; }
-
-std::vector<std::string> fixture_names() {
-  std::vector<std::string> names;
-  if (fs::exists(fixtures_root()))
-    for (const auto& e : fs::directory_iterator(fixtures_root()))
-      if (fs::exists(e.path() / "ref.json")) names.push_back(e.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
+using test::fixture_names;
+using test::fixtures_root;
 
 double max_rel_error(const std::vector<float>& got, const std::vector<float>& ref) {
-  double max_diff = 0, max_ref = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(got[i])) return INFINITY;
-    max_diff = std::max(max_diff, static_cast<double>(std::fabs(got[i] - ref[i])));
-    max_ref = std::max(max_ref, static_cast<double>(std::fabs(ref[i])));
-  }
-  return max_diff / max_ref;
+  return test::max_rel_error(got.data(), ref);
 }
 
 class CudaModel : public ::testing::TestWithParam<std::string> {

@@ -119,24 +119,6 @@ int64_t length(const Value& v, int line) {
   }
 }
 
-List as_list(const Value& v, int line) {
-  switch (v.kind) {
-    case Value::kList: return *v.list;
-    case Value::kUndefined: return {};
-    case Value::kDict: {
-      List keys;
-      for (const auto& [k, x] : *v.dict) keys.push_back(Value::str(k));
-      return keys;
-    }
-    case Value::kString: {
-      List chars;
-      const auto cps = code_points(v.s);
-      for (size_t k = 0; k < cps.size(); ++k) chars.push_back(Value::str(from_code_points(cps, k, k + 1)));
-      return chars;
-    }
-    default: TPL_FAIL(line, "'{}' object is not iterable", type_name(v));
-  }
-}
 
 Value attribute(const Value& v, const std::string& path) {
   Value cur = v;
@@ -214,9 +196,9 @@ Value apply_filter(const std::string& name, const Value& in, std::vector<Value>&
   }
   if (name == "length" || name == "count") return Value::integer(length(in, line));
   if (name == "string") return Value::str(to_str(in));
-  if (name == "list") return Value::make_list(as_list(in, line));
+  if (name == "list") return Value::make_list(iterate(in, line));
   if (name == "first" || name == "last") {
-    List l = as_list(in, line);
+    List l = iterate(in, line);
     if (l.empty()) return Value::undefined(name);
     return name == "first" ? l.front() : l.back();
   }
@@ -226,7 +208,7 @@ Value apply_filter(const std::string& name, const Value& in, std::vector<Value>&
       std::reverse(cps.begin(), cps.end());
       return Value::str(from_code_points(cps, 0, cps.size()));
     }
-    List l = as_list(in, line);
+    List l = iterate(in, line);
     std::reverse(l.begin(), l.end());
     return Value::make_list(std::move(l));
   }
@@ -235,7 +217,7 @@ Value apply_filter(const std::string& name, const Value& in, std::vector<Value>&
     const Value attr = arg(args, kw, 1, "attribute");
     std::string out;
     bool first = true;
-    for (const Value& v : as_list(in, line)) {
+    for (const Value& v : iterate(in, line)) {
       if (!first) out += to_str(sep);
       out += to_str(attr.kind == Value::kString ? attribute(v, attr.s) : v);
       first = false;
@@ -295,7 +277,7 @@ Value apply_filter(const std::string& name, const Value& in, std::vector<Value>&
   if (name == "sum") {
     const Value attr = arg(args, kw, 0, "attribute");
     Value acc = arg(args, kw, 1, "start", Value::integer(0));
-    for (const Value& v0 : as_list(in, line)) {
+    for (const Value& v0 : iterate(in, line)) {
       const Value v = attr.kind == Value::kString ? attribute(v0, attr.s) : v0;
       if (!v.is_number() || !acc.is_number()) TPL_FAIL(line, "sum: expected numbers, found {}", type_name(v));
       if (acc.kind == Value::kFloat || v.kind == Value::kFloat) acc = Value::number(acc.as_double() + v.as_double());
@@ -304,7 +286,7 @@ Value apply_filter(const std::string& name, const Value& in, std::vector<Value>&
     return acc;
   }
   if (name == "min" || name == "max") {
-    List l = as_list(in, line);
+    List l = iterate(in, line);
     if (l.empty()) return Value::undefined(name);
     Value best = l[0];
     for (const Value& v : l)
@@ -313,12 +295,12 @@ Value apply_filter(const std::string& name, const Value& in, std::vector<Value>&
   }
   if (name == "unique") {
     List out;
-    for (const Value& v : as_list(in, line))
+    for (const Value& v : iterate(in, line))
       if (std::none_of(out.begin(), out.end(), [&](const Value& o) { return equal(o, v); })) out.push_back(v);
     return Value::make_list(std::move(out));
   }
   if (name == "sort") {
-    List l = as_list(in, line);
+    List l = iterate(in, line);
     const bool rev = truthy(arg(args, kw, 0, "reverse", Value::boolean(false)));
     const Value attr = arg(args, kw, 2, "attribute");
     std::stable_sort(l.begin(), l.end(), [&](const Value& a, const Value& b) {
@@ -364,7 +346,7 @@ Value apply_filter(const std::string& name, const Value& in, std::vector<Value>&
   }
   if (name == "map" || name == "select" || name == "reject" || name == "selectattr" || name == "rejectattr") {
     List out;
-    const List items = as_list(in, line);
+    const List items = iterate(in, line);
     if (name == "map") {
       const Value attr = arg({}, kw, 0, "attribute");
       if (attr.kind == Value::kString) {
@@ -532,7 +514,7 @@ Value call_method(const Value& self, const std::string& n, std::vector<Value>& a
   if (n == "join") {
     std::string out;
     bool first = true;
-    for (const Value& v : as_list(arg(args, kw, 0, "iterable"), line)) {
+    for (const Value& v : iterate(arg(args, kw, 0, "iterable"), line)) {
       if (v.kind != Value::kString) TPL_FAIL(line, "join: expected strings, found {}", type_name(v));
       if (!first) out += s;
       out += v.s;

@@ -106,24 +106,6 @@ class Renderer {
     for (size_t k = 0; k < n.targets.size(); ++k) scopes_.back()[n.targets[k]] = (*item.list)[k];
   }
 
-  List iterate(const Value& v, int line) {
-    switch (v.kind) {
-      case Value::kUndefined: return {};  // Jinja2's Undefined iterates as empty
-      case Value::kList: return *v.list;
-      case Value::kDict: {
-        List keys;
-        for (const auto& [k, x] : *v.dict) keys.push_back(Value::str(k));
-        return keys;
-      }
-      case Value::kString: {
-        List chars;
-        const auto cps = code_points(v.s);
-        for (size_t k = 0; k < cps.size(); ++k) chars.push_back(Value::str(from_code_points(cps, k, k + 1)));
-        return chars;
-      }
-      default: TPL_FAIL(line, "'{}' object is not iterable", type_name(v));
-    }
-  }
 
   Value lookup(const std::string& name) const {
     for (size_t k = scopes_.size(); k-- > 0;) {

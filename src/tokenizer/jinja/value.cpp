@@ -271,4 +271,23 @@ std::string from_code_points(const std::vector<uint32_t>& cps, size_t begin, siz
   return out;
 }
 
+List iterate(const Value& v, int line) {
+  switch (v.kind) {
+    case Value::kUndefined: return {};
+    case Value::kList: return *v.list;
+    case Value::kDict: {
+      List keys;
+      for (const auto& [k, x] : *v.dict) keys.push_back(Value::str(k));
+      return keys;
+    }
+    case Value::kString: {
+      List chars;
+      const auto cps = code_points(v.s);
+      for (size_t k = 0; k < cps.size(); ++k) chars.push_back(Value::str(from_code_points(cps, k, k + 1)));
+      return chars;
+    }
+    default: DSV_FAIL("chat template, line {}: '{}' object is not iterable", line, type_name(v));
+  }
+}
+
 }  // namespace dsv::jinja

@@ -52,6 +52,10 @@ Value from_json(const nlohmann::json& j);
 Value from_json(const nlohmann::ordered_json& j);
 
 // Code points of a UTF-8 string (Python indexes and measures str by code point).
+// What a for-loop (and the list filter) iterates: list items, dict keys, a string's characters;
+// Undefined iterates as empty (Jinja2). Anything else is an error naming the template line.
+List iterate(const Value& v, int line);
+
 std::vector<uint32_t> code_points(const std::string& s);
 std::string from_code_points(const std::vector<uint32_t>& cps, size_t begin, size_t end);
 
