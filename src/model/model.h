@@ -35,6 +35,10 @@ struct Model {
 
 // Loads config.json and the safetensors of `dir`, checking every tensor against the name table.
 std::unique_ptr<Model> load_model(const std::string& dir);
+// A model of `config` with random weights made directly on `backend` (no checkpoint, no host copy):
+// projections ~ N(0, init_std), norms 1, biases 0. For benchmarks and tests.
+std::unique_ptr<Model> random_model(const ModelConfig& config, ops::Backend backend, uint64_t seed,
+                                    float init_std = 0.02f);
 // A copy of a loaded model's weights on another backend (fp32), through the same name table.
 std::unique_ptr<Model> to_backend(const Model& host, ops::Backend backend);
 

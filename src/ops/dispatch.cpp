@@ -99,4 +99,9 @@ void scatter_add_rows(const Context& ctx, const RowsParams& p) {
   run(ctx, p, cpu::scatter_add_rows, &BackendTable::scatter_add_rows, "scatter_add_rows");
 }
 
+void fill_random(const Context& ctx, const FillRandomParams& p) {
+  DSV_CHECK(p.x || p.n == 0, "fill_random: null pointer");
+  run(ctx, p, cpu::fill_random, &BackendTable::fill_random, "fill_random");
+}
+
 }  // namespace dsv::ops

@@ -131,6 +131,16 @@ struct RowsParams {
 void gather_rows(const Context& ctx, const RowsParams& p);
 void scatter_add_rows(const Context& ctx, const RowsParams& p);
 
+// x[i] = mean + std * N(0, 1), from a counter-based generator keyed by (seed, i): the same values on
+// every backend and thread count (random weights for benchmarks and tests).
+struct FillRandomParams {
+  float* x = nullptr;
+  int64_t n = 0;
+  uint64_t seed = 0;
+  float mean = 0.0f, std = 1.0f;
+};
+void fill_random(const Context& ctx, const FillRandomParams& p);
+
 // Backends other than the CPU register their entry points here (the CUDA backend does so from
 // dsv_cuda, which dsv_lib does not link against).
 struct BackendTable {
@@ -145,6 +155,7 @@ struct BackendTable {
   void (*copy2d)(const Copy2dParams&, void* stream) = nullptr;
   void (*gather_rows)(const RowsParams&, void* stream) = nullptr;
   void (*scatter_add_rows)(const RowsParams&, void* stream) = nullptr;
+  void (*fill_random)(const FillRandomParams&, void* stream) = nullptr;
   void* (*allocate)(size_t bytes) = nullptr;
   void (*release)(void* ptr) = nullptr;
   void (*to_device)(void* dst, const void* src, size_t bytes, void* stream) = nullptr;

@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   dsv::cli::register_info(app);
   dsv::cli::register_generate(app);
   dsv::cli::register_logits(app);
+  dsv::cli::register_bench(app);
   dsv::cli::register_tokenizer_commands(app);
   try {
     app.parse(argc, argv);

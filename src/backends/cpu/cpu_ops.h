@@ -16,5 +16,6 @@ void add(const AddParams& p);
 void copy2d(const Copy2dParams& p);
 void gather_rows(const RowsParams& p);
 void scatter_add_rows(const RowsParams& p);
+void fill_random(const FillRandomParams& p);
 
 }  // namespace dsv::ops::cpu

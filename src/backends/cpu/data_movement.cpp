@@ -35,3 +35,13 @@ void scatter_add_rows(const RowsParams& p) {
 }
 
 }  // namespace dsv::ops::cpu
+
+#include "ops/counter_rng.h"
+
+namespace dsv::ops::cpu {
+
+void fill_random(const FillRandomParams& p) {
+  for (int64_t i = 0; i < p.n; ++i) p.x[i] = p.mean + p.std * counter_normal(p.seed, static_cast<uint64_t>(i));
+}
+
+}  // namespace dsv::ops::cpu

@@ -59,3 +59,23 @@ cudaError_t scatter_add_rows(const RowsParams& p, cudaStream_t s) {
 }
 
 }  // namespace dsv::ops::cuda
+
+#include "ops/counter_rng.h"
+
+namespace dsv::ops::cuda {
+namespace {
+__global__ void fill_random_kernel(FillRandomParams p) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    p.x[i] = p.mean + p.std * counter_normal(p.seed, static_cast<uint64_t>(i));
+}
+}  // namespace
+
+cudaError_t fill_random(const FillRandomParams& p, cudaStream_t s) {
+  if (p.n == 0) return cudaSuccess;
+  const int64_t blocks = (p.n + 255) / 256;
+  fill_random_kernel<<<static_cast<unsigned>(blocks < 65535 * 8 ? blocks : 65535 * 8), 256, 0, s>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace dsv::ops::cuda

@@ -33,6 +33,7 @@ void register_cuda_backend() {
   t.scatter_add_rows = [](const RowsParams& p, void* s) {
     check(scatter_add_rows(p, as_stream(s)), "scatter_add_rows");
   };
+  t.fill_random = [](const FillRandomParams& p, void* s) { check(fill_random(p, as_stream(s)), "fill_random"); };
   t.allocate = [](size_t bytes) -> void* {
     void* p = nullptr;
     return cudaMalloc(&p, bytes) == cudaSuccess ? p : nullptr;
@@ -45,6 +46,29 @@ void register_cuda_backend() {
   t.to_host = [](void* dst, const void* src, size_t bytes, void*) {
     check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
   };
+}
+
+double measure_copy_bandwidth(size_t bytes) {
+  void *a = nullptr, *b = nullptr;
+  check(cudaMalloc(&a, bytes), "bandwidth buffer");
+  check(cudaMalloc(&b, bytes), "bandwidth buffer");
+  check(cudaMemset(a, 1, bytes), "bandwidth fill");
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  for (int i = 0; i < 3; ++i) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);  // warm-up
+  const int reps = 20;
+  cudaEventRecord(start);
+  for (int i = 0; i < reps; ++i) cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice);
+  cudaEventRecord(stop);
+  cudaEventSynchronize(stop);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * static_cast<double>(bytes) * reps / (ms * 1e-3);
 }
 
 }  // namespace dsv::ops::cuda

@@ -1,0 +1,34 @@
+#include "core/error.h"
+#include "io/hf_names.h"
+#include "model/model.h"
+
+namespace dsv {
+
+std::unique_ptr<Model> random_model(const ModelConfig& config, ops::Backend backend, uint64_t seed, float init_std) {
+  DSV_CHECK(ops::backend_available(backend), "the CUDA backend is not available in this build");
+  auto m = std::make_unique<Model>();
+  m->config = config;
+  m->backend = backend;
+  const ops::Context ctx = m->context();
+  const std::vector<WeightSlot> slots = hf_weight_table(config, 0, m->weights);
+  m->device_storage.reserve(slots.size());
+  uint64_t stream = 0;
+  for (const WeightSlot& s : slots) {
+    int64_t n = 1;
+    for (int64_t d : s.shape) n *= d;
+    Tensor& t = *s.target;
+    t.shape = s.shape;
+    if (n == 0) continue;
+    m->device_storage.emplace_back(backend, static_cast<size_t>(n));
+    t.data = m->device_storage.back().data();
+    const bool norm = s.hf_name.find("norm") != std::string::npos;
+    const bool bias = s.shape.size() == 1 && !norm;  // biases and e_score_correction_bias
+    ops::fill_random(ctx, {.x = m->device_storage.back().data(), .n = n, .seed = seed + 7919 * stream++,
+                           .mean = norm ? 1.0f : 0.0f, .std = (norm || bias) ? 0.0f : init_std});
+    m->stats.tensors++;
+  }
+  if (config.tie_word_embeddings) m->weights.lm_head = m->weights.embed_tokens;
+  return m;
+}
+
+}  // namespace dsv

@@ -1,0 +1,150 @@
+// dsv bench infer: a random-weight model of a config on the device; prefill and decode speed,
+// latent-cache size, and decode bandwidth against the measured memory roofline.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "cli_util.h"
+#include "commands.h"
+#include "core/error.h"
+#include "device.h"
+#include "infer/sampler.h"
+#include "io/npy.h"
+#include "model/model.h"
+#include "ops/counter_rng.h"
+#ifdef DSV_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "backends/cuda/cuda_ops.h"
+#endif
+
+namespace dsv::cli {
+namespace {
+
+struct BenchArgs {
+  std::string config, json_out, device =
+#ifdef DSV_HAVE_CUDA
+      "cuda";
+#else
+      "cpu";
+#endif
+  int64_t batch = 1, prompt_len = 512, gen_len = 64;
+  uint64_t seed = 1;
+};
+
+void run_bench_infer(const BenchArgs& a) {
+  std::ifstream in(a.config);
+  DSV_CHECK(in.good(), "--config {}: cannot open", a.config);
+  const ModelConfig c = parse_model_config(std::string(std::istreambuf_iterator<char>(in), {}), a.config);
+  DSV_CHECK(a.batch == 1, "--batch {}: batched decode is not implemented yet (issue 4); use --batch 1", a.batch);
+  DSV_CHECK(a.prompt_len >= 1 && a.gen_len >= 1, "--prompt-len and --gen-len must be >= 1");
+  const int64_t context = a.prompt_len + a.gen_len;
+  DSV_CHECK(context <= c.max_position_embeddings,
+            "--prompt-len {} + --gen-len {} exceeds the model's context of {} tokens", a.prompt_len, a.gen_len,
+            c.max_position_embeddings);
+  const int64_t V = c.vocab_size, D = c.hidden_size, L = c.num_hidden_layers, width = c.kv_lora_rank + c.qk_rope_head_dim;
+  const double weight_bytes = 4.0 * static_cast<double>(c.params_total());
+  const double cache_bytes = 4.0 * static_cast<double>(L * width * context);
+  double roofline = 0;  // bytes/s
+  ops::Backend backend = ops::Backend::Cpu;
+  if (a.device == "cuda") {
+#ifdef DSV_HAVE_CUDA
+    ensure_cuda_backend();
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaMemGetInfo(&free_bytes, &total_bytes);
+    // Weights + cache + activations of the prefill (a generous 64 floats per token per hidden unit).
+    const double needed = weight_bytes + cache_bytes + 4.0 * 64 * static_cast<double>(a.prompt_len * D);
+    DSV_CHECK(needed < 0.95 * static_cast<double>(free_bytes),
+              "this run needs about {} of GPU memory (fp32 weights {}, cache {}); {} are free: refused before "
+              "any work", human_bytes(needed), human_bytes(weight_bytes), human_bytes(cache_bytes),
+              human_bytes(static_cast<double>(free_bytes)));
+    roofline = ops::cuda::measure_copy_bandwidth(size_t{1} << 30);
+    backend = ops::Backend::Cuda;
+#else
+    DSV_FAIL("--device cuda: this dsv was built without CUDA (configure with `cmake --preset cuda`)");
+#endif
+  } else {
+    DSV_CHECK(a.device == "cpu", "--device {}: expected cpu or cuda", a.device);
+  }
+  fmt::print(stderr, "building a random {} model ({} parameters, fp32) on {}...\n", c.model_type,
+             human_count(static_cast<double>(c.params_total())), a.device);
+  auto model = random_model(c, backend, a.seed);
+
+  std::vector<int32_t> prompt(static_cast<size_t>(a.prompt_len));
+  for (int64_t i = 0; i < a.prompt_len; ++i)
+    prompt[i] = static_cast<int32_t>(ops::splitmix64(a.seed + i) % static_cast<uint64_t>(V));
+  std::vector<float> logits(static_cast<size_t>(V));
+  using clock = std::chrono::steady_clock;
+  auto seconds = [](auto t0) { return std::chrono::duration<double>(clock::now() - t0).count(); };
+
+  {  // warm-up: module load, library handles, first allocations
+    KvCache warm = make_kv_cache(*model, 8);
+    forward(*model, prompt.data(), std::min<int64_t>(8, a.prompt_len), warm, {.all_logits = false, .logits = logits.data()});
+  }
+  KvCache cache = make_kv_cache(*model, context);
+  auto t0 = clock::now();
+  forward(*model, prompt.data(), a.prompt_len, cache, {.all_logits = false, .logits = logits.data()});
+  int32_t next = argmax(logits.data(), V);  // forward() returned logits on the host: the device is done
+  const double prefill_s = seconds(t0);
+  t0 = clock::now();
+  for (int64_t g = 0; g < a.gen_len; ++g) {
+    forward(*model, &next, 1, cache, {.all_logits = false, .logits = logits.data()});
+    next = argmax(logits.data(), V);
+  }
+  const double decode_s = seconds(t0);
+
+  // Fewest bytes one decode step must read: active weights (one embedding row, the whole head) and
+  // the latent cache rows attended (mean length over the decode steps).
+  const double active = static_cast<double>(c.params_active()) - (c.tie_word_embeddings ? 0.0 : double(V * D)) + D;
+  const double mean_len = a.prompt_len + (a.gen_len - 1) / 2.0;
+  const double bytes_per_token = 4.0 * active + 4.0 * static_cast<double>(L * width) * mean_len;
+  const double decode_tps = a.gen_len / decode_s;
+  const double achieved = bytes_per_token * decode_tps;
+  const double per_head_cache = static_cast<double>(c.num_attention_heads * (c.qk_head_dim() + c.v_head_dim));
+
+  fmt::print("config            {} ({} layers, {} total / {} active parameters), device {}, fp32 weights\n", a.config,
+             L, human_count(double(c.params_total())), human_count(double(c.params_active())), a.device);
+  fmt::print("prefill           {} tokens in {:.2f} ms: {:.0f} tokens/s (time to first token {:.2f} ms)\n",
+             a.prompt_len, prefill_s * 1e3, a.prompt_len / prefill_s, prefill_s * 1e3);
+  fmt::print("decode            {} tokens in {:.2f} ms: {:.1f} tokens/s, {:.3f} ms per output token\n", a.gen_len,
+             decode_s * 1e3, decode_tps, decode_s * 1e3 / a.gen_len);
+  fmt::print("kv cache          {} values per token per layer = {} B in bf16 ({} B as stored now, fp32); a per-head "
+             "cache needs {:.0f} values ({:.1f}x more)\n", width, width * 2, width * 4, per_head_cache,
+             per_head_cache / width);
+  fmt::print("decode bandwidth  {} per token -> {}/s achieved", human_bytes(bytes_per_token), human_bytes(achieved));
+  if (roofline > 0)
+    fmt::print(" of {}/s measured copy bandwidth ({:.1f}% of the roofline)\n", human_bytes(roofline),
+               100.0 * achieved / roofline);
+  else
+    fmt::print("\n");
+  if (!a.json_out.empty()) {
+    nlohmann::json j = {{"config", a.config}, {"device", a.device}, {"batch", a.batch}, {"prompt_len", a.prompt_len},
+                        {"gen_len", a.gen_len}, {"prefill_tokens_per_s", a.prompt_len / prefill_s},
+                        {"ttft_ms", prefill_s * 1e3}, {"decode_tokens_per_s", decode_tps},
+                        {"tpot_ms", decode_s * 1e3 / a.gen_len}, {"bytes_per_decode_token", bytes_per_token},
+                        {"achieved_bytes_per_s", achieved}, {"roofline_bytes_per_s", roofline},
+                        {"kv_values_per_token_per_layer", width}, {"weights_dtype", "fp32"}};
+    write_file_atomic(a.json_out, j.dump(2) + "\n");
+  }
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app) {
+  auto* bench = app.add_subcommand("bench", "Benchmarks with random weights (no checkpoint needed)");
+  bench->require_subcommand(1);
+  static BenchArgs a;
+  auto* infer = bench->add_subcommand("infer", "Prefill and decode speed of a config on the device");
+  infer->add_option("--config", a.config, "A config.json (e.g. ../shared/configs/bench/bench-16b-l4.json)")->required();
+  infer->add_option("--batch", a.batch, "Sequences decoded together (1 for now)")->capture_default_str();
+  infer->add_option("--prompt-len", a.prompt_len, "Prompt tokens (prefill)")->capture_default_str();
+  infer->add_option("--gen-len", a.gen_len, "Generated tokens (decode steps)")->capture_default_str();
+  infer->add_option("--device", a.device, "cuda or cpu")->capture_default_str();
+  infer->add_option("--seed", a.seed, "Seed of the random weights and prompt")->capture_default_str();
+  infer->add_option("--json", a.json_out, "Also write the results as JSON");
+  infer->callback([] { run_bench_infer(a); });
+}
+
+}  // namespace dsv::cli
