@@ -24,7 +24,7 @@ function(expect_fail needle)
   endif()
 endfunction()
 
-foreach(sub "" info generate logits)
+foreach(sub "" info generate logits bench "bench;infer")
   expect_ok(${DSV} ${sub} --help)
 endforeach()
 
@@ -44,7 +44,16 @@ if(NOT l_size EQUAL 2176)
 endif()
 expect_ok(${DSV} generate --model ${FIXTURE} --prompt-ids 3,4,5 --max-new-tokens 5 --temperature 0.7 --top-p 0.9 --seed 1)
 
+expect_ok(${DSV} bench infer --config ${SRC}/models/tiny/config.json --prompt-len 8 --gen-len 2 --device cpu
+          --json ${WORK}/bench.json)
+if(NOT EXISTS ${WORK}/bench.json)
+  message(FATAL_ERROR "dsv bench infer --json wrote nothing")
+endif()
+
 # Bad input: each a clear error, exit code 1.
+expect_fail("exceeds the model's context" ${DSV} bench infer --config ${SRC}/models/tiny/config.json
+            --prompt-len 4000 --device cpu)
+expect_fail("cannot open" ${DSV} bench infer --config ${WORK}/missing.json --device cpu)
 expect_fail("cannot open" ${DSV} logits --model ${WORK}/nope --ids 1 --out ${WORK}/x.npy)
 expect_fail("is not a token id" ${DSV} logits --model ${FIXTURE} --ids 1,x --out ${WORK}/x.npy)
 expect_fail("outside the vocabulary" ${DSV} logits --model ${FIXTURE} --ids 1,100000 --out ${WORK}/x.npy)
