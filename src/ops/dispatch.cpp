@@ -31,6 +31,7 @@ void linear(const Context& ctx, const LinearParams& p) {
   DSV_CHECK(p.M >= 0 && p.N >= 0 && p.K >= 0, "linear: negative size M={} N={} K={}", p.M, p.N, p.K);
   DSV_CHECK(p.x_stride == 0 || p.x_stride >= p.K, "linear: x_stride {} < K {}", p.x_stride, p.K);
   DSV_CHECK(p.y_stride == 0 || p.y_stride >= p.N, "linear: y_stride {} < N {}", p.y_stride, p.N);
+  DSV_CHECK(p.batch >= 1, "linear: batch must be >= 1, found {}", p.batch);
   run(ctx, p, cpu::linear, &BackendTable::linear, "linear");
 }
 

@@ -27,6 +27,10 @@ struct LinearParams {
   int64_t y_stride = 0;  // row stride of y; 0 means N
   bool accumulate = false;
   bool w_transposed = false;
+  // `batch` independent products (one per head, say), the i-th at x + i*x_batch_stride,
+  // w + i*w_batch_stride, y + i*y_batch_stride (one strided-batched GEMM on the GPU).
+  int64_t batch = 1;
+  int64_t x_batch_stride = 0, w_batch_stride = 0, y_batch_stride = 0, bias_batch_stride = 0;
 };
 void linear(const Context& ctx, const LinearParams& p);
 

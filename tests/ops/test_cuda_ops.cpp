@@ -115,6 +115,29 @@ TEST_F(CudaOps, LinearMatchesCpu) {
   }
 }
 
+TEST_F(CudaOps, BatchedLinearMatchesCpu) {
+  // Absorbed-MLA shapes: H heads, per-head weights inside one kv_b_proj matrix, strided rows.
+  for (bool transposed : {true, false}) {
+    const int64_t H = 5, T = 3, Dn = 16, Dv = 12, C = 40, R = 8;
+    const auto q = randn(T * H * (Dn + R), 31), kvb = randn(H * (Dn + Dv) * C, 32);
+    const int64_t M = T, N = transposed ? C : Dv, K = transposed ? Dn : C;
+    std::vector<float> want(T * H * (C + R), 0.0f);
+    const auto x = transposed ? q : randn(T * H * C, 33);
+    LinearParams p{.x = x.data(), .w = kvb.data() + (transposed ? 0 : Dn * C), .y = want.data(), .M = M, .N = N,
+                   .K = K, .x_stride = transposed ? H * (Dn + R) : H * C, .y_stride = H * (C + R),
+                   .w_transposed = transposed, .batch = H, .x_batch_stride = transposed ? Dn + R : C,
+                   .w_batch_stride = (Dn + Dv) * C, .y_batch_stride = C + R};
+    cpu::linear(p);
+    DeviceBuffer dx(x), dw(kvb), dy(std::vector<float>(want.size(), 0.0f));
+    p.x = dx.ptr;
+    p.w = dw.ptr + (transposed ? 0 : Dn * C);
+    p.y = dy.ptr;
+    CUDA_OK(cuda::linear(p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LE(rel_l2(dy.download(), want), 1e-5) << (transposed ? "q . W_UK" : "o . W_UV^T");
+  }
+}
+
 TEST_F(CudaOps, RopeMatchesCpu) {
   for (RopeLayout layout : {RopeLayout::Interleaved, RopeLayout::HalfSplit})
     for (auto [T, H, R] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 2}, {5, 16, 64}, {33, 3, 8}}) {

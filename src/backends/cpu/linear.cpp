@@ -6,7 +6,25 @@
 
 namespace dsv::ops::cpu {
 
+namespace {
+void linear_one(const LinearParams& p);
+}  // namespace
+
 void linear(const LinearParams& p) {
+  if (p.batch == 1) return linear_one(p);
+  for (int64_t b = 0; b < p.batch; ++b) {
+    LinearParams one = p;
+    one.batch = 1;
+    one.x = p.x + b * p.x_batch_stride;
+    one.w = p.w + b * p.w_batch_stride;
+    one.y = p.y + b * p.y_batch_stride;
+    if (p.bias) one.bias = p.bias + b * p.bias_batch_stride;
+    linear_one(one);
+  }
+}
+
+namespace {
+void linear_one(const LinearParams& p) {
   const int64_t xs = p.x_stride ? p.x_stride : p.K, ys = p.y_stride ? p.y_stride : p.N;
   if (p.M == 0 || p.N == 0) return;
 #ifdef DSV_HAVE_BLAS
@@ -36,5 +54,6 @@ void linear(const LinearParams& p) {
     for (int64_t m = 0; m < p.M; ++m)
       for (int64_t n = 0; n < p.N; ++n) p.y[m * ys + n] += p.bias[n];
 }
+}  // namespace
 
 }  // namespace dsv::ops::cpu

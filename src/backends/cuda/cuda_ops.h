@@ -36,6 +36,10 @@ cudaError_t fill_random(const FillRandomParams& p, cudaStream_t stream);
 // `bytes`-sized buffers: the memory roofline that benchmarks report against.
 double measure_copy_bandwidth(size_t bytes);
 
+// The device allocator behind ops::Buffer on CUDA (caching_allocator.cpp).
+void* cached_allocate(size_t bytes);
+void cached_release(void* p);
+
 // Fills ops::backend_table(Backend::Cuda) so that model code can run with Context{Backend::Cuda}.
 // Call once before using the CUDA backend (the CLI and the GPU tests do).
 void register_cuda_backend();

@@ -2,6 +2,8 @@
 // column-major, so we compute y^T[N, M] = w[N, K] . x^T: A = w (transposed view), B = x.
 #include <cublasLt.h>
 
+#include <utility>
+
 #include "backends/cuda/cuda_ops.h"
 
 namespace dsv::ops::cuda {
@@ -36,6 +38,14 @@ cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
   else cublasLtMatrixLayoutCreate(&a, CUDA_R_32F, p.K, p.N, p.K);
   cublasLtMatrixLayoutCreate(&b, CUDA_R_32F, p.K, p.M, xs);
   cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, p.N, p.M, ys);
+  if (p.batch > 1) {  // strided batch: one launch for all heads
+    const int32_t count = static_cast<int32_t>(p.batch);
+    const int64_t sa = p.w_batch_stride, sb = p.x_batch_stride, sc = p.y_batch_stride;
+    for (auto [layout, stride] : {std::pair{a, sa}, std::pair{b, sb}, std::pair{c, sc}}) {
+      cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count);
+      cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride);
+    }
+  }
   const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
   const cublasStatus_t status =
       cublasLtMatmul(lt.handle, op, &alpha, p.w, a, p.x, b, &beta, p.y, c, p.y, c, nullptr, nullptr, 0, stream);
@@ -44,7 +54,15 @@ cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
   cublasLtMatrixLayoutDestroy(c);
   cublasLtMatmulDescDestroy(op);
   if (status != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
-  return p.bias ? add_bias(p, stream) : cudaSuccess;
+  if (!p.bias) return cudaSuccess;
+  for (int64_t i = 0; i < p.batch; ++i) {  // biases are rare here (attention_bias): a loop is fine
+    LinearParams one = p;
+    one.y = p.y + i * p.y_batch_stride;
+    one.bias = p.bias + i * p.bias_batch_stride;
+    const cudaError_t e = add_bias(one, stream);
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace dsv::ops::cuda

@@ -34,11 +34,8 @@ void register_cuda_backend() {
     check(scatter_add_rows(p, as_stream(s)), "scatter_add_rows");
   };
   t.fill_random = [](const FillRandomParams& p, void* s) { check(fill_random(p, as_stream(s)), "fill_random"); };
-  t.allocate = [](size_t bytes) -> void* {
-    void* p = nullptr;
-    return cudaMalloc(&p, bytes) == cudaSuccess ? p : nullptr;
-  };
-  t.release = [](void* p) { cudaFree(p); };
+  t.allocate = [](size_t bytes) -> void* { return cached_allocate(bytes); };
+  t.release = [](void* p) { cached_release(p); };
   // Synchronous copies: the host side of a copy may be a temporary that dies right after the call.
   t.to_device = [](void* dst, const void* src, size_t bytes, void*) {
     check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy to device");

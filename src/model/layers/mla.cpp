@@ -77,23 +77,22 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
     //   o_lat[t, h] = sum_s softmax_s(q_lat . row_s * scale) row_s[:C]    [C]
     //   out[t, h]   = W_UV[h] o_lat[t, h]                                  [Dv]
     ops::Buffer<float> q_lat(be, T * H * (C + R)), o_lat(be, T * H * C);
-    for (int64_t h = 0; h < H; ++h) {
-      const float* w_uk = w.kv_b_proj.data + h * (Dn + Dv) * C;  // [Dn, C]
-      if (Dn > 0)
-        ops::linear(ctx, {.x = q.data() + h * Dqk, .w = w_uk, .y = q_lat.data() + h * (C + R), .M = T, .N = C,
-                          .K = Dn, .x_stride = H * Dqk, .y_stride = H * (C + R), .w_transposed = true});
-      else
-        ops::copy2d(ctx, {.src = nullptr, .dst = q_lat.data() + h * (C + R), .rows = T, .cols = C,
-                          .src_stride = C, .dst_stride = H * (C + R)});
-    }
+    if (Dn > 0)  // per head: q_lat[:, h, :C] = q_nope[:, h] . W_UK[h], W_UK[h] = kv_b rows [h(Dn+Dv), +Dn) as [Dn, C]
+      ops::linear(ctx, {.x = q.data(), .w = w.kv_b_proj.data, .y = q_lat.data(), .M = T, .N = C, .K = Dn,
+                        .x_stride = H * Dqk, .y_stride = H * (C + R), .w_transposed = true, .batch = H,
+                        .x_batch_stride = Dqk, .w_batch_stride = (Dn + Dv) * C, .y_batch_stride = C + R});
+    else
+      ops::copy2d(ctx, {.src = nullptr, .dst = q_lat.data(), .rows = T * H, .cols = C, .src_stride = C,
+                        .dst_stride = C + R});
     ops::copy2d(ctx, {.src = q.data() + Dn, .dst = q_lat.data() + C, .rows = T * H, .cols = R, .src_stride = Dqk,
                       .dst_stride = C + R});
     ops::attention(ctx, {.q = q_lat.data(), .k = rows, .v = rows, .out = o_lat.data(), .T = T, .S = S, .H = H,
                          .Dqk = C + R, .Dv = C, .Hkv = 1, .k_stride = cache.width, .v_stride = cache.width,
                          .scale = scale});
-    for (int64_t h = 0; h < H; ++h)
-      ops::linear(ctx, {.x = o_lat.data() + h * C, .w = w.kv_b_proj.data + (h * (Dn + Dv) + Dn) * C,
-                        .y = attn.data() + h * Dv, .M = T, .N = Dv, .K = C, .x_stride = H * C, .y_stride = H * Dv});
+    // per head: out[:, h] = o_lat[:, h] . W_UV[h]^T, W_UV[h] = kv_b rows [h(Dn+Dv) + Dn, +Dv) as [Dv, C]
+    ops::linear(ctx, {.x = o_lat.data(), .w = w.kv_b_proj.data + Dn * C, .y = attn.data(), .M = T, .N = Dv, .K = C,
+                      .x_stride = H * C, .y_stride = H * Dv, .batch = H, .x_batch_stride = C,
+                      .w_batch_stride = (Dn + Dv) * C, .y_batch_stride = Dv});
   }
   emit(ctx, tap, "attn_heads", layer, attn.data(), {T, H, Dv});
   ops::linear(ctx, {.x = attn.data(), .w = w.o_proj.data, .bias = w.o_proj_bias.data, .y = out, .M = T, .N = D,
