@@ -165,6 +165,7 @@ std::unique_ptr<Model> load_model(const std::string& dir) {
   if (progress) fmt::print(stderr, "\rconverting weights: done ({} tensors)\n", slots.size());
   if (failure) std::rethrow_exception(failure);
   if (c.tie_word_embeddings) m->weights.lm_head = m->weights.embed_tokens;
+  build_expert_tables(*m);
   for (const auto& [name, n] : dtype_counts) m->stats.dtype_counts.emplace_back(name, n);
   return m;
 }

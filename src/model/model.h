@@ -29,12 +29,15 @@ struct Model {
   std::unique_ptr<Checkpoint> checkpoint;  // keeps the maps alive for zero-copy weights
   std::vector<float> arena;                // converted weights, one allocation
   std::vector<ops::Buffer<float>> device_storage;  // the weights on a device backend
+  std::vector<ops::Buffer<const float*>> expert_tables;  // see MoeWeights::gate_table
 
   ops::Context context() const { return ops::Context{.backend = backend}; }
 };
 
 // Loads config.json and the safetensors of `dir`, checking every tensor against the name table.
 std::unique_ptr<Model> load_model(const std::string& dir);
+// Fills the MoE layers' expert pointer tables (done by load_model, to_backend and random_model).
+void build_expert_tables(Model& m);
 // A model of `config` with random weights made directly on `backend` (no checkpoint, no host copy):
 // projections ~ N(0, init_std), norms 1, biases 0. For benchmarks and tests.
 std::unique_ptr<Model> random_model(const ModelConfig& config, ops::Backend backend, uint64_t seed,

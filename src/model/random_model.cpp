@@ -28,6 +28,7 @@ std::unique_ptr<Model> random_model(const ModelConfig& config, ops::Backend back
     m->stats.tensors++;
   }
   if (config.tie_word_embeddings) m->weights.lm_head = m->weights.embed_tokens;
+  build_expert_tables(*m);
   return m;
 }
 

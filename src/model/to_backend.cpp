@@ -30,6 +30,7 @@ std::unique_ptr<Model> to_backend(const Model& host, ops::Backend backend) {
     dst.data = m->device_storage.back().data();
   }
   if (m->config.tie_word_embeddings) m->weights.lm_head = m->weights.embed_tokens;
+  build_expert_tables(*m);
   return m;
 }
 

@@ -34,6 +34,11 @@ struct MoeWeights {
   Tensor score_correction_bias;     // [E]     V3 e_score_correction_bias (choice only)
   std::vector<MlpWeights> experts;  // E x {[Fe, D], [Fe, D], [D, Fe]}
   MlpWeights shared;                // [Fe*n_shared, D] ...; empty when n_shared_experts == 0
+  // Tables of the E experts' gate/up/down pointers, on the model's backend, for ops::moe_experts
+  // (filled by build_expert_tables; null until then).
+  const float* const* gate_table = nullptr;
+  const float* const* up_table = nullptr;
+  const float* const* down_table = nullptr;
 };
 
 struct LayerWeights {

@@ -100,6 +100,14 @@ void scatter_add_rows(const Context& ctx, const RowsParams& p) {
   run(ctx, p, cpu::scatter_add_rows, &BackendTable::scatter_add_rows, "scatter_add_rows");
 }
 
+void moe_experts(const Context& ctx, const MoeExpertsParams& p) {
+  DSV_CHECK(p.x && p.indices && p.weights && p.gate && p.up && p.down && p.scratch && p.out,
+            "moe_experts: null pointer");
+  DSV_CHECK(p.T > 0 && p.K > 0 && p.D > 0 && p.F > 0, "moe_experts: bad sizes T={} K={} D={} F={}", p.T, p.K, p.D,
+            p.F);
+  run(ctx, p, cpu::moe_experts, &BackendTable::moe_experts, "moe_experts");
+}
+
 void fill_random(const Context& ctx, const FillRandomParams& p) {
   DSV_CHECK(p.x || p.n == 0, "fill_random: null pointer");
   run(ctx, p, cpu::fill_random, &BackendTable::fill_random, "fill_random");

@@ -135,6 +135,25 @@ struct RowsParams {
 void gather_rows(const Context& ctx, const RowsParams& p);
 void scatter_add_rows(const Context& ctx, const RowsParams& p);
 
+// Routed experts for few tokens (decode), with the routing kept on the device: for each of the
+// T*K (token, slot) pairs p, e = indices[p], t = p / K:
+//   h[p]   = silu(x[t] . gate[e]^T) * (x[t] . up[e]^T)                       [F]
+//   out[t] = sum_k weights[t*K + k] * (h[t*K + k] . down[e]^T)   (k ascending) [D]
+// gate/up/down are tables of E pointers (on the backend) to [F, D], [F, D], [D, F] weights.
+// `scratch` holds T*K*(F + D) floats. out is overwritten.
+struct MoeExpertsParams {
+  const float* x = nullptr;
+  const int32_t* indices = nullptr;
+  const float* weights = nullptr;
+  const float* const* gate = nullptr;
+  const float* const* up = nullptr;
+  const float* const* down = nullptr;
+  float* scratch = nullptr;
+  float* out = nullptr;
+  int64_t T = 0, K = 0, D = 0, F = 0;
+};
+void moe_experts(const Context& ctx, const MoeExpertsParams& p);
+
 // x[i] = mean + std * N(0, 1), from a counter-based generator keyed by (seed, i): the same values on
 // every backend and thread count (random weights for benchmarks and tests).
 struct FillRandomParams {
@@ -160,6 +179,7 @@ struct BackendTable {
   void (*gather_rows)(const RowsParams&, void* stream) = nullptr;
   void (*scatter_add_rows)(const RowsParams&, void* stream) = nullptr;
   void (*fill_random)(const FillRandomParams&, void* stream) = nullptr;
+  void (*moe_experts)(const MoeExpertsParams&, void* stream) = nullptr;
   void* (*allocate)(size_t bytes) = nullptr;
   void (*release)(void* ptr) = nullptr;
   void (*to_device)(void* dst, const void* src, size_t bytes, void* stream) = nullptr;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 #include <tuple>
 #include <random>
 #include <vector>
@@ -135,6 +136,69 @@ TEST_F(CudaOps, BatchedLinearMatchesCpu) {
     CUDA_OK(cuda::linear(p, 0));
     CUDA_OK(cudaDeviceSynchronize());
     EXPECT_LE(rel_l2(dy.download(), want), 1e-5) << (transposed ? "q . W_UK" : "o . W_UV^T");
+  }
+}
+
+TEST_F(CudaOps, MoeExpertsMatchCpu) {
+  struct Case { int64_t T, K, E, D, F; };
+  for (const Case& c : {Case{1, 6, 64, 2048, 1408}, Case{3, 8, 16, 96, 40}, Case{1, 1, 2, 5, 3}}) {
+    SCOPED_TRACE(testing::Message() << "T" << c.T << " K" << c.K << " D" << c.D << " F" << c.F);
+    std::vector<std::vector<float>> gate, up, down;
+    for (int64_t e = 0; e < c.E; ++e) {
+      gate.push_back(randn(c.F * c.D, 100 + e));
+      up.push_back(randn(c.F * c.D, 200 + e));
+      down.push_back(randn(c.D * c.F, 300 + e));
+    }
+    const auto x = randn(c.T * c.D, 7), w = randn(c.T * c.K, 8);
+    std::vector<int32_t> idx(c.T * c.K);
+    for (size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int32_t>((i * 7 + 3) % c.E);
+    std::vector<const float*> hg, hu, hd;
+    for (int64_t e = 0; e < c.E; ++e) {
+      hg.push_back(gate[e].data());
+      hu.push_back(up[e].data());
+      hd.push_back(down[e].data());
+    }
+    std::vector<float> scratch(c.T * c.K * (c.F + c.D)), want(c.T * c.D);
+    MoeExpertsParams p{.x = x.data(), .indices = idx.data(), .weights = w.data(), .gate = hg.data(), .up = hu.data(),
+                       .down = hd.data(), .scratch = scratch.data(), .out = want.data(), .T = c.T, .K = c.K,
+                       .D = c.D, .F = c.F};
+    cpu::moe_experts(p);
+    std::vector<std::unique_ptr<DeviceBuffer>> keep;
+    std::vector<const float*> dg, du, dd;
+    for (int64_t e = 0; e < c.E; ++e) {
+      keep.push_back(std::make_unique<DeviceBuffer>(gate[e]));
+      dg.push_back(keep.back()->ptr);
+      keep.push_back(std::make_unique<DeviceBuffer>(up[e]));
+      du.push_back(keep.back()->ptr);
+      keep.push_back(std::make_unique<DeviceBuffer>(down[e]));
+      dd.push_back(keep.back()->ptr);
+    }
+    const float **tg = nullptr, **tu = nullptr, **td = nullptr;
+    int32_t* didx = nullptr;
+    CUDA_OK(cudaMalloc(&tg, c.E * sizeof(float*)));
+    CUDA_OK(cudaMalloc(&tu, c.E * sizeof(float*)));
+    CUDA_OK(cudaMalloc(&td, c.E * sizeof(float*)));
+    CUDA_OK(cudaMalloc(&didx, idx.size() * 4));
+    CUDA_OK(cudaMemcpy(tg, dg.data(), c.E * sizeof(float*), cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(tu, du.data(), c.E * sizeof(float*), cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(td, dd.data(), c.E * sizeof(float*), cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(didx, idx.data(), idx.size() * 4, cudaMemcpyHostToDevice));
+    DeviceBuffer dx(x), dw(w), dscratch(scratch), dout(std::vector<float>(want.size(), NAN));
+    p.x = dx.ptr;
+    p.indices = didx;
+    p.weights = dw.ptr;
+    p.gate = tg;
+    p.up = tu;
+    p.down = td;
+    p.scratch = dscratch.ptr;
+    p.out = dout.ptr;
+    CUDA_OK(cuda::moe_experts(p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LE(rel_l2(dout.download(), want), 1e-5);
+    cudaFree(tg);
+    cudaFree(tu);
+    cudaFree(td);
+    cudaFree(didx);
   }
 }
 

@@ -17,5 +17,6 @@ void copy2d(const Copy2dParams& p);
 void gather_rows(const RowsParams& p);
 void scatter_add_rows(const RowsParams& p);
 void fill_random(const FillRandomParams& p);
+void moe_experts(const MoeExpertsParams& p);
 
 }  // namespace dsv::ops::cpu

@@ -32,6 +32,7 @@ cudaError_t copy2d(const Copy2dParams& p, cudaStream_t stream);
 cudaError_t gather_rows(const RowsParams& p, cudaStream_t stream);
 cudaError_t scatter_add_rows(const RowsParams& p, cudaStream_t stream);
 cudaError_t fill_random(const FillRandomParams& p, cudaStream_t stream);
+cudaError_t moe_experts(const MoeExpertsParams& p, cudaStream_t stream);
 // Device-to-device copy bandwidth in bytes/s (bytes read + written), measured with events over
 // `bytes`-sized buffers: the memory roofline that benchmarks report against.
 double measure_copy_bandwidth(size_t bytes);

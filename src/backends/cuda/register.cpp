@@ -34,6 +34,7 @@ void register_cuda_backend() {
     check(scatter_add_rows(p, as_stream(s)), "scatter_add_rows");
   };
   t.fill_random = [](const FillRandomParams& p, void* s) { check(fill_random(p, as_stream(s)), "fill_random"); };
+  t.moe_experts = [](const MoeExpertsParams& p, void* s) { check(moe_experts(p, as_stream(s)), "moe_experts"); };
   t.allocate = [](size_t bytes) -> void* { return cached_allocate(bytes); };
   t.release = [](void* p) { cached_release(p); };
   // Synchronous copies: the host side of a copy may be a temporary that dies right after the call.

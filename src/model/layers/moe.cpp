@@ -1,12 +1,19 @@
 // DeepSeekMoE: routed experts (top-K per token, weighted) plus always-on shared experts.
-// Routing runs on the backend; the (token, expert) assignment is then read back to group tokens per
-// expert, so each expert runs one matrix product over its tokens (grouped GEMM comes with issue 4).
+// Routing runs on the backend. For a few tokens (decode) the experts run per (token, slot) pair on
+// the device (ops::moe_experts); for more, the assignment is read back to group tokens per expert so
+// each expert runs one matrix product over its tokens (a device-side grouped GEMM is issue 4).
 #include <vector>
 
 #include "model/layers/layers.h"
 #include "ops/ops.h"
 
 namespace dsv::layers {
+namespace {
+// Up to this many tokens, routed experts run per (token, slot) pair without leaving the device.
+constexpr int64_t kFusedMaxTokens = 4;
+void routed_by_expert(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, const float* x, int64_t T,
+                      const ops::Buffer<int32_t>& indices, const ops::Buffer<float>& weights, float* out);
+}  // namespace
 
 void moe(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, const float* x, int64_t T, float* out,
          const TapFn& tap, int64_t layer) {
@@ -22,6 +29,28 @@ void moe(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, con
                    .norm_topk_prob = c.norm_topk_prob,
                    .routed_scaling_factor = static_cast<float>(c.routed_scaling_factor)});
   emit(ctx, tap, "router_logits", layer, logits.data(), {T, E});
+
+  if (T <= kFusedMaxTokens && w.gate_table) {
+    // Few tokens (decode): every (token, slot) pair reads its expert's weights on the device.
+    const int64_t F = c.moe_intermediate_size;
+    ops::Buffer<float> scratch(be, T * K * (F + D));
+    ops::moe_experts(ctx, {.x = x, .indices = indices.data(), .weights = weights.data(), .gate = w.gate_table,
+                           .up = w.up_table, .down = w.down_table, .scratch = scratch.data(), .out = out, .T = T,
+                           .K = K, .D = D, .F = F});
+  } else {
+    routed_by_expert(ctx, c, w, x, T, indices, weights, out);
+  }
+  emit(ctx, tap, "moe_routed", layer, out, {T, D});
+  if (!w.shared.gate_proj.empty() && w.shared.gate_proj.dim(0) > 0)
+    mlp(ctx, c, w.shared, x, T, out, /*accumulate=*/true);
+}
+
+namespace {
+
+void routed_by_expert(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, const float* x, int64_t T,
+                      const ops::Buffer<int32_t>& indices, const ops::Buffer<float>& weights, float* out) {
+  const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const ops::Backend be = ctx.backend;
   const std::vector<int32_t> idx = indices.to_host(ctx);
   const std::vector<float> gate = weights.to_host(ctx);
 
@@ -42,9 +71,8 @@ void moe(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, con
     mlp(ctx, c, w.experts[e], xe.data(), n, ye.data(), false);
     ops::scatter_add_rows(ctx, {.rows = rows.data(), .scale = scale.data(), .x = ye.data(), .y = out, .n = n, .D = D});
   }
-  emit(ctx, tap, "moe_routed", layer, out, {T, D});
-  if (!w.shared.gate_proj.empty() && w.shared.gate_proj.dim(0) > 0)
-    mlp(ctx, c, w.shared, x, T, out, /*accumulate=*/true);
 }
+
+}  // namespace
 
 }  // namespace dsv::layers
