@@ -6,7 +6,7 @@
 #include "core/error.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"dsv: DeepSeek-V2/V3 engine (convert, train, infer)"};
+  CLI::App app{"dsv: DeepSeek-V2/V3 engine: inspect and run Hugging Face checkpoints on CPU or CUDA, tokenize, benchmark"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "dsv 0.1.0");
   dsv::cli::register_info(app);
