@@ -1,5 +1,5 @@
-// Causal attention, fp32, one block per (query, head): each thread scores a strided subset of the
-// keys with an online softmax, then the block merges the partial (max, sum, accumulator) states.
+// Causal attention, fp32, one block per (query, head). Two reference-grade kernels: scores kept in
+// shared memory (used up to ~51k keys) and a three-pass kernel needing no shared memory (beyond).
 // Shared K/V heads (Hkv = 1) and token strides let it run absorbed MLA straight over the cache rows.
 #include <cfloat>
 
@@ -71,14 +71,79 @@ __global__ void attention_kernel(AttentionParams p, int64_t hkv, int64_t ks, int
   }
 }
 
+// Scores in shared memory: one pass of q.k with one warp per key (lanes across the head dim, so key
+// rows are read coalesced), then the softmax over the stored scores, then out = P.V with threads
+// across the value dim. Each dot is computed once instead of three times.
+__global__ void attention_smem_kernel(AttentionParams p, int64_t hkv, int64_t ks, int64_t vs) {
+  extern __shared__ float scores[];  // [visible]
+  __shared__ float reduce[kThreads];
+  const int64_t t = blockIdx.x, h = blockIdx.y;
+  const int64_t visible = p.S - p.T + t + 1;
+  const float* q = p.q + (t * p.H + h) * p.Dqk;
+  const float* kbase = p.k + (h % hkv) * p.Dqk;
+  const float* vbase = p.v + (h % hkv) * p.Dv;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = kThreads / 32;
+  for (int64_t s = warp; s < visible; s += warps) {
+    const float* k = kbase + s * ks;
+    float dot = 0.0f;
+    for (int64_t d = lane; d < p.Dqk; d += 32) dot += q[d] * k[d];
+    for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    if (lane == 0) scores[s] = dot * p.scale;
+  }
+  __syncthreads();
+  float local_max = -FLT_MAX;
+  for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) local_max = fmaxf(local_max, scores[s]);
+  reduce[threadIdx.x] = local_max;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) reduce[threadIdx.x] = fmaxf(reduce[threadIdx.x], reduce[threadIdx.x + stride]);
+    __syncthreads();
+  }
+  const float row_max = reduce[0];
+  __syncthreads();
+  float local_sum = 0.0f;
+  for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) {
+    const float e = __expf(scores[s] - row_max);
+    scores[s] = e;
+    local_sum += e;
+  }
+  reduce[threadIdx.x] = local_sum;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) reduce[threadIdx.x] += reduce[threadIdx.x + stride];
+    __syncthreads();
+  }
+  const float inv_sum = 1.0f / reduce[0];
+  float* out = p.out + (t * p.H + h) * p.Dv;
+  for (int64_t d = threadIdx.x; d < p.Dv; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t s = 0; s < visible; ++s) acc += scores[s] * vbase[s * vs + d];
+    out[d] = acc * inv_sum;
+  }
+}
+
+// Keys whose scores fit in the shared memory a block may opt into (H100: 227 KB); longer contexts
+// use the three-pass kernel, which needs none.
+constexpr int64_t kMaxSmemKeys = (200 * 1024) / 4;
+
 }  // namespace
 
 cudaError_t attention(const AttentionParams& p, cudaStream_t stream) {
   if (p.T == 0) return cudaSuccess;
   const int64_t hkv = p.Hkv ? p.Hkv : p.H;
   const int64_t ks = p.k_stride ? p.k_stride : hkv * p.Dqk, vs = p.v_stride ? p.v_stride : hkv * p.Dv;
-  attention_kernel<<<dim3(static_cast<unsigned>(p.T), static_cast<unsigned>(p.H)), kThreads, 0, stream>>>(p, hkv, ks,
-                                                                                                           vs);
+  const dim3 grid(static_cast<unsigned>(p.T), static_cast<unsigned>(p.H));
+  if (p.S <= kMaxSmemKeys) {
+    const size_t smem = static_cast<size_t>(p.S) * sizeof(float);
+    if (smem > 48 * 1024) {
+      const cudaError_t e = cudaFuncSetAttribute(attention_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem));
+      if (e != cudaSuccess) return e;
+    }
+    attention_smem_kernel<<<grid, kThreads, smem, stream>>>(p, hkv, ks, vs);
+  } else {
+    attention_kernel<<<grid, kThreads, 0, stream>>>(p, hkv, ks, vs);
+  }
   return cudaGetLastError();
 }
 
