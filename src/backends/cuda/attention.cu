@@ -10,6 +10,31 @@ namespace {
 
 constexpr int kThreads = 128;
 
+// Block-wide max / sum of one value per thread (kThreads threads); every thread gets the result.
+__device__ float block_max(float v, float* reduce) {
+  reduce[threadIdx.x] = v;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) reduce[threadIdx.x] = fmaxf(reduce[threadIdx.x], reduce[threadIdx.x + stride]);
+    __syncthreads();
+  }
+  const float r = reduce[0];
+  __syncthreads();
+  return r;
+}
+
+__device__ float block_sum(float v, float* reduce) {
+  reduce[threadIdx.x] = v;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) reduce[threadIdx.x] += reduce[threadIdx.x + stride];
+    __syncthreads();
+  }
+  const float r = reduce[0];
+  __syncthreads();
+  return r;
+}
+
 __global__ void attention_kernel(AttentionParams p, int64_t hkv, int64_t ks, int64_t vs) {
   const int64_t t = blockIdx.x, h = blockIdx.y;
   const int64_t visible = p.S - p.T + t + 1;
@@ -25,14 +50,7 @@ __global__ void attention_kernel(AttentionParams p, int64_t hkv, int64_t ks, int
     local_max = fmaxf(local_max, dot * p.scale);
   }
   __shared__ float reduce[kThreads];
-  reduce[threadIdx.x] = local_max;
-  __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) reduce[threadIdx.x] = fmaxf(reduce[threadIdx.x], reduce[threadIdx.x + stride]);
-    __syncthreads();
-  }
-  const float row_max = reduce[0];
-  __syncthreads();
+  const float row_max = block_max(local_max, reduce);
   // Pass 2: the denominator.
   float local_sum = 0.0f;
   for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) {
@@ -41,14 +59,7 @@ __global__ void attention_kernel(AttentionParams p, int64_t hkv, int64_t ks, int
     for (int64_t d = 0; d < p.Dqk; ++d) dot += q[d] * k[d];
     local_sum += __expf(dot * p.scale - row_max);
   }
-  reduce[threadIdx.x] = local_sum;
-  __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) reduce[threadIdx.x] += reduce[threadIdx.x + stride];
-    __syncthreads();
-  }
-  const float inv_sum = 1.0f / reduce[0];
-  __syncthreads();
+  const float inv_sum = 1.0f / block_sum(local_sum, reduce);
   // Pass 3: out[d] = sum_s p_s v_s[d], threads over d, keys in order (deterministic).
   float* out = p.out + (t * p.H + h) * p.Dv;
   __shared__ float probs[kThreads];
@@ -93,27 +104,14 @@ __global__ void attention_smem_kernel(AttentionParams p, int64_t hkv, int64_t ks
   __syncthreads();
   float local_max = -FLT_MAX;
   for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) local_max = fmaxf(local_max, scores[s]);
-  reduce[threadIdx.x] = local_max;
-  __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) reduce[threadIdx.x] = fmaxf(reduce[threadIdx.x], reduce[threadIdx.x + stride]);
-    __syncthreads();
-  }
-  const float row_max = reduce[0];
-  __syncthreads();
+  const float row_max = block_max(local_max, reduce);
   float local_sum = 0.0f;
   for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) {
     const float e = __expf(scores[s] - row_max);
     scores[s] = e;
     local_sum += e;
   }
-  reduce[threadIdx.x] = local_sum;
-  __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) reduce[threadIdx.x] += reduce[threadIdx.x + stride];
-    __syncthreads();
-  }
-  const float inv_sum = 1.0f / reduce[0];
+  const float inv_sum = 1.0f / block_sum(local_sum, reduce);
   float* out = p.out + (t * p.H + h) * p.Dv;
   for (int64_t d = threadIdx.x; d < p.Dv; d += blockDim.x) {
     float acc = 0.0f;
