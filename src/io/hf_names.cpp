@@ -96,6 +96,12 @@ std::vector<WeightSlot> hf_weight_table(const ModelConfig& c, int64_t mtp_module
   return slots;
 }
 
+int64_t stored_mtp_modules(const ModelConfig& c, const Checkpoint& checkpoint) {
+  int64_t n = 0;
+  while (checkpoint.find(fmt::format("model.layers.{}.eh_proj.weight", c.num_hidden_layers + n))) ++n;
+  return n;
+}
+
 bool hf_name_is_ignored(const ModelConfig& c, const std::string& name) {
   if (c.tie_word_embeddings && name == "lm_head.weight") return true;
   static const std::regex mtp_copies(R"(model\.layers\.(\d+)\.(embed_tokens\.weight|shared_head\.head\.weight))");

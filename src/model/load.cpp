@@ -35,11 +35,6 @@ void dequantize_fp8_blocks(const TensorEntry& w, const TensorEntry& s, int64_t b
       out[i * cols + j] = e4m3_to_f32(q[i * cols + j]) * scales[(i / block_rows) * scols + j / block_cols];
 }
 
-int64_t count_mtp_modules(const ModelConfig& c, const Checkpoint& ckpt) {
-  int64_t n = 0;
-  while (ckpt.find(fmt::format("model.layers.{}.eh_proj.weight", c.num_hidden_layers + n))) ++n;
-  return n;
-}
 
 }  // namespace
 
@@ -50,7 +45,7 @@ std::unique_ptr<Model> load_model(const std::string& dir) {
   m->checkpoint = std::make_unique<Checkpoint>(dir);
   const Checkpoint& ckpt = *m->checkpoint;
 
-  const int64_t mtp_present = count_mtp_modules(c, ckpt);
+  const int64_t mtp_present = stored_mtp_modules(c, ckpt);
   // transformers writes num_nextn_predict_layers = 1 by default even without MTP weights: only
   // modules that are actually stored are loaded; more stored than declared is a mismatch.
   DSV_CHECK(mtp_present <= c.num_nextn_predict_layers,
@@ -164,8 +159,7 @@ std::unique_ptr<Model> load_model(const std::string& dir) {
   for (auto& t : pool) t.join();
   if (progress) fmt::print(stderr, "\rconverting weights: done ({} tensors)\n", slots.size());
   if (failure) std::rethrow_exception(failure);
-  if (c.tie_word_embeddings) m->weights.lm_head = m->weights.embed_tokens;
-  build_expert_tables(*m);
+  finish_weights(*m);
   for (const auto& [name, n] : dtype_counts) m->stats.dtype_counts.emplace_back(name, n);
   return m;
 }

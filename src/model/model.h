@@ -36,8 +36,9 @@ struct Model {
 
 // Loads config.json and the safetensors of `dir`, checking every tensor against the name table.
 std::unique_ptr<Model> load_model(const std::string& dir);
-// Fills the MoE layers' expert pointer tables (done by load_model, to_backend and random_model).
-void build_expert_tables(Model& m);
+// Last step of load_model, to_backend and random_model: points a tied LM head at the embedding and
+// fills the MoE layers' expert pointer tables.
+void finish_weights(Model& m);
 // A model of `config` with random weights made directly on `backend` (no checkpoint, no host copy):
 // projections ~ N(0, init_std), norms 1, biases 0. For benchmarks and tests.
 std::unique_ptr<Model> random_model(const ModelConfig& config, ops::Backend backend, uint64_t seed,

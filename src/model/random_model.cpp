@@ -27,8 +27,7 @@ std::unique_ptr<Model> random_model(const ModelConfig& config, ops::Backend back
                            .mean = norm ? 1.0f : 0.0f, .std = (norm || bias) ? 0.0f : init_std});
     m->stats.tensors++;
   }
-  if (config.tie_word_embeddings) m->weights.lm_head = m->weights.embed_tokens;
-  build_expert_tables(*m);
+  finish_weights(*m);
   return m;
 }
 

@@ -29,8 +29,7 @@ std::unique_ptr<Model> to_backend(const Model& host, ops::Backend backend) {
     m->device_storage.emplace_back(ctx, src.data, static_cast<size_t>(src.numel()));
     dst.data = m->device_storage.back().data();
   }
-  if (m->config.tie_word_embeddings) m->weights.lm_head = m->weights.embed_tokens;
-  build_expert_tables(*m);
+  finish_weights(*m);
   return m;
 }
 

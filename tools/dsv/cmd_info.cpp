@@ -8,7 +8,7 @@
 #include "cli_util.h"
 #include "core/error.h"
 #include "commands.h"
-#include "io/safetensors.h"
+#include "io/hf_names.h"
 #include "model/config.h"
 
 namespace dsv::cli {
@@ -61,8 +61,7 @@ void run_info(const std::string& dir) {
       stored_bytes += static_cast<int64_t>(e.nbytes);
       dtypes[std::string(dtype_name(e.dtype))]++;
     }
-    while (ckpt.find(fmt::format("model.layers.{}.eh_proj.weight", c.num_hidden_layers + mtp_present)))
-      ++mtp_present;
+    mtp_present = stored_mtp_modules(c, ckpt);
     fmt::print("checkpoint   {} tensors in {} file(s), {} on disk;", ckpt.names().size(), ckpt.file_count(),
                human_bytes(static_cast<double>(stored_bytes)));
     for (const auto& [d, n] : dtypes) fmt::print(" {} x{}", d, n);

@@ -20,7 +20,8 @@ void build(Model& m, MoeWeights& moe) {
 }
 }  // namespace
 
-void build_expert_tables(Model& m) {
+void finish_weights(Model& m) {
+  if (m.config.tie_word_embeddings) m.weights.lm_head = m.weights.embed_tokens;
   m.expert_tables.clear();
   for (LayerWeights& l : m.weights.layers)
     if (l.is_moe) build(m, l.moe);
