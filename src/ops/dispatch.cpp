@@ -96,7 +96,7 @@ void gather_rows(const Context& ctx, const RowsParams& p) {
 }
 
 void scatter_add_rows(const Context& ctx, const RowsParams& p) {
-  DSV_CHECK(p.rows && p.scale && p.x && p.y, "scatter_add_rows: null pointer");
+  DSV_CHECK(p.rows && p.x && p.y, "scatter_add_rows: null pointer");
   run(ctx, p, cpu::scatter_add_rows, &BackendTable::scatter_add_rows, "scatter_add_rows");
 }
 

@@ -123,11 +123,12 @@ struct Copy2dParams {
 };
 void copy2d(const Context& ctx, const Copy2dParams& p);
 
-// out[r, :] = x[rows[r], :]             (gather the tokens routed to one expert)
+// y[r, :] = scale[r] * x[rows[r], :]    (gather the tokens routed to one expert)
 // y[rows[r], :] += scale[r] * x[r, :]   (scatter_add; rows unique within one call)
+// A null scale means 1.
 struct RowsParams {
   const int32_t* rows = nullptr;
-  const float* scale = nullptr;  // scatter only
+  const float* scale = nullptr;  // optional
   const float* x = nullptr;
   float* y = nullptr;
   int64_t n = 0, D = 0;
@@ -164,6 +165,155 @@ struct FillRandomParams {
 };
 void fill_random(const Context& ctx, const FillRandomParams& p);
 
+// ---- Training ops: backward passes, loss, optimizer (issue 5). Same conventions as above. ----
+
+// Weight (and bias) gradient of linear: dw[N, K] (+)= dy[M, N]^T . x[M, K]; dbias[N] (+)= sum_m dy[m, :].
+// (The input gradient is linear() with w_transposed: dx[M, K] = dy[M, N] . w[N, K].)
+struct LinearWeightGradParams {
+  const float* dy = nullptr;
+  const float* x = nullptr;
+  float* dw = nullptr;
+  float* dbias = nullptr;  // optional
+  int64_t M = 0, N = 0, K = 0;
+  int64_t dy_stride = 0;  // row stride of dy; 0 means N
+  int64_t x_stride = 0;   // row stride of x; 0 means K
+  bool accumulate = false;  // applies to dw and dbias alike
+};
+void linear_weight_grad(const Context& ctx, const LinearWeightGradParams& p);
+
+// Backward of rmsnorm (y = weight * x * r, r = 1/sqrt(mean(x^2) + eps)), recomputing r from x:
+//   dx[r, :] (+)= r * (weight*dy - x * r^2 * mean(weight*dy*x))      (accumulate_dx)
+//   dweight[:] += sum_rows dy * x * r                                 (always accumulates)
+struct RmsNormBackwardParams {
+  const float* x = nullptr;
+  const float* weight = nullptr;
+  const float* dy = nullptr;
+  float* dx = nullptr;        // may not alias x; may alias dy
+  float* dweight = nullptr;   // optional
+  int64_t rows = 0, dim = 0;
+  int64_t x_stride = 0, dy_stride = 0, dx_stride = 0;  // 0 means dim
+  float eps = 1e-6f;
+  bool accumulate_dx = false;
+};
+void rmsnorm_backward(const Context& ctx, const RmsNormBackwardParams& p);
+
+// (The backward of rope is rope itself with sin negated: the rotation is orthogonal.)
+
+// Backward of causal attention with Hkv == H (training: the queries are the last T of S keys).
+// Inputs as AttentionParams plus dout[T, H, Dv]; outputs dq[T, H, Dqk], dk[S, H, Dqk], dv[S, H, Dv]
+// (overwritten, dense). Probabilities are recomputed from q, k.
+struct AttentionBackwardParams {
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  const float* dout = nullptr;
+  float* dq = nullptr;
+  float* dk = nullptr;
+  float* dv = nullptr;
+  int64_t T = 0, S = 0, H = 0, Dqk = 0, Dv = 0;
+  float scale = 1.0f;
+};
+void attention_backward(const Context& ctx, const AttentionBackwardParams& p);
+
+// Backward of out = silu(gate) * up: dgate = dout * up * silu'(gate), dup = dout * silu(gate).
+// dgate/dup may alias gate/up (each element is read before it is written).
+struct SwigluBackwardParams {
+  const float* gate = nullptr;
+  const float* up = nullptr;
+  const float* dout = nullptr;
+  float* dgate = nullptr;
+  float* dup = nullptr;
+  int64_t n = 0;
+};
+void swiglu_backward(const Context& ctx, const SwigluBackwardParams& p);
+
+// Backward of embed: dtable[ids[t], :] += dout[t, :] (ids may repeat).
+struct EmbedBackwardParams {
+  const int32_t* ids = nullptr;
+  const float* dout = nullptr;
+  float* dtable = nullptr;
+  int64_t T = 0, D = 0;
+};
+void embed_backward(const Context& ctx, const EmbedBackwardParams& p);
+
+// Gradient of the combine weights with respect to the router logits, for the weights route()
+// produced (same kind, K, norm_topk_prob, scaling). The correction bias only chooses experts, so it
+// gets no gradient. dlogits[T, E] (+)= (accumulate):
+//   softmax kinds: p = softmax(logits); w_k = scale * p[e_k]; dlogits = p * (g - sum(p * g)),
+//                  g[e_k] = scale * dweights[k], 0 elsewhere.
+//   sigmoid:       s = sigmoid(logits); w_k = scale * s[e_k] / (sum_j s[e_j] + 1e-20 if norm_topk_prob, else 1);
+//                  dlogits[e_k] = ds_k * s[e_k] * (1 - s[e_k]).
+struct RouteBackwardParams {
+  const float* logits = nullptr;
+  const int32_t* indices = nullptr;  // [T, K]
+  const float* dweights = nullptr;   // [T, K]
+  float* dlogits = nullptr;          // [T, E]
+  int64_t T = 0, E = 0, K = 0;
+  RouterKind kind = RouterKind::SigmoidNoauxGroups;
+  bool norm_topk_prob = false;
+  float routed_scaling_factor = 1.0f;
+  bool accumulate = false;
+};
+void route_backward(const Context& ctx, const RouteBackwardParams& p);
+
+// out[r] = sum_d a[rows[r], d] * b[r, d]   (the gradient of scatter_add_rows' per-row scale)
+struct RowDotsParams {
+  const int32_t* rows = nullptr;
+  const float* a = nullptr;  // [*, D]
+  const float* b = nullptr;  // [n, D]
+  float* out = nullptr;      // [n]
+  int64_t n = 0, D = 0;
+};
+void row_dots(const Context& ctx, const RowDotsParams& p);
+
+// Cross-entropy over rows of logits, in place: logits[T, V] becomes
+//   grad_scale * (softmax(logits[t]) - onehot(targets[t]))
+// and loss[t] = logsumexp(logits[t]) - logits[t, targets[t]] (fp32). Rows whose target is negative
+// (ignored) get loss 0 and a zero gradient. Callers run it on chunks of rows so that the logits of
+// a whole batch never exist at once.
+struct CrossEntropyParams {
+  float* logits = nullptr;
+  const int32_t* targets = nullptr;
+  float* loss = nullptr;  // [T]
+  int64_t T = 0, V = 0;
+  float grad_scale = 1.0f;
+};
+void cross_entropy(const Context& ctx, const CrossEntropyParams& p);
+
+// y[i] = alpha * x[i] + beta * y[i]   (beta = 0 overwrites y without reading it)
+struct AxpbyParams {
+  const float* x = nullptr;
+  float* y = nullptr;
+  int64_t n = 0;
+  float alpha = 1.0f, beta = 1.0f;
+};
+void axpby(const Context& ctx, const AxpbyParams& p);
+
+// out[0] (+)= sum_i x[i]^2, accumulated in double on the CPU and fp32 per block on devices.
+// out is on the backend.
+struct SumSquaresParams {
+  const float* x = nullptr;
+  float* out = nullptr;
+  int64_t n = 0;
+  bool accumulate = false;
+};
+void sum_squares(const Context& ctx, const SumSquaresParams& p);
+
+// One AdamW step (decoupled weight decay, torch.optim.AdamW): for each i, with g = grad[i] * grad_scale,
+//   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+//   param = param * (1 - lr * weight_decay) - lr * (m / (1 - b1^step)) / (sqrt(v) / sqrt(1 - b2^step) + eps)
+// (the order of torch.optim.AdamW's single-tensor path).
+struct AdamWParams {
+  float* param = nullptr;
+  const float* grad = nullptr;
+  float* m = nullptr;
+  float* v = nullptr;
+  int64_t n = 0;
+  int64_t step = 1;  // 1-based, for bias correction
+  float lr = 0.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f, grad_scale = 1.0f;
+};
+void adamw(const Context& ctx, const AdamWParams& p);
+
 // Backends other than the CPU register their entry points here (the CUDA backend does so from
 // dsv_cuda, which dsv_lib does not link against).
 struct BackendTable {
@@ -180,6 +330,17 @@ struct BackendTable {
   void (*scatter_add_rows)(const RowsParams&, void* stream) = nullptr;
   void (*fill_random)(const FillRandomParams&, void* stream) = nullptr;
   void (*moe_experts)(const MoeExpertsParams&, void* stream) = nullptr;
+  void (*linear_weight_grad)(const LinearWeightGradParams&, void* stream) = nullptr;
+  void (*rmsnorm_backward)(const RmsNormBackwardParams&, void* stream) = nullptr;
+  void (*attention_backward)(const AttentionBackwardParams&, void* stream) = nullptr;
+  void (*swiglu_backward)(const SwigluBackwardParams&, void* stream) = nullptr;
+  void (*embed_backward)(const EmbedBackwardParams&, void* stream) = nullptr;
+  void (*route_backward)(const RouteBackwardParams&, void* stream) = nullptr;
+  void (*row_dots)(const RowDotsParams&, void* stream) = nullptr;
+  void (*cross_entropy)(const CrossEntropyParams&, void* stream) = nullptr;
+  void (*axpby)(const AxpbyParams&, void* stream) = nullptr;
+  void (*sum_squares)(const SumSquaresParams&, void* stream) = nullptr;
+  void (*adamw)(const AdamWParams&, void* stream) = nullptr;
   void* (*allocate)(size_t bytes) = nullptr;
   void (*release)(void* ptr) = nullptr;
   void (*to_device)(void* dst, const void* src, size_t bytes, void* stream) = nullptr;

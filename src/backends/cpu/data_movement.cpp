@@ -23,14 +23,21 @@ void copy2d(const Copy2dParams& p) {
 }
 
 void gather_rows(const RowsParams& p) {
-  for (int64_t r = 0; r < p.n; ++r) std::memcpy(p.y + r * p.D, p.x + p.rows[r] * p.D, p.D * sizeof(float));
+  for (int64_t r = 0; r < p.n; ++r) {
+    if (!p.scale) {
+      std::memcpy(p.y + r * p.D, p.x + p.rows[r] * p.D, p.D * sizeof(float));
+      continue;
+    }
+    for (int64_t d = 0; d < p.D; ++d) p.y[r * p.D + d] = p.scale[r] * p.x[p.rows[r] * p.D + d];
+  }
 }
 
 void scatter_add_rows(const RowsParams& p) {
   for (int64_t r = 0; r < p.n; ++r) {
     float* y = p.y + p.rows[r] * p.D;
     const float* x = p.x + r * p.D;
-    for (int64_t d = 0; d < p.D; ++d) y[d] += p.scale[r] * x[d];
+    const float scale = p.scale ? p.scale[r] : 1.0f;
+    for (int64_t d = 0; d < p.D; ++d) y[d] += scale * x[d];
   }
 }
 

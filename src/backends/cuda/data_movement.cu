@@ -26,12 +26,16 @@ __global__ void copy2d_kernel(Copy2dParams p) {
   }
 }
 __global__ void gather_rows_kernel(RowsParams p) {
-  GRID_STRIDE(i, p.n * p.D) p.y[i] = p.x[static_cast<int64_t>(p.rows[i / p.D]) * p.D + i % p.D];
+  GRID_STRIDE(i, p.n * p.D) {
+    const int64_t r = i / p.D;
+    const float v = p.x[static_cast<int64_t>(p.rows[r]) * p.D + i % p.D];
+    p.y[i] = p.scale ? p.scale[r] * v : v;
+  }
 }
 __global__ void scatter_add_rows_kernel(RowsParams p) {  // rows are unique within a call: no races
   GRID_STRIDE(i, p.n * p.D) {
     const int64_t r = i / p.D;
-    p.y[static_cast<int64_t>(p.rows[r]) * p.D + i % p.D] += p.scale[r] * p.x[i];
+    p.y[static_cast<int64_t>(p.rows[r]) * p.D + i % p.D] += (p.scale ? p.scale[r] : 1.0f) * p.x[i];
   }
 }
 

@@ -1,0 +1,46 @@
+// Trainer: one optimizer step at a time over a model held as fp32 master weights.
+// The loop around it (console, metrics file, stopping) lives in tools/dsv/cmd_train.cpp.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "train/train_config.h"
+
+namespace dsv::train {
+
+struct StepMetrics {
+  int64_t step = 0;            // 1-based optimizer step just taken (or skipped)
+  double loss = 0.0;           // mean next-token cross-entropy of the main model
+  double mtp_loss = 0.0;       // mean over depths of the MTP cross-entropies (0 without MTP)
+  double aux_loss = 0.0;       // balance losses (already weighted by alpha)
+  double grad_norm = 0.0;      // global L2 norm before clipping
+  double lr = 0.0;
+  int64_t tokens = 0;          // tokens processed in this step
+  double step_seconds = 0.0;
+  double tokens_per_second = 0.0;
+  double mfu = 0.0;            // model FLOPs utilization against the device's dense peak (0 on CPU)
+  bool skipped = false;        // NaN/Inf loss or gradient: no update was applied
+  std::vector<double> expert_imbalance;  // per MoE layer: max expert load / mean load in this step
+};
+
+class Trainer {
+ public:
+  explicit Trainer(const TrainConfig& config);
+  ~Trainer();
+  // Runs grad_accum micro-batches and one AdamW update. Throws dsv::Error after max_bad_steps
+  // consecutive non-finite steps.
+  StepMetrics step();
+  int64_t steps_done() const;
+  const Model& model() const;
+  int64_t parameter_count() const;
+  // Writes the current weights as an HF checkpoint directory (config.json + model.safetensors).
+  void save_hf(const std::string& dir) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dsv::train
