@@ -49,4 +49,32 @@ void register_cuda_backend();
 // linear.cpp; the handle is created once per thread.
 cudaError_t linear(const LinearParams& p, cudaStream_t stream);
 
+// ---- Training ops (twins of the CPU reference ops; same Params, device pointers). ----
+// Unless noted, results do not depend on launch timing (fixed reduction orders, no atomics).
+
+// dw through cuBLASLt in fp32 (linear.cpp); dbias through column_sum (two-stage, deterministic).
+cudaError_t linear_weight_grad(const LinearWeightGradParams& p, cudaStream_t stream);
+// out[c] (+)= sum_r a[r, c] * (b ? b[r, c] : 1) * (row_scale ? row_scale[r] : 1) for c < cols, rows
+// in fixed chunks (partials in a cached scratch buffer, then summed in chunk order). train_reduce.cu.
+cudaError_t column_sum(const float* a, int64_t a_stride, const float* b, int64_t b_stride, const float* row_scale,
+                       float* out, int64_t rows, int64_t cols, bool accumulate, cudaStream_t stream);
+// One block per row for dx (and 1/rms per row into scratch), then column_sum for dweight.
+cudaError_t rmsnorm_backward(const RmsNormBackwardParams& p, cudaStream_t stream);
+// Two kernels: per (query, head) the logsumexp and D = dout . out (into a cached scratch) and then
+// dq; per (key, head) dk and dv. Probabilities recomputed from q, k; no atomics (deterministic).
+cudaError_t attention_backward(const AttentionBackwardParams& p, cudaStream_t stream);
+cudaError_t swiglu_backward(const SwigluBackwardParams& p, cudaStream_t stream);
+// atomicAdd per element: with repeated ids the fp32 summation order (hence the last bits) varies.
+cudaError_t embed_backward(const EmbedBackwardParams& p, cudaStream_t stream);
+// One block per token; any E.
+cudaError_t route_backward(const RouteBackwardParams& p, cudaStream_t stream);
+// One warp per row.
+cudaError_t row_dots(const RowDotsParams& p, cudaStream_t stream);
+// One block per row, max-subtracted; out-of-range targets (>= V) give a NaN loss.
+cudaError_t cross_entropy(const CrossEntropyParams& p, cudaStream_t stream);
+cudaError_t axpby(const AxpbyParams& p, cudaStream_t stream);
+// Fixed grid of per-block partial sums (double) into scratch, then one block sums them in order.
+cudaError_t sum_squares(const SumSquaresParams& p, cudaStream_t stream);
+cudaError_t adamw(const AdamWParams& p, cudaStream_t stream);
+
 }  // namespace dsv::ops::cuda

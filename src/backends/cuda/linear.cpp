@@ -15,13 +15,17 @@ struct LtHandle {
   ~LtHandle() { if (handle) cublasLtDestroy(handle); }
 };
 
+cublasLtHandle_t lt_handle() {  // one per thread, shared by linear and linear_weight_grad
+  thread_local LtHandle lt;
+  return lt.handle;
+}
+
 }  // namespace
 
 cudaError_t add_bias(const LinearParams& p, cudaStream_t stream);  // bias.cu
 
 cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
-  thread_local LtHandle lt;
   const int64_t xs = p.x_stride ? p.x_stride : p.K, ys = p.y_stride ? p.y_stride : p.N;
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
@@ -48,7 +52,7 @@ cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
   }
   const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
   const cublasStatus_t status =
-      cublasLtMatmul(lt.handle, op, &alpha, p.w, a, p.x, b, &beta, p.y, c, p.y, c, nullptr, nullptr, 0, stream);
+      cublasLtMatmul(lt_handle(), op, &alpha, p.w, a, p.x, b, &beta, p.y, c, p.y, c, nullptr, nullptr, 0, stream);
   cublasLtMatrixLayoutDestroy(a);
   cublasLtMatrixLayoutDestroy(b);
   cublasLtMatrixLayoutDestroy(c);
@@ -63,6 +67,43 @@ cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
   }
   return cudaSuccess;
+}
+
+// dw[N, K] (+)= dy[M, N]^T . x[M, K], row-major. Column-major, dw is dw^T[K, N] (ld K) = x^T[K, M] .
+// dy[M, N]: A = x as stored ([K, M], ld x_stride), B = dy transposed (stored [N, M], ld dy_stride).
+// The bias gradient is a deterministic column sum of dy.
+cudaError_t linear_weight_grad(const LinearWeightGradParams& p, cudaStream_t stream) {
+  const int64_t xs = p.x_stride ? p.x_stride : p.K, dys = p.dy_stride ? p.dy_stride : p.N;
+  if (p.N > 0 && p.K > 0) {
+    if (p.M == 0) {  // an empty sum: zeros (cuBLASLt is not asked about k = 0)
+      if (!p.accumulate) {
+        const cudaError_t e =
+            cudaMemsetAsync(p.dw, 0, static_cast<size_t>(p.N) * static_cast<size_t>(p.K) * sizeof(float), stream);
+        if (e != cudaSuccess) return e;
+      }
+    } else {
+      cublasLtMatmulDesc_t op = nullptr;
+      cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+      if (cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS)
+        return cudaErrorUnknown;
+      const cublasOperation_t transa = CUBLAS_OP_N, transb = CUBLAS_OP_T;
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &transa, sizeof transa);
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof transb);
+      cublasLtMatrixLayoutCreate(&a, CUDA_R_32F, p.K, p.M, xs);
+      cublasLtMatrixLayoutCreate(&b, CUDA_R_32F, p.N, p.M, dys);
+      cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, p.K, p.N, p.K);
+      const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
+      const cublasStatus_t status =
+          cublasLtMatmul(lt_handle(), op, &alpha, p.x, a, p.dy, b, &beta, p.dw, c, p.dw, c, nullptr, nullptr, 0, stream);
+      cublasLtMatrixLayoutDestroy(a);
+      cublasLtMatrixLayoutDestroy(b);
+      cublasLtMatrixLayoutDestroy(c);
+      cublasLtMatmulDescDestroy(op);
+      if (status != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
+    }
+  }
+  if (!p.dbias) return cudaSuccess;
+  return column_sum(p.dy, dys, nullptr, 0, nullptr, p.dbias, p.M, p.N, p.accumulate, stream);
 }
 
 }  // namespace dsv::ops::cuda

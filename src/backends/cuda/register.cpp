@@ -35,6 +35,31 @@ void register_cuda_backend() {
   };
   t.fill_random = [](const FillRandomParams& p, void* s) { check(fill_random(p, as_stream(s)), "fill_random"); };
   t.moe_experts = [](const MoeExpertsParams& p, void* s) { check(moe_experts(p, as_stream(s)), "moe_experts"); };
+  t.linear_weight_grad = [](const LinearWeightGradParams& p, void* s) {
+    check(linear_weight_grad(p, as_stream(s)), "linear_weight_grad");
+  };
+  t.rmsnorm_backward = [](const RmsNormBackwardParams& p, void* s) {
+    check(rmsnorm_backward(p, as_stream(s)), "rmsnorm_backward");
+  };
+  t.attention_backward = [](const AttentionBackwardParams& p, void* s) {
+    check(attention_backward(p, as_stream(s)), "attention_backward");
+  };
+  t.swiglu_backward = [](const SwigluBackwardParams& p, void* s) {
+    check(swiglu_backward(p, as_stream(s)), "swiglu_backward");
+  };
+  t.embed_backward = [](const EmbedBackwardParams& p, void* s) {
+    check(embed_backward(p, as_stream(s)), "embed_backward");
+  };
+  t.route_backward = [](const RouteBackwardParams& p, void* s) {
+    check(route_backward(p, as_stream(s)), "route_backward");
+  };
+  t.row_dots = [](const RowDotsParams& p, void* s) { check(row_dots(p, as_stream(s)), "row_dots"); };
+  t.cross_entropy = [](const CrossEntropyParams& p, void* s) {
+    check(cross_entropy(p, as_stream(s)), "cross_entropy");
+  };
+  t.axpby = [](const AxpbyParams& p, void* s) { check(axpby(p, as_stream(s)), "axpby"); };
+  t.sum_squares = [](const SumSquaresParams& p, void* s) { check(sum_squares(p, as_stream(s)), "sum_squares"); };
+  t.adamw = [](const AdamWParams& p, void* s) { check(adamw(p, as_stream(s)), "adamw"); };
   t.allocate = [](size_t bytes) -> void* { return cached_allocate(bytes); };
   t.release = [](void* p) { cached_release(p); };
   // Synchronous copies: the host side of a copy may be a temporary that dies right after the call.
