@@ -1,0 +1,199 @@
+// Training forward/backward of the SwiGLU MLP (dense layers, experts, shared experts) and of the
+// DeepSeekMoE layer: router -> top-K -> experts grouped by token lists -> weighted combine + shared.
+// The routing is read back to the host to group tokens per expert (as the inference prefill does);
+// the balance losses are computed there too, from the same logits and choices.
+#include <cmath>
+
+#include "core/error.h"
+#include "ops/ops.h"
+#include "train/param_store.h"
+#include "train/train_layers.h"
+
+namespace dsv::train {
+
+void mlp_forward(const ops::Context& ctx, const MlpWeights& w, const float* x, int64_t T, int64_t D, float* out,
+                 bool accumulate, MlpSaved& s) {
+  const int64_t F = w.gate_proj.dim(0);
+  s.gate = Buffer<float>(ctx.backend, T * F);
+  s.up = Buffer<float>(ctx.backend, T * F);
+  Buffer<float> h(ctx.backend, T * F);
+  ops::linear(ctx, {.x = x, .w = w.gate_proj.data, .bias = w.gate_bias.data, .y = s.gate.data(), .M = T, .N = F, .K = D});
+  ops::linear(ctx, {.x = x, .w = w.up_proj.data, .bias = w.up_bias.data, .y = s.up.data(), .M = T, .N = F, .K = D});
+  ops::swiglu(ctx, {.gate = s.gate.data(), .up = s.up.data(), .out = h.data(), .n = T * F});
+  ops::linear(ctx, {.x = h.data(), .w = w.down_proj.data, .bias = w.down_bias.data, .y = out, .M = T, .N = D, .K = F,
+                    .accumulate = accumulate});
+}
+
+void mlp_backward(const ops::Context& ctx, const MlpWeights& w, const MlpWeights& g, const float* x, int64_t T,
+                  int64_t D, const MlpSaved& s, const float* dy, float* dx, bool accumulate_dx) {
+  const int64_t F = w.gate_proj.dim(0);
+  const ops::Backend be = ctx.backend;
+  Buffer<float> h(be, T * F), dgate(be, T * F), dup(be, T * F);
+  ops::swiglu(ctx, {.gate = s.gate.data(), .up = s.up.data(), .out = h.data(), .n = T * F});  // recomputed
+  ops::linear_weight_grad(ctx, {.dy = dy, .x = h.data(), .dw = mut(g.down_proj), .dbias = mut(g.down_bias), .M = T,
+                                .N = D, .K = F, .accumulate = true});
+  ops::linear(ctx, {.x = dy, .w = w.down_proj.data, .y = h.data(), .M = T, .N = F, .K = D, .w_transposed = true});
+  ops::swiglu_backward(ctx, {.gate = s.gate.data(), .up = s.up.data(), .dout = h.data(), .dgate = dgate.data(),
+                             .dup = dup.data(), .n = T * F});
+  ops::linear_weight_grad(ctx, {.dy = dgate.data(), .x = x, .dw = mut(g.gate_proj), .dbias = mut(g.gate_bias), .M = T,
+                                .N = F, .K = D, .accumulate = true});
+  ops::linear_weight_grad(ctx, {.dy = dup.data(), .x = x, .dw = mut(g.up_proj), .dbias = mut(g.up_bias), .M = T,
+                                .N = F, .K = D, .accumulate = true});
+  ops::linear(ctx, {.x = dgate.data(), .w = w.gate_proj.data, .y = dx, .M = T, .N = D, .K = F,
+                    .accumulate = accumulate_dx, .w_transposed = true});
+  ops::linear(ctx, {.x = dup.data(), .w = w.up_proj.data, .y = dx, .M = T, .N = D, .K = F, .accumulate = true,
+                    .w_transposed = true});
+}
+
+namespace {
+
+bool has_shared(const MoeWeights& w) { return !w.shared.gate_proj.empty() && w.shared.gate_proj.dim(0) > 0; }
+
+// Balance losses of docs/TRAINING.md for one layer, per sequence: returns the weighted loss and
+// fills dlogits[T, E] with its gradient.
+double balance_loss(const ModelConfig& c, const AuxSpec& aux, Batch batch, const std::vector<float>& logits,
+                    const std::vector<int32_t>& idx, std::vector<float>& dlogits) {
+  const bool v3 = c.router == RouterKind::SigmoidNoauxGroups;
+  const double alpha = v3 ? aux.seq_aux_alpha : aux.expert_aux_alpha;
+  const int64_t S = batch.length, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  dlogits.assign(static_cast<size_t>(batch.tokens() * E), 0.0f);
+  double total = 0.0;
+  std::vector<double> s(static_cast<size_t>(E)), f(static_cast<size_t>(E)), P(static_cast<size_t>(E));
+  for (int64_t b = 0; b < batch.sequences; ++b) {
+    std::fill(f.begin(), f.end(), 0.0);
+    std::fill(P.begin(), P.end(), 0.0);
+    for (int64_t t = b * S; t < (b + 1) * S; ++t)
+      for (int64_t k = 0; k < K; ++k) f[idx[t * K + k]] += static_cast<double>(E) / static_cast<double>(K * S);
+    // P_i = mean over tokens of the normalized affinity; dL/dP_i = alpha * f_i * weight.
+    std::vector<std::vector<double>> probs(static_cast<size_t>(S), std::vector<double>(static_cast<size_t>(E)));
+    for (int64_t i = 0; i < S; ++i) {
+      const float* row = logits.data() + (b * S + i) * E;
+      double sum = 0.0;
+      if (v3) {
+        for (int64_t e = 0; e < E; ++e) sum += s[e] = 1.0 / (1.0 + std::exp(-static_cast<double>(row[e])));
+      } else {
+        double mx = row[0];
+        for (int64_t e = 1; e < E; ++e) mx = std::max(mx, static_cast<double>(row[e]));
+        for (int64_t e = 0; e < E; ++e) sum += s[e] = std::exp(static_cast<double>(row[e]) - mx);
+      }
+      for (int64_t e = 0; e < E; ++e) P[e] += (probs[i][e] = s[e] / sum) / static_cast<double>(S);
+      // Gradient of the normalized probabilities p = s / sum with g_e = dL/dp_e:
+      //   V3 (s = sigmoid): dL/ds_j = (g_j - sum_e g_e p_e) / sum, then times s_j (1 - s_j).
+      //   V2 (softmax):     dL/dlogit_j = p_j (g_j - sum_e g_e p_e).
+      double gp = 0.0;
+      std::vector<double> g(static_cast<size_t>(E));
+      for (int64_t e = 0; e < E; ++e) {
+        g[e] = alpha * f[e] * aux.sequence_weight / static_cast<double>(S);
+        gp += g[e] * probs[i][e];
+      }
+      float* d = dlogits.data() + (b * S + i) * E;
+      for (int64_t e = 0; e < E; ++e) {
+        if (v3) {
+          const double sig = s[e];
+          d[e] = static_cast<float>((g[e] - gp) / sum * sig * (1.0 - sig));
+        } else {
+          d[e] = static_cast<float>(probs[i][e] * (g[e] - gp));
+        }
+      }
+    }
+    double l = 0.0;
+    for (int64_t e = 0; e < E; ++e) l += f[e] * P[e];
+    total += alpha * l * aux.sequence_weight;
+  }
+  return total;
+}
+
+}  // namespace
+
+void moe_forward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, const float* xn, Batch batch,
+                 const AuxSpec& aux, float* out, MoeSaved& s, MoeStats& stats) {
+  const int64_t T = batch.tokens(), D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const ops::Backend be = ctx.backend;
+  s.logits = Buffer<float>(be, T * E);
+  s.indices = Buffer<int32_t>(be, T * K);
+  Buffer<float> weights(be, T * K);
+  ops::linear(ctx, {.x = xn, .w = w.router.data, .y = s.logits.data(), .M = T, .N = E, .K = D});
+  ops::route(ctx, {.logits = s.logits.data(), .correction_bias = w.score_correction_bias.data,
+                   .indices = s.indices.data(), .weights = weights.data(), .T = T, .E = E, .K = K,
+                   .n_group = c.n_group, .topk_group = c.topk_group, .kind = c.router,
+                   .norm_topk_prob = c.norm_topk_prob,
+                   .routed_scaling_factor = static_cast<float>(c.routed_scaling_factor)});
+  const std::vector<int32_t> idx = s.indices.to_host(ctx);
+  const std::vector<float> gate = weights.to_host(ctx);
+
+  stats.load.assign(static_cast<size_t>(E), 0);
+  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(E)), pairs(static_cast<size_t>(E));
+  std::vector<std::vector<float>> scales(static_cast<size_t>(E));
+  for (int64_t p = 0; p < T * K; ++p) {
+    const int32_t e = idx[p];
+    rows[e].push_back(static_cast<int32_t>(p / K));
+    pairs[e].push_back(static_cast<int32_t>(p));
+    scales[e].push_back(gate[p]);
+    stats.load[e]++;
+  }
+
+  ops::copy2d(ctx, {.src = nullptr, .dst = out, .rows = T, .cols = D, .src_stride = D, .dst_stride = D});
+  s.experts.clear();
+  s.experts.resize(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) {
+    ExpertSaved& x = s.experts[e];
+    x.n = static_cast<int64_t>(rows[e].size());
+    if (x.n == 0) continue;
+    x.rows = Buffer<int32_t>(ctx, rows[e].data(), rows[e].size());
+    x.scale = Buffer<float>(ctx, scales[e].data(), scales[e].size());
+    x.pairs = std::move(pairs[e]);
+    Buffer<float> xe(be, x.n * D);
+    x.y = Buffer<float>(be, x.n * D);
+    ops::gather_rows(ctx, {.rows = x.rows.data(), .x = xn, .y = xe.data(), .n = x.n, .D = D});
+    mlp_forward(ctx, w.experts[e], xe.data(), x.n, D, x.y.data(), false, x.mlp);
+    ops::scatter_add_rows(ctx, {.rows = x.rows.data(), .scale = x.scale.data(), .x = x.y.data(), .y = out, .n = x.n,
+                                .D = D});
+  }
+  if (has_shared(w)) mlp_forward(ctx, w.shared, xn, T, D, out, true, s.shared);
+
+  stats.aux_loss = 0.0;
+  s.aux_dlogits = Buffer<float>();
+  const bool v3 = c.router == RouterKind::SigmoidNoauxGroups;
+  if ((v3 ? aux.seq_aux_alpha : aux.expert_aux_alpha) > 0.0) {
+    std::vector<float> dlogits;
+    stats.aux_loss = balance_loss(c, aux, batch, s.logits.to_host(ctx), idx, dlogits);
+    s.aux_dlogits = Buffer<float>(ctx, dlogits.data(), dlogits.size());
+  }
+}
+
+void moe_backward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& g,
+                  const float* xn, Batch batch, const MoeSaved& s, const float* dout, float* dxn) {
+  const int64_t T = batch.tokens(), D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const ops::Backend be = ctx.backend;
+  if (has_shared(w)) mlp_backward(ctx, w.shared, g.shared, xn, T, D, s.shared, dout, dxn, false);
+  else ops::copy2d(ctx, {.src = nullptr, .dst = dxn, .rows = T, .cols = D, .src_stride = D, .dst_stride = D});
+
+  // out[t] += scale * y_e[r]: dy_e[r] = scale * dout[t], dscale = dout[t] . y_e[r].
+  std::vector<float> dweights(static_cast<size_t>(T * K), 0.0f);
+  for (int64_t e = 0; e < E; ++e) {
+    const ExpertSaved& x = s.experts[e];
+    if (x.n == 0) continue;
+    Buffer<float> xe(be, x.n * D), dy(be, x.n * D), dxe(be, x.n * D), dscale(be, x.n);
+    ops::row_dots(ctx, {.rows = x.rows.data(), .a = dout, .b = x.y.data(), .out = dscale.data(), .n = x.n, .D = D});
+    ops::gather_rows(ctx, {.rows = x.rows.data(), .scale = x.scale.data(), .x = dout, .y = dy.data(), .n = x.n, .D = D});
+    ops::gather_rows(ctx, {.rows = x.rows.data(), .x = xn, .y = xe.data(), .n = x.n, .D = D});
+    mlp_backward(ctx, w.experts[e], g.experts[e], xe.data(), x.n, D, x.mlp, dy.data(), dxe.data(), false);
+    ops::scatter_add_rows(ctx, {.rows = x.rows.data(), .x = dxe.data(), .y = dxn, .n = x.n, .D = D});
+    const std::vector<float> ds = dscale.to_host(ctx);
+    for (int64_t r = 0; r < x.n; ++r) dweights[x.pairs[r]] = ds[r];
+  }
+
+  Buffer<float> dlogits(be, T * E);
+  const Buffer<float> dw(ctx, dweights.data(), dweights.size());
+  ops::route_backward(ctx, {.logits = s.logits.data(), .indices = s.indices.data(), .dweights = dw.data(),
+                            .dlogits = dlogits.data(), .T = T, .E = E, .K = K, .kind = c.router,
+                            .norm_topk_prob = c.norm_topk_prob,
+                            .routed_scaling_factor = static_cast<float>(c.routed_scaling_factor)});
+  if (s.aux_dlogits.size()) ops::add(ctx, {.x = s.aux_dlogits.data(), .y = dlogits.data(), .n = T * E});
+  ops::linear_weight_grad(ctx, {.dy = dlogits.data(), .x = xn, .dw = mut(g.router), .M = T, .N = E, .K = D,
+                                .accumulate = true});
+  ops::linear(ctx, {.x = dlogits.data(), .w = w.router.data, .y = dxn, .M = T, .N = D, .K = E, .accumulate = true,
+                    .w_transposed = true});
+}
+
+}  // namespace dsv::train

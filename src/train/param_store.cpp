@@ -1,0 +1,107 @@
+#include "train/param_store.h"
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "io/hf_names.h"
+#include "io/npy.h"
+#include "io/safetensors_writer.h"
+
+namespace dsv::train {
+namespace {
+bool is_router_bias(const std::string& name) { return name.ends_with("e_score_correction_bias"); }
+bool is_norm(const std::string& name) { return name.find("norm") != std::string::npos; }
+}  // namespace
+
+void ParamStore::layout(const ModelConfig& config, int64_t mtp_modules, ops::Backend backend) {
+  model_ = std::make_unique<Model>();
+  model_->config = config;
+  model_->backend = backend;
+  std::vector<WeightSlot> table = hf_weight_table(config, mtp_modules, model_->weights);
+  std::vector<WeightSlot> grad_table = hf_weight_table(config, mtp_modules, grads_);
+  total_ = 0;
+  for (const WeightSlot& s : table) {
+    ParamSlot p{.hf_name = s.hf_name, .shape = s.shape, .offset = total_};
+    p.numel = 1;
+    for (int64_t d : s.shape) p.numel *= d;
+    p.trainable = !is_router_bias(s.hf_name);
+    p.decay = s.shape.size() >= 2;
+    // 16-float alignment keeps every tensor 64-byte aligned for vector loads on either backend.
+    total_ += (p.numel + 15) / 16 * 16;
+    slots_.push_back(p);
+  }
+  params_ = ops::Buffer<float>(backend, static_cast<size_t>(total_));
+  grad_ = ops::Buffer<float>(backend, static_cast<size_t>(total_));
+  m_ = ops::Buffer<float>(backend, static_cast<size_t>(total_));
+  v_ = ops::Buffer<float>(backend, static_cast<size_t>(total_));
+  const ops::Context ctx = model_->context();
+  for (ops::Buffer<float>* b : {&params_, &grad_, &m_, &v_})
+    ops::copy2d(ctx, {.src = nullptr, .dst = b->data(), .rows = 1, .cols = total_, .src_stride = total_,
+                      .dst_stride = total_});
+  for (size_t i = 0; i < table.size(); ++i) {
+    table[i].target->shape = slots_[i].shape;
+    table[i].target->data = slots_[i].numel ? params_.data() + slots_[i].offset : nullptr;
+    grad_table[i].target->shape = slots_[i].shape;
+    grad_table[i].target->data = slots_[i].numel ? grad_.data() + slots_[i].offset : nullptr;
+  }
+  if (config.tie_word_embeddings) grads_.lm_head = grads_.embed_tokens;
+}
+
+ParamStore ParamStore::from_checkpoint(const std::string& dir, ops::Backend backend, int64_t mtp_modules) {
+  std::unique_ptr<Model> host = load_model(dir);
+  const int64_t stored = static_cast<int64_t>(host->weights.mtp.size());
+  if (mtp_modules < 0) mtp_modules = stored;
+  DSV_CHECK(mtp_modules <= stored, "{}: training {} MTP module(s) needs them in the checkpoint, which stores {}",
+            dir, mtp_modules, stored);
+  ParamStore s;
+  s.layout(host->config, mtp_modules, backend);
+  Weights& src = host->weights;
+  std::vector<WeightSlot> from = hf_weight_table(host->config, stored, src);
+  const ops::Context ctx = s.model_->context();
+  size_t j = 0;
+  for (const ParamSlot& p : s.slots_) {
+    while (j < from.size() && from[j].hf_name != p.hf_name) ++j;
+    DSV_CHECK(j < from.size(), "internal: {} missing from the loaded model", p.hf_name);
+    if (p.numel) ops::copy_to_backend(ctx, s.params_.data() + p.offset, from[j].target->data, p.numel * sizeof(float));
+  }
+  finish_weights(*s.model_);
+  return s;
+}
+
+ParamStore ParamStore::random(const ModelConfig& config, int64_t mtp_modules, ops::Backend backend, uint64_t seed,
+                              float init_std) {
+  ParamStore s;
+  s.layout(config, mtp_modules, backend);
+  const ops::Context ctx = s.model_->context();
+  uint64_t stream = 0;
+  for (const ParamSlot& p : s.slots_) {
+    const bool norm = is_norm(p.hf_name), vector = p.shape.size() == 1 && !norm;
+    ops::fill_random(ctx, {.x = s.params_.data() + p.offset, .n = p.numel, .seed = seed + 7919 * stream++,
+                           .mean = norm ? 1.0f : 0.0f, .std = (norm || vector) ? 0.0f : init_std});
+  }
+  finish_weights(*s.model_);
+  return s;
+}
+
+int64_t ParamStore::trainable_count() const {
+  int64_t n = 0;
+  for (const ParamSlot& p : slots_) n += p.trainable ? p.numel : 0;
+  return n;
+}
+
+void ParamStore::zero_grads() const {
+  ops::copy2d(model_->context(), {.src = nullptr, .dst = grad_.data(), .rows = 1, .cols = total_,
+                                  .src_stride = total_, .dst_stride = total_});
+}
+
+void ParamStore::save_hf(const std::string& dir, const std::string& config_json_text) const {
+  std::filesystem::create_directories(dir);
+  const std::vector<float> host = params_.to_host(model_->context());
+  std::vector<TensorToWrite> tensors;
+  for (const ParamSlot& p : slots_)
+    tensors.push_back({.name = p.hf_name, .dtype = DType::F32, .shape = p.shape, .data = host.data() + p.offset});
+  write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+  write_file_atomic(dir + "/config.json", config_json_text);
+}
+
+}  // namespace dsv::train

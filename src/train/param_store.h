@@ -1,0 +1,63 @@
+// ParamStore: a model's weights as trainable fp32 master parameters in one flat buffer on the
+// training backend, with the gradient and Adam moment buffers laid out the same way. The Model it
+// holds points into the flat parameter buffer, so the ordinary forward (dsv generate, dsv logits)
+// and the training forward read the very weights the optimizer updates.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "ops/memory.h"
+
+namespace dsv::train {
+
+struct ParamSlot {
+  std::string hf_name;
+  std::vector<int64_t> shape;
+  int64_t offset = 0, numel = 0;  // into the flat buffers
+  bool trainable = true;          // false: a buffer (V3 e_score_correction_bias)
+  bool decay = true;              // weight decay: tensors with >= 2 dims only
+};
+
+class ParamStore {
+ public:
+  // From an HF checkpoint directory (its MTP modules up to `mtp_modules` are kept; -1: all stored).
+  static ParamStore from_checkpoint(const std::string& dir, ops::Backend backend, int64_t mtp_modules);
+  // Random init: projections N(0, init_std), norms 1, biases and router bias 0 (the counter RNG,
+  // so the same on every backend).
+  static ParamStore random(const ModelConfig& config, int64_t mtp_modules, ops::Backend backend, uint64_t seed,
+                           float init_std);
+
+  ParamStore(ParamStore&&) = default;
+  ParamStore& operator=(ParamStore&&) = default;
+
+  const Model& model() const { return *model_; }
+  // Gradients in the shape of the weights (a tied LM head shares the embedding's gradient).
+  const Weights& grads() const { return grads_; }
+  const std::vector<ParamSlot>& slots() const { return slots_; }
+  int64_t total() const { return total_; }
+  int64_t trainable_count() const;
+
+  float* params() const { return params_.data(); }
+  float* grad_data() const { return grad_.data(); }
+  float* adam_m() const { return m_.data(); }
+  float* adam_v() const { return v_.data(); }
+  void zero_grads() const;
+  // Writes the weights as an HF checkpoint (config.json copied from `config_json_text`).
+  void save_hf(const std::string& dir, const std::string& config_json_text) const;
+
+ private:
+  ParamStore() = default;
+  void layout(const ModelConfig& config, int64_t mtp_modules, ops::Backend backend);
+
+  std::unique_ptr<Model> model_;
+  Weights grads_;
+  std::vector<ParamSlot> slots_;
+  int64_t total_ = 0;
+  ops::Buffer<float> params_, grad_, m_, v_;
+};
+
+// A mutable pointer to gradient storage owned by a ParamStore (Weights hold const views).
+inline float* mut(const Tensor& t) { return const_cast<float*>(t.data); }
+
+}  // namespace dsv::train

@@ -1,0 +1,186 @@
+// Trainer: micro-batches through forward_backward, global-norm clipping, AdamW on the flat fp32
+// master weights, the router bias update, and the per-step metrics (docs/TRAINING.md).
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "ops/ops.h"
+#include "train/flops.h"
+#include "train/model_train.h"
+#include "train/param_store.h"
+#include "train/recipe.h"
+#include "train/schedule.h"
+#include "train/token_data.h"
+
+namespace dsv::train {
+namespace {
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  DSV_CHECK(in.good(), "cannot read {}", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+struct Trainer::Impl {
+  TrainConfig cfg;
+  std::string config_json;
+  std::unique_ptr<ParamStore> store;
+  std::unique_ptr<TokenData> data;
+  int64_t mtp_depth = 0;
+  int64_t steps_done = 0, adam_steps = 0, consecutive_bad = 0;
+  double flops_per_token = 0.0, peak_flops = 0.0;
+};
+
+Trainer::Trainer(const TrainConfig& config) : impl_(std::make_unique<Impl>()) {
+  Impl& s = *impl_;
+  s.cfg = config;
+  const ops::Backend backend = config.device == "cuda" ? ops::Backend::Cuda : ops::Backend::Cpu;
+  DSV_CHECK(ops::backend_available(backend), "train.device = {}: that backend is not available in this build",
+            config.device);
+  DSV_CHECK(!config.bf16_moments, "optimizer.bf16_moments = true is not implemented yet (fp32 moments only)");
+  const ModelConfig mc = recipe_model_config(config);
+  s.mtp_depth = resolved_mtp_depth(config, mc);
+  if (!config.init_from.empty()) {
+    s.store = std::make_unique<ParamStore>(ParamStore::from_checkpoint(config.init_from, backend, s.mtp_depth));
+    s.config_json = read_text(config.init_from + "/config.json");
+  } else {
+    s.store = std::make_unique<ParamStore>(ParamStore::random(mc, s.mtp_depth, backend, config.seed,
+                                                              static_cast<float>(config.init_std)));
+    s.config_json = read_text(config.model_config);
+  }
+  s.data = std::make_unique<TokenData>(config, mc.vocab_size);
+  s.flops_per_token = train_flops_per_token(mc, config.seq_len, s.mtp_depth);
+  s.peak_flops = device_peak_flops(config.device);
+}
+
+Trainer::~Trainer() = default;
+
+int64_t Trainer::steps_done() const { return impl_->steps_done; }
+const Model& Trainer::model() const { return impl_->store->model(); }
+int64_t Trainer::parameter_count() const { return impl_->store->trainable_count(); }
+void Trainer::save_hf(const std::string& dir) const { impl_->store->save_hf(dir, impl_->config_json); }
+
+StepMetrics Trainer::step() {
+  Impl& s = *impl_;
+  const TrainConfig& cfg = s.cfg;
+  const ParamStore& store = *s.store;
+  const Model& m = store.model();
+  const ModelConfig& c = m.config;
+  const ops::Context ctx = m.context();
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t B = cfg.micro_batch, S = cfg.seq_len, A = cfg.grad_accum;
+
+  StepMetrics out;
+  out.step = s.steps_done + 1;
+  out.lr = learning_rate(cfg, out.step);
+  store.zero_grads();
+  PassOptions opt{.mtp_depth = s.mtp_depth, .mtp_lambda = cfg.mtp_lambda,
+                  .aux = AuxSpec{.seq_aux_alpha = cfg.seq_aux_alpha, .expert_aux_alpha = cfg.expert_aux_alpha,
+                                 .sequence_weight = 1.0 / static_cast<double>(B * A)},
+                  .micro_batches = A, .recompute = cfg.recompute == "full" ? Recompute::Full : Recompute::None};
+  std::vector<int32_t> windows(static_cast<size_t>(B * (S + 1)));
+  double loss_sum = 0.0;
+  int64_t loss_count = 0;
+  std::vector<double> mtp_sum;
+  std::vector<int64_t> mtp_count;
+  std::vector<std::vector<int64_t>> load;
+  for (int64_t a = 0; a < A; ++a) {
+    s.data->fill_step(s.steps_done, a, windows.data());
+    PassResult r = forward_backward(m, store.grads(), windows.data(), Batch{B, S}, opt);
+    loss_sum += r.loss_sum;
+    loss_count += r.loss_count;
+    out.aux_loss += r.aux_loss;
+    mtp_sum.resize(r.mtp_sum.size());
+    mtp_count.resize(r.mtp_sum.size());
+    for (size_t k = 0; k < r.mtp_sum.size(); ++k) {
+      mtp_sum[k] += r.mtp_sum[k];
+      mtp_count[k] += r.mtp_count[k];
+    }
+    load.resize(r.load.size());
+    for (size_t l = 0; l < r.load.size(); ++l) {
+      load[l].resize(r.load[l].size());
+      for (size_t e = 0; e < r.load[l].size(); ++e) load[l][e] += r.load[l][e];
+    }
+  }
+  out.loss = loss_sum / static_cast<double>(loss_count);
+  for (size_t k = 0; k < mtp_sum.size(); ++k)
+    out.mtp_loss += mtp_sum[k] / static_cast<double>(mtp_count[k]) / static_cast<double>(mtp_sum.size());
+  out.tokens = B * S * A;
+
+  // Global gradient norm over the trainable parameters.
+  Buffer<float> norm_sq(ctx.backend, 1);
+  bool first = true;
+  for (const ParamSlot& p : store.slots()) {
+    if (!p.trainable || p.numel == 0) continue;
+    ops::sum_squares(ctx, {.x = store.grad_data() + p.offset, .out = norm_sq.data(), .n = p.numel,
+                           .accumulate = !first});
+    first = false;
+  }
+  out.grad_norm = std::sqrt(static_cast<double>(norm_sq.to_host(ctx)[0]));
+
+  const bool finite = std::isfinite(out.loss) && std::isfinite(out.mtp_loss) && std::isfinite(out.aux_loss) &&
+                      std::isfinite(out.grad_norm);
+  if (!finite) {
+    out.skipped = true;
+    ++s.consecutive_bad;
+    DSV_CHECK(s.consecutive_bad < cfg.max_bad_steps,
+              "step {}: loss or gradient is not finite for the {}th step in a row (loss {}, grad norm {}); "
+              "stopping (train.max_bad_steps = {})",
+              out.step, s.consecutive_bad, out.loss, out.grad_norm, cfg.max_bad_steps);
+  } else {
+    s.consecutive_bad = 0;
+    const float clip = cfg.clip_grad > 0.0
+                           ? static_cast<float>(std::min(1.0, cfg.clip_grad / (out.grad_norm + 1e-6)))
+                           : 1.0f;
+    ++s.adam_steps;
+    for (const ParamSlot& p : store.slots()) {
+      if (!p.trainable || p.numel == 0) continue;
+      ops::adamw(ctx, {.param = store.params() + p.offset, .grad = store.grad_data() + p.offset,
+                       .m = store.adam_m() + p.offset, .v = store.adam_v() + p.offset, .n = p.numel,
+                       .step = s.adam_steps, .lr = static_cast<float>(out.lr), .beta1 = static_cast<float>(cfg.beta1),
+                       .beta2 = static_cast<float>(cfg.beta2), .eps = static_cast<float>(cfg.eps),
+                       .weight_decay = p.decay ? static_cast<float>(cfg.weight_decay) : 0.0f, .grad_scale = clip});
+    }
+    // Auxiliary-loss-free balancing: bias_i += gamma * sign(mean load - load_i).
+    if (cfg.bias_update_gamma > 0.0) {
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+        const Tensor& bias = m.weights.layers[l].moe.score_correction_bias;
+        if (bias.empty() || load[l].empty()) continue;
+        std::vector<float> b = std::vector<float>(static_cast<size_t>(bias.numel()));
+        ops::copy_to_host(ctx, b.data(), bias.data, b.size() * sizeof(float));
+        double mean = 0.0;
+        for (int64_t v : load[l]) mean += static_cast<double>(v);
+        mean /= static_cast<double>(load[l].size());
+        for (size_t e = 0; e < b.size(); ++e) {
+          const double d = mean - static_cast<double>(load[l][e]);
+          b[e] += static_cast<float>(cfg.bias_update_gamma * static_cast<double>((d > 0) - (d < 0)));
+        }
+        ops::copy_to_backend(ctx, mut(bias), b.data(), b.size() * sizeof(float));
+      }
+    }
+  }
+  for (const std::vector<int64_t>& l : load) {
+    if (l.empty()) continue;
+    int64_t total = 0, most = 0;
+    for (int64_t v : l) {
+      total += v;
+      most = std::max(most, v);
+    }
+    out.expert_imbalance.push_back(total ? static_cast<double>(most) * static_cast<double>(l.size()) /
+                                               static_cast<double>(total)
+                                         : 0.0);
+  }
+  ++s.steps_done;
+  out.step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  out.tokens_per_second = static_cast<double>(out.tokens) / out.step_seconds;
+  out.mfu = s.peak_flops > 0.0 ? s.flops_per_token * out.tokens_per_second / s.peak_flops : 0.0;
+  return out;
+}
+
+}  // namespace dsv::train
