@@ -1,0 +1,190 @@
+// Training against the PyTorch reference (tests/ref/make_train_fixtures.py, transformers 5.17 in
+// fp32): per-parameter gradients of step 1, per-step losses over whole runs, final router biases.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "io/safetensors.h"
+#include "train/model_train.h"
+#include "train/param_store.h"
+#include "train/recipe.h"
+#include "train/token_data.h"
+#include "train/trainer.h"
+
+namespace dsv::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path train_root() { return fs::path(DSV_SOURCE_DIR) / "tests" / "fixtures" / "train"; }
+
+std::vector<std::string> train_cases() {
+  std::vector<std::string> names;
+  if (fs::exists(train_root()))
+    for (const auto& e : fs::directory_iterator(train_root()))
+      if (fs::exists(e.path() / "train.json")) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+struct Case {
+  fs::path dir;
+  nlohmann::json meta;
+  TrainConfig config;
+};
+
+Case open_case(const std::string& name) {
+  Case c;
+  c.dir = train_root() / name;
+  std::ifstream in(c.dir / "train.json");
+  c.meta = nlohmann::json::parse(in);
+  std::vector<std::string> overrides;
+  for (const auto& [key, value] : c.meta["config"].items()) {
+    std::string v = value.is_string() ? value.get<std::string>() : value.dump();
+    if (key == "model.init_from" || key == "data.tokens") v = (fs::path(DSV_SOURCE_DIR) / v).string();
+    overrides.push_back(key + "=" + v);
+  }
+  c.config = parse_recipe("", "train.json of " + name, c.dir.string(), overrides);
+  return c;
+}
+
+std::vector<float> read_f32(const SafetensorsFile& f, const std::string& name) {
+  const TensorEntry& e = f.tensors().at(name);
+  const float* p = reinterpret_cast<const float*>(e.data);
+  int64_t n = 1;
+  for (int64_t d : e.shape) n *= d;
+  return std::vector<float>(p, p + n);
+}
+
+std::string sci(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3e", v);
+  return buf;
+}
+
+// Step 1's gradients (summed over its micro-batches) with the case's settings, optionally with the
+// balance losses switched off.
+ParamStore step1_gradients(const Case& c, bool with_aux) {
+  const ModelConfig mc = recipe_model_config(c.config);
+  const int64_t depth = resolved_mtp_depth(c.config, mc);
+  ParamStore store = ParamStore::from_checkpoint(c.config.init_from, ops::Backend::Cpu, depth);
+  TokenData data(c.config, mc.vocab_size);
+  const int64_t B = c.config.micro_batch, S = c.config.seq_len, A = c.config.grad_accum;
+  PassOptions opt{.mtp_depth = depth, .mtp_lambda = c.config.mtp_lambda,
+                  .aux = AuxSpec{.seq_aux_alpha = with_aux ? c.config.seq_aux_alpha : 0.0,
+                                 .expert_aux_alpha = with_aux ? c.config.expert_aux_alpha : 0.0,
+                                 .sequence_weight = 1.0 / static_cast<double>(B * A)},
+                  .micro_batches = A};
+  std::vector<int32_t> windows(static_cast<size_t>(B * (S + 1)));
+  for (int64_t a = 0; a < A; ++a) {
+    data.fill_step(0, a, windows.data());
+    forward_backward(store.model(), store.grads(), windows.data(), Batch{B, S}, opt);
+  }
+  return store;
+}
+
+class TrainFixture : public ::testing::TestWithParam<std::string> {};
+
+// Step 1's gradient of the total loss, parameter by parameter.
+TEST_P(TrainFixture, GradientsMatchPyTorch) {
+  const Case c = open_case(GetParam());
+  const ParamStore store = step1_gradients(c, true);
+  const SafetensorsFile ref((c.dir / "grads_step1.safetensors").string());
+  int checked = 0;
+  double worst = 0.0;
+  for (const ParamSlot& p : store.slots()) {
+    if (!p.trainable) continue;
+    ASSERT_TRUE(ref.tensors().count(p.hf_name)) << "reference has no gradient for " << p.hf_name;
+    const std::vector<float> want = read_f32(ref, p.hf_name);
+    ASSERT_EQ(static_cast<int64_t>(want.size()), p.numel) << p.hf_name;
+    if (p.numel == 0) continue;
+    double max_ref = 0.0, max_diff = 0.0;
+    for (int64_t i = 0; i < p.numel; ++i) {
+      max_ref = std::max(max_ref, static_cast<double>(std::fabs(want[i])));
+      max_diff = std::max(max_diff, static_cast<double>(std::fabs(store.grad_data()[p.offset + i] - want[i])));
+    }
+    if (max_ref == 0.0) {  // an expert no token chose: exactly zero
+      EXPECT_EQ(max_diff, 0.0) << p.hf_name;
+      continue;
+    }
+    // fp32 on both sides, different summation orders: observed errors are ~1e-6 of the tensor's scale.
+    EXPECT_LE(max_diff / max_ref, 1e-4) << p.hf_name << " max|diff| " << max_diff << " max|ref| " << max_ref;
+    worst = std::max(worst, max_diff / max_ref);
+    ++checked;
+  }
+  EXPECT_GT(checked, 10);
+  RecordProperty("worst_relative_gradient_error", sci(worst));
+}
+
+// The balance losses' own router gradient (tiny at alpha = 0.01, so invisible inside the total):
+// total with them minus total without them.
+TEST_P(TrainFixture, BalanceLossGradientMatchesPyTorch) {
+  const Case c = open_case(GetParam());
+  if (!fs::exists(c.dir / "grads_step1_aux.safetensors")) GTEST_SKIP() << "no balance loss in this case";
+  const ParamStore with = step1_gradients(c, true), without = step1_gradients(c, false);
+  const SafetensorsFile ref((c.dir / "grads_step1_aux.safetensors").string());
+  int checked = 0;
+  for (const auto& [name, entry] : ref.tensors()) {
+    const std::vector<float> want = read_f32(ref, name);
+    const ParamSlot* slot = nullptr;
+    for (const ParamSlot& p : with.slots())
+      if (p.hf_name == name) slot = &p;
+    ASSERT_NE(slot, nullptr) << name;
+    double max_ref = 0.0, max_diff = 0.0;
+    for (int64_t i = 0; i < slot->numel; ++i) {
+      const double got = static_cast<double>(with.grad_data()[slot->offset + i]) -
+                         static_cast<double>(without.grad_data()[slot->offset + i]);
+      max_ref = std::max(max_ref, std::fabs(static_cast<double>(want[i])));
+      max_diff = std::max(max_diff, std::fabs(got - want[i]));
+    }
+    ASSERT_GT(max_ref, 0.0) << name;
+    // The difference of two fp32 totals ~100x larger than it: ~1e-6 * 100 of its own scale.
+    EXPECT_LE(max_diff / max_ref, 1e-3) << name << " max|diff| " << max_diff << " max|ref| " << max_ref;
+    ++checked;
+  }
+  EXPECT_GT(checked, 0);
+}
+
+// Whole runs: every step's losses within 1e-3 relative (the bar); lr exactly; the grad norm
+// within 1e-3 too.
+TEST_P(TrainFixture, LossCurveMatchesPyTorch) {
+  const Case c = open_case(GetParam());
+  std::ifstream in(c.dir / "losses.json");
+  const nlohmann::json want = nlohmann::json::parse(in);
+  Trainer trainer(c.config);
+  double worst = 0.0;
+  for (const auto& w : want) {
+    const StepMetrics m = trainer.step();
+    ASSERT_EQ(m.step, w["step"].get<int64_t>());
+    ASSERT_FALSE(m.skipped);
+    auto rel = [](double got, double ref) { return std::fabs(got - ref) / std::max(std::fabs(ref), 1e-12); };
+    EXPECT_LE(rel(m.loss, w["loss"]), 1e-3) << "step " << m.step << " loss " << m.loss << " want " << w["loss"];
+    worst = std::max(worst, rel(m.loss, w["loss"]));
+    if (w["mtp_loss"].get<double>() != 0.0) EXPECT_LE(rel(m.mtp_loss, w["mtp_loss"]), 1e-3) << "step " << m.step;
+    if (w["aux_loss"].get<double>() != 0.0) EXPECT_LE(rel(m.aux_loss, w["aux_loss"]), 1e-3) << "step " << m.step;
+    EXPECT_LE(rel(m.grad_norm, w["grad_norm"]), 1e-3) << "step " << m.step;
+    EXPECT_NEAR(m.lr, w["lr"].get<double>(), 1e-9 * std::fabs(w["lr"].get<double>())) << "step " << m.step;
+  }
+  RecordProperty("worst_relative_loss_error", sci(worst));
+  if (!fs::exists(c.dir / "bias_final.safetensors")) return;
+  const SafetensorsFile ref((c.dir / "bias_final.safetensors").string());
+  const Model& m = trainer.model();
+  for (int64_t l = 0; l < m.config.num_hidden_layers; ++l) {
+    const Tensor& b = m.weights.layers[l].moe.score_correction_bias;
+    if (b.empty()) continue;
+    const std::string name = "model.layers." + std::to_string(l) + ".mlp.gate.e_score_correction_bias";
+    ASSERT_TRUE(ref.tensors().count(name)) << name;
+    const std::vector<float> want_b = read_f32(ref, name);
+    for (int64_t e = 0; e < b.numel(); ++e) EXPECT_NEAR(b.data[e], want_b[e], 1e-6) << name << "[" << e << "]";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, TrainFixture, ::testing::ValuesIn(train_cases()),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace dsv::train
