@@ -1,4 +1,7 @@
 // Validation at the op boundary, then dispatch to the CPU reference or a registered backend.
+#include <algorithm>
+#include <limits>
+
 #include "backends/cpu/cpu_ops.h"
 #include "core/error.h"
 #include "ops/ops.h"
@@ -111,6 +114,106 @@ void moe_experts(const Context& ctx, const MoeExpertsParams& p) {
 void fill_random(const Context& ctx, const FillRandomParams& p) {
   DSV_CHECK(p.x || p.n == 0, "fill_random: null pointer");
   run(ctx, p, cpu::fill_random, &BackendTable::fill_random, "fill_random");
+}
+
+// ---- Training ops ----
+
+void linear_weight_grad(const Context& ctx, const LinearWeightGradParams& p) {
+  DSV_CHECK(p.dy && p.x && p.dw, "linear_weight_grad: null pointer (dy={}, x={}, dw={})", (void*)p.dy, (void*)p.x,
+            (void*)p.dw);
+  DSV_CHECK(p.M >= 0 && p.N >= 0 && p.K >= 0, "linear_weight_grad: negative size M={} N={} K={}", p.M, p.N, p.K);
+  DSV_CHECK(p.dy_stride == 0 || p.dy_stride >= p.N, "linear_weight_grad: dy_stride {} < N {}", p.dy_stride, p.N);
+  DSV_CHECK(p.x_stride == 0 || p.x_stride >= p.K, "linear_weight_grad: x_stride {} < K {}", p.x_stride, p.K);
+  DSV_CHECK(std::max({p.M, p.N, p.K, p.dy_stride, p.x_stride}) <= std::numeric_limits<int>::max(),
+            "linear_weight_grad: sizes M={} N={} K={} (strides {}, {}) exceed the BLAS int range", p.M, p.N, p.K,
+            p.dy_stride, p.x_stride);
+  run(ctx, p, cpu::linear_weight_grad, &BackendTable::linear_weight_grad, "linear_weight_grad");
+}
+
+void rmsnorm_backward(const Context& ctx, const RmsNormBackwardParams& p) {
+  DSV_CHECK(p.x && p.weight && p.dy && p.dx, "rmsnorm_backward: null pointer (x={}, weight={}, dy={}, dx={})",
+            (void*)p.x, (void*)p.weight, (void*)p.dy, (void*)p.dx);
+  DSV_CHECK(p.dim > 0 && p.rows >= 0, "rmsnorm_backward: bad sizes rows={} dim={}", p.rows, p.dim);
+  DSV_CHECK(p.x_stride == 0 || p.x_stride >= p.dim, "rmsnorm_backward: x_stride {} < dim {}", p.x_stride, p.dim);
+  DSV_CHECK(p.dy_stride == 0 || p.dy_stride >= p.dim, "rmsnorm_backward: dy_stride {} < dim {}", p.dy_stride, p.dim);
+  DSV_CHECK(p.dx_stride == 0 || p.dx_stride >= p.dim, "rmsnorm_backward: dx_stride {} < dim {}", p.dx_stride, p.dim);
+  DSV_CHECK(p.dx != p.x, "rmsnorm_backward: dx may not alias x (r is recomputed from x)");
+  DSV_CHECK(p.dx != p.dy || (p.dx_stride ? p.dx_stride : p.dim) == (p.dy_stride ? p.dy_stride : p.dim),
+            "rmsnorm_backward: dx aliases dy with a different row stride ({} vs {})", p.dx_stride, p.dy_stride);
+  run(ctx, p, cpu::rmsnorm_backward, &BackendTable::rmsnorm_backward, "rmsnorm_backward");
+}
+
+void attention_backward(const Context& ctx, const AttentionBackwardParams& p) {
+  DSV_CHECK(p.q && p.k && p.v && p.dout && p.dq && p.dk && p.dv,
+            "attention_backward: null pointer (q={}, k={}, v={}, dout={}, dq={}, dk={}, dv={})", (void*)p.q,
+            (void*)p.k, (void*)p.v, (void*)p.dout, (void*)p.dq, (void*)p.dk, (void*)p.dv);
+  DSV_CHECK(p.T >= 0 && p.T <= p.S, "attention_backward: {} queries over {} keys (queries must be the last keys)",
+            p.T, p.S);
+  DSV_CHECK(p.H > 0 && p.Dqk > 0 && p.Dv > 0, "attention_backward: bad sizes H={} Dqk={} Dv={}", p.H, p.Dqk, p.Dv);
+  run(ctx, p, cpu::attention_backward, &BackendTable::attention_backward, "attention_backward");
+}
+
+void swiglu_backward(const Context& ctx, const SwigluBackwardParams& p) {
+  DSV_CHECK(p.gate && p.up && p.dout && p.dgate && p.dup,
+            "swiglu_backward: null pointer (gate={}, up={}, dout={}, dgate={}, dup={})", (void*)p.gate, (void*)p.up,
+            (void*)p.dout, (void*)p.dgate, (void*)p.dup);
+  DSV_CHECK(p.n >= 0, "swiglu_backward: negative size n={}", p.n);
+  DSV_CHECK(p.dgate != p.dup, "swiglu_backward: dgate and dup are the same buffer");
+  run(ctx, p, cpu::swiglu_backward, &BackendTable::swiglu_backward, "swiglu_backward");
+}
+
+void embed_backward(const Context& ctx, const EmbedBackwardParams& p) {
+  DSV_CHECK(p.ids && p.dout && p.dtable, "embed_backward: null pointer (ids={}, dout={}, dtable={})", (void*)p.ids,
+            (void*)p.dout, (void*)p.dtable);
+  DSV_CHECK(p.T >= 0 && p.D > 0, "embed_backward: bad sizes T={} D={}", p.T, p.D);
+  run(ctx, p, cpu::embed_backward, &BackendTable::embed_backward, "embed_backward");
+}
+
+void route_backward(const Context& ctx, const RouteBackwardParams& p) {
+  DSV_CHECK(p.logits && p.indices && p.dweights && p.dlogits,
+            "route_backward: null pointer (logits={}, indices={}, dweights={}, dlogits={})", (void*)p.logits,
+            (void*)p.indices, (void*)p.dweights, (void*)p.dlogits);
+  DSV_CHECK(p.T >= 0, "route_backward: negative T={}", p.T);
+  DSV_CHECK(p.K > 0 && p.K <= p.E, "route_backward: K={} must be in 1..E={}", p.K, p.E);
+  run(ctx, p, cpu::route_backward, &BackendTable::route_backward, "route_backward");
+}
+
+void row_dots(const Context& ctx, const RowDotsParams& p) {
+  DSV_CHECK(p.rows && p.a && p.b && p.out, "row_dots: null pointer (rows={}, a={}, b={}, out={})", (void*)p.rows,
+            (void*)p.a, (void*)p.b, (void*)p.out);
+  DSV_CHECK(p.n >= 0 && p.D >= 0, "row_dots: negative size n={} D={}", p.n, p.D);
+  run(ctx, p, cpu::row_dots, &BackendTable::row_dots, "row_dots");
+}
+
+void cross_entropy(const Context& ctx, const CrossEntropyParams& p) {
+  DSV_CHECK(p.logits && p.targets && p.loss, "cross_entropy: null pointer (logits={}, targets={}, loss={})",
+            (void*)p.logits, (void*)p.targets, (void*)p.loss);
+  DSV_CHECK(p.T >= 0 && p.V > 0, "cross_entropy: bad sizes T={} V={}", p.T, p.V);
+  run(ctx, p, cpu::cross_entropy, &BackendTable::cross_entropy, "cross_entropy");
+}
+
+void axpby(const Context& ctx, const AxpbyParams& p) {
+  DSV_CHECK(p.x && p.y, "axpby: null pointer (x={}, y={})", (void*)p.x, (void*)p.y);
+  DSV_CHECK(p.n >= 0, "axpby: negative size n={}", p.n);
+  run(ctx, p, cpu::axpby, &BackendTable::axpby, "axpby");
+}
+
+void sum_squares(const Context& ctx, const SumSquaresParams& p) {
+  DSV_CHECK(p.x && p.out, "sum_squares: null pointer (x={}, out={})", (void*)p.x, (void*)p.out);
+  DSV_CHECK(p.n >= 0, "sum_squares: negative size n={}", p.n);
+  run(ctx, p, cpu::sum_squares, &BackendTable::sum_squares, "sum_squares");
+}
+
+void adamw(const Context& ctx, const AdamWParams& p) {
+  DSV_CHECK(p.param && p.grad && p.m && p.v, "adamw: null pointer (param={}, grad={}, m={}, v={})", (void*)p.param,
+            (void*)p.grad, (void*)p.m, (void*)p.v);
+  DSV_CHECK(p.n >= 0, "adamw: negative size n={}", p.n);
+  DSV_CHECK(p.step >= 1, "adamw: step is 1-based, found {}", p.step);
+  DSV_CHECK(p.beta1 >= 0.0f && p.beta1 < 1.0f && p.beta2 >= 0.0f && p.beta2 < 1.0f,
+            "adamw: betas must be in [0, 1), found beta1={} beta2={}", p.beta1, p.beta2);
+  DSV_CHECK(p.lr >= 0.0f && p.eps >= 0.0f && p.weight_decay >= 0.0f,
+            "adamw: lr={} eps={} weight_decay={} must be non-negative", p.lr, p.eps, p.weight_decay);
+  run(ctx, p, cpu::adamw, &BackendTable::adamw, "adamw");
 }
 
 }  // namespace dsv::ops

@@ -19,4 +19,17 @@ void scatter_add_rows(const RowsParams& p);
 void fill_random(const FillRandomParams& p);
 void moe_experts(const MoeExpertsParams& p);
 
+// Training ops.
+void linear_weight_grad(const LinearWeightGradParams& p);
+void rmsnorm_backward(const RmsNormBackwardParams& p);
+void attention_backward(const AttentionBackwardParams& p);
+void swiglu_backward(const SwigluBackwardParams& p);
+void embed_backward(const EmbedBackwardParams& p);
+void route_backward(const RouteBackwardParams& p);
+void row_dots(const RowDotsParams& p);
+void cross_entropy(const CrossEntropyParams& p);
+void axpby(const AxpbyParams& p);
+void sum_squares(const SumSquaresParams& p);
+void adamw(const AdamWParams& p);
+
 }  // namespace dsv::ops::cpu

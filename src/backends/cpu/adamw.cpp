@@ -1,0 +1,27 @@
+// One AdamW step in torch.optim.AdamW's single-tensor order: decay, moments, bias-corrected update.
+// Scalars (bias corrections, step size) in double as torch computes them in Python; the per-element
+// arithmetic in fp32 as torch does on fp32 tensors.
+#include <cmath>
+
+#include "backends/cpu/cpu_ops.h"
+
+namespace dsv::ops::cpu {
+
+void adamw(const AdamWParams& p) {
+  const double step = static_cast<double>(p.step);
+  const float decay = static_cast<float>(1.0 - static_cast<double>(p.lr) * p.weight_decay);
+  const float step_size = static_cast<float>(p.lr / (1.0 - std::pow(static_cast<double>(p.beta1), step)));
+  const float bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(p.beta2), step)));
+  const float b1 = p.beta1, b2 = p.beta2, one_b1 = 1.0f - b1, one_b2 = 1.0f - b2;
+  for (int64_t i = 0; i < p.n; ++i) {
+    const float g = p.grad[i] * p.grad_scale;
+    const float m = b1 * p.m[i] + one_b1 * g;
+    const float v = b2 * p.v[i] + one_b2 * g * g;
+    p.m[i] = m;
+    p.v[i] = v;
+    const float denom = std::sqrt(v) / bc2_sqrt + p.eps;
+    p.param[i] = p.param[i] * decay - step_size * m / denom;
+  }
+}
+
+}  // namespace dsv::ops::cpu
