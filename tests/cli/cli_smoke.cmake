@@ -24,7 +24,7 @@ function(expect_fail needle)
   endif()
 endfunction()
 
-foreach(sub "" info generate logits bench "bench;infer")
+foreach(sub "" info generate logits bench "bench;infer" train)
   expect_ok(${DSV} ${sub} --help)
 endforeach()
 
@@ -50,7 +50,31 @@ if(NOT EXISTS ${WORK}/bench.json)
   message(FATAL_ERROR "dsv bench infer --json wrote nothing")
 endif()
 
+# dsv train: the dry run of the bundled recipe, then a few real steps into ${WORK} (flags override
+# the recipe's output paths, so nothing is written into the source tree).
+expect_ok(${DSV} train --recipe ${SRC}/recipes/debug.toml --dry-run)
+foreach(needle "[optimizer]" "schedule = \"cosine\"" "active per token" "per token (6 x active" "memory" "3306 windows")
+  string(FIND "${LAST_OUT}" "${needle}" pos)
+  if(pos EQUAL -1)
+    message(FATAL_ERROR "dsv train --dry-run does not print \"${needle}\":\n${LAST_OUT}")
+  endif()
+endforeach()
+expect_ok(${DSV} train --recipe ${SRC}/recipes/debug.toml --steps 3 --set train.micro_batch=2
+          --metrics-jsonl ${WORK}/train/metrics.jsonl --out ${WORK}/train/model)
+file(STRINGS ${WORK}/train/metrics.jsonl metric_lines)
+list(LENGTH metric_lines n_metric_lines)
+if(NOT n_metric_lines EQUAL 3 OR NOT EXISTS ${WORK}/train/model/config.json OR NOT EXISTS ${WORK}/train/model/tokenizer.json)
+  message(FATAL_ERROR "dsv train --steps 3 wrote ${n_metric_lines} metric lines and/or no model directory")
+endif()
+
 # Bad input: each a clear error, exit code 1.
+file(WRITE ${WORK}/bad_value.toml "[model]\nconfig = \"${SRC}/models/tiny/config.json\"\n[data]\ntokens = \"t.bin\"\n[train]\nsteps = -5\n")
+expect_fail("train.steps: expected an integer >= 1, found -5" ${DSV} train --recipe ${WORK}/bad_value.toml --dry-run)
+file(WRITE ${WORK}/bad_key.toml "[model]\nconfig = \"c.json\"\n[optimizer]\nlearning_rate = 1e-3\n")
+expect_fail("unknown key optimizer.learning_rate" ${DSV} train --recipe ${WORK}/bad_key.toml --dry-run)
+expect_fail("optimizer.schedule" ${DSV} train --recipe ${SRC}/recipes/debug.toml --set optimizer.schedule=linear --dry-run)
+expect_fail("outside the vocabulary" ${DSV} train --recipe ${SRC}/recipes/debug.toml
+            --data-tokens ${SRC}/models/tiny/model.safetensors --dry-run)
 expect_fail("exceeds the model's context" ${DSV} bench infer --config ${SRC}/models/tiny/config.json
             --prompt-len 4000 --device cpu)
 expect_fail("cannot open" ${DSV} bench infer --config ${WORK}/missing.json --device cpu)

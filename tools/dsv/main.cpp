@@ -6,13 +6,14 @@
 #include "core/error.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"dsv: DeepSeek-V2/V3 engine: inspect and run Hugging Face checkpoints on CPU or CUDA, tokenize, benchmark"};
+  CLI::App app{"dsv: DeepSeek-V2/V3 engine: inspect and run Hugging Face checkpoints on CPU or CUDA, train, tokenize, benchmark"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "dsv 0.1.0");
   dsv::cli::register_info(app);
   dsv::cli::register_generate(app);
   dsv::cli::register_logits(app);
   dsv::cli::register_bench(app);
+  dsv::cli::register_train(app);
   dsv::cli::register_tokenizer_commands(app);
   try {
     app.parse(argc, argv);
