@@ -164,8 +164,12 @@ TEST_P(TrainFixture, LossCurveMatchesPyTorch) {
     auto rel = [](double got, double ref) { return std::fabs(got - ref) / std::max(std::fabs(ref), 1e-12); };
     EXPECT_LE(rel(m.loss, w["loss"]), 1e-3) << "step " << m.step << " loss " << m.loss << " want " << w["loss"];
     worst = std::max(worst, rel(m.loss, w["loss"]));
-    if (w["mtp_loss"].get<double>() != 0.0) EXPECT_LE(rel(m.mtp_loss, w["mtp_loss"]), 1e-3) << "step " << m.step;
-    if (w["aux_loss"].get<double>() != 0.0) EXPECT_LE(rel(m.aux_loss, w["aux_loss"]), 1e-3) << "step " << m.step;
+    if (w["mtp_loss"].get<double>() != 0.0) {
+      EXPECT_LE(rel(m.mtp_loss, w["mtp_loss"]), 1e-3) << "step " << m.step;
+    }
+    if (w["aux_loss"].get<double>() != 0.0) {
+      EXPECT_LE(rel(m.aux_loss, w["aux_loss"]), 1e-3) << "step " << m.step;
+    }
     EXPECT_LE(rel(m.grad_norm, w["grad_norm"]), 1e-3) << "step " << m.step;
     EXPECT_NEAR(m.lr, w["lr"].get<double>(), 1e-9 * std::fabs(w["lr"].get<double>())) << "step " << m.step;
   }

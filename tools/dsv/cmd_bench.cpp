@@ -2,7 +2,9 @@
 // latent-cache size, and decode bandwidth against the measured memory roofline.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -14,6 +16,8 @@
 #include "io/npy.h"
 #include "model/model.h"
 #include "ops/counter_rng.h"
+#include "train/flops.h"
+#include "train/trainer.h"
 #ifdef DSV_HAVE_CUDA
 #include <cuda_runtime.h>
 
@@ -45,8 +49,8 @@ void run_bench_infer(const BenchArgs& a) {
             "--prompt-len {} + --gen-len {} exceeds the model's context of {} tokens", a.prompt_len, a.gen_len,
             c.max_position_embeddings);
   const int64_t V = c.vocab_size, D = c.hidden_size, L = c.num_hidden_layers, width = c.kv_lora_rank + c.qk_rope_head_dim;
-  const double weight_bytes = 4.0 * static_cast<double>(c.params_total());
-  const double cache_bytes = 4.0 * static_cast<double>(L * width * context);
+  [[maybe_unused]] const double weight_bytes = 4.0 * static_cast<double>(c.params_total());
+  [[maybe_unused]] const double cache_bytes = 4.0 * static_cast<double>(L * width * context);
   double roofline = 0;  // bytes/s
   ops::Backend backend = ops::Backend::Cpu;
   if (a.device == "cuda") {
@@ -130,6 +134,117 @@ void run_bench_infer(const BenchArgs& a) {
   }
 }
 
+struct TrainBenchArgs {
+  std::string config, json_out, recompute = "none", device =
+#ifdef DSV_HAVE_CUDA
+      "cuda";
+#else
+      "cpu";
+#endif
+  int64_t batch = 2, seq = 4096, steps = 5, warmup = 2;
+  uint64_t seed = 1;
+};
+
+// Random tokens in a temporary file, removed when the benchmark ends.
+struct TempTokens {
+  std::string path;
+  TempTokens(int64_t n, int64_t vocab, uint64_t seed) {
+    path = (std::filesystem::temp_directory_path() / fmt::format("dsv-bench-train-{}.bin", ops::splitmix64(seed)))
+               .string();
+    std::vector<int32_t> ids(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>(ops::splitmix64(seed * 7 + i) % uint64_t(vocab));
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 4));
+    DSV_CHECK(out.good(), "cannot write the benchmark's token file {}", path);
+  }
+  ~TempTokens() { std::filesystem::remove(path); }
+};
+
+void run_bench_train(const TrainBenchArgs& a) {
+  std::ifstream in(a.config);
+  DSV_CHECK(in.good(), "--config {}: cannot open", a.config);
+  const ModelConfig c = parse_model_config(std::string(std::istreambuf_iterator<char>(in), {}), a.config);
+  DSV_CHECK(a.batch >= 1 && a.seq >= 2 && a.steps >= 1 && a.warmup >= 0,
+            "--batch >= 1, --seq >= 2, --steps >= 1 and --warmup >= 0 expected; found {}, {}, {}, {}", a.batch, a.seq,
+            a.steps, a.warmup);
+  DSV_CHECK(a.seq <= c.max_position_embeddings, "--seq {} exceeds the model's context of {} tokens", a.seq,
+            c.max_position_embeddings);
+  const int64_t params = train::trained_parameters(c, 0);
+  [[maybe_unused]] const double state_bytes = 16.0 * static_cast<double>(params);  // fp32 weights, grads, Adam m and v
+  [[maybe_unused]] const double act_bytes = train::activation_bytes_estimate(c, a.batch, a.seq, 0, a.recompute);
+  if (a.device == "cuda") {
+#ifdef DSV_HAVE_CUDA
+    ensure_cuda_backend();
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaMemGetInfo(&free_bytes, &total_bytes);
+    DSV_CHECK(state_bytes + act_bytes < 0.95 * static_cast<double>(free_bytes),
+              "this run needs about {} of GPU memory (weights, grads and Adam moments {}, activations {}); {} are "
+              "free: refused before any work (try a smaller --batch or --seq, or --recompute full)",
+              human_bytes(state_bytes + act_bytes), human_bytes(state_bytes), human_bytes(act_bytes),
+              human_bytes(static_cast<double>(free_bytes)));
+#else
+    DSV_FAIL("--device cuda: this dsv was built without CUDA (configure with `cmake --preset cuda`)");
+#endif
+  } else {
+    DSV_CHECK(a.device == "cpu", "--device {}: expected cpu or cuda", a.device);
+  }
+  const int64_t total_steps = a.warmup + a.steps;
+  const TempTokens tokens(total_steps * a.batch * a.seq + 1, c.vocab_size, a.seed);
+  train::TrainConfig cfg;
+  cfg.model_config = a.config;
+  cfg.seed = a.seed;
+  cfg.data_tokens = tokens.path;
+  cfg.micro_batch = a.batch;
+  cfg.seq_len = a.seq;
+  cfg.steps = total_steps;
+  cfg.device = a.device;
+  cfg.recompute = a.recompute;
+  cfg.schedule = "constant";
+  cfg.lr = 1e-4;
+  cfg.mtp_depth = 0;
+  fmt::print(stderr, "building a random {} model ({} trained parameters, fp32 master weights) on {}...\n",
+             c.model_type, human_count(static_cast<double>(params)), a.device);
+  train::Trainer trainer(cfg);
+  std::vector<double> seconds;
+  double loss = 0.0, mfu = 0.0;
+  for (int64_t s = 0; s < total_steps; ++s) {
+#ifdef DSV_HAVE_CUDA
+    if (a.device == "cuda" && s == a.warmup) ops::cuda::reset_peak_memory();
+#endif
+    const train::StepMetrics m = trainer.step();
+    fmt::print(stderr, "step {}/{}{}: loss {:.4f}, {:.3f} s, {:.0f} tokens/s, MFU {:.1f}%\n", s + 1, total_steps,
+               s < a.warmup ? " (warm-up)" : "", m.loss, m.step_seconds, m.tokens_per_second, 100.0 * m.mfu);
+    if (s >= a.warmup) {
+      seconds.push_back(m.step_seconds);
+      loss = m.loss;
+      mfu += m.mfu / static_cast<double>(a.steps);
+    }
+  }
+  double total_s = 0.0;
+  for (double x : seconds) total_s += x;
+  const double tps = static_cast<double>(a.batch * a.seq * a.steps) / total_s;
+  const double flops = train::train_flops_per_token(c, a.seq, 0);
+  double peak_bytes = 0.0;
+#ifdef DSV_HAVE_CUDA
+  if (a.device == "cuda") peak_bytes = static_cast<double>(ops::cuda::allocator_stats().peak_in_use);
+#endif
+  fmt::print("config        {} ({} layers, {} trained parameters), device {}, fp32 master weights and compute\n",
+             a.config, c.num_hidden_layers, human_count(static_cast<double>(params)), a.device);
+  fmt::print("batch         {} x {} tokens, recompute {}, {} timed steps after {} warm-up\n", a.batch, a.seq,
+             a.recompute, a.steps, a.warmup);
+  fmt::print("speed         {:.0f} tokens/s, {:.3f} s per step, {:.2f} GFLOP per token, MFU {:.2f}% (of dense bf16 "
+             "peak)\n", tps, total_s / static_cast<double>(a.steps), flops / 1e9, 100.0 * mfu);
+  if (peak_bytes > 0) fmt::print("memory        peak {} in live buffers\n", human_bytes(peak_bytes));
+  if (!a.json_out.empty()) {
+    nlohmann::json j = {{"config", a.config}, {"device", a.device}, {"batch", a.batch}, {"seq", a.seq},
+                        {"steps", a.steps}, {"warmup", a.warmup}, {"recompute", a.recompute},
+                        {"tokens_per_second", tps}, {"step_seconds", total_s / static_cast<double>(a.steps)},
+                        {"mfu", mfu}, {"flops_per_token", flops}, {"peak_memory_bytes", peak_bytes},
+                        {"trained_parameters", params}, {"last_loss", loss}, {"precision", "fp32"}};
+    write_file_atomic(a.json_out, j.dump(2) + "\n");
+  }
+}
+
 }  // namespace
 
 void register_bench(CLI::App& app) {
@@ -145,6 +260,19 @@ void register_bench(CLI::App& app) {
   infer->add_option("--seed", a.seed, "Seed of the random weights and prompt")->capture_default_str();
   infer->add_option("--json", a.json_out, "Also write the results as JSON");
   infer->callback([] { run_bench_infer(a); });
+
+  static TrainBenchArgs t;
+  auto* train = bench->add_subcommand("train", "Training step speed (tokens/s, MFU, peak memory) of a config");
+  train->add_option("--config", t.config, "A config.json (e.g. ../shared/configs/bench/bench-16b-l4.json)")->required();
+  train->add_option("--batch", t.batch, "Sequences per step")->capture_default_str();
+  train->add_option("--seq", t.seq, "Tokens per sequence")->capture_default_str();
+  train->add_option("--steps", t.steps, "Timed optimizer steps")->capture_default_str();
+  train->add_option("--warmup", t.warmup, "Untimed steps first")->capture_default_str();
+  train->add_option("--recompute", t.recompute, "none or full activation recomputation")->capture_default_str();
+  train->add_option("--device", t.device, "cuda or cpu")->capture_default_str();
+  train->add_option("--seed", t.seed, "Seed of the random weights and tokens")->capture_default_str();
+  train->add_option("--json", t.json_out, "Also write the results as JSON");
+  train->callback([] { run_bench_train(t); });
 }
 
 }  // namespace dsv::cli

@@ -18,6 +18,12 @@ struct CachingAllocator {
   std::mutex mu;
   std::unordered_map<void*, size_t> size_of;  // every block we hold
   std::multimap<size_t, void*> free_blocks;   // size -> block
+  size_t in_use = 0, peak_in_use = 0, held = 0;  // bytes handed out now / at most / from the driver
+
+  void note_use(size_t size) {
+    in_use += size;
+    peak_in_use = in_use > peak_in_use ? in_use : peak_in_use;
+  }
 
   static size_t round_up(size_t bytes) {
     const size_t unit = bytes > (size_t{1} << 20) ? (size_t{2} << 20) : 512;
@@ -31,6 +37,7 @@ struct CachingAllocator {
     auto it = free_blocks.lower_bound(size);
     if (it != free_blocks.end() && it->first <= 2 * size) {
       void* p = it->second;
+      note_use(it->first);
       free_blocks.erase(it);
       return p;
     }
@@ -44,6 +51,8 @@ struct CachingAllocator {
       }
     }
     size_of[p] = size;
+    held += size;
+    note_use(size);
     return p;
   }
 
@@ -51,6 +60,7 @@ struct CachingAllocator {
     std::lock_guard<std::mutex> lock(mu);
     auto it = size_of.find(p);
     if (it == size_of.end()) return;
+    in_use -= it->second;
     free_blocks.emplace(it->second, p);
   }
 
@@ -58,6 +68,7 @@ struct CachingAllocator {
     cudaDeviceSynchronize();
     for (auto& [size, p] : free_blocks) {
       cudaFree(p);
+      held -= size;
       size_of.erase(p);
     }
     free_blocks.clear();
@@ -73,5 +84,17 @@ CachingAllocator& allocator() {
 
 void* cached_allocate(size_t bytes) { return allocator().allocate(bytes); }
 void cached_release(void* p) { allocator().release(p); }
+
+AllocatorStats allocator_stats() {
+  CachingAllocator& a = allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  return AllocatorStats{a.in_use, a.peak_in_use, a.held};
+}
+
+void reset_peak_memory() {
+  CachingAllocator& a = allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  a.peak_in_use = a.in_use;
+}
 
 }  // namespace dsv::ops::cuda

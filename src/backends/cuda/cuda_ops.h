@@ -40,6 +40,11 @@ double measure_copy_bandwidth(size_t bytes);
 // The device allocator behind ops::Buffer on CUDA (caching_allocator.cpp).
 void* cached_allocate(size_t bytes);
 void cached_release(void* p);
+struct AllocatorStats {
+  size_t in_use = 0, peak_in_use = 0, held = 0;  // bytes in live buffers now, at most since reset, cached
+};
+AllocatorStats allocator_stats();
+void reset_peak_memory();
 
 // Fills ops::backend_table(Backend::Cuda) so that model code can run with Context{Backend::Cuda}.
 // Call once before using the CUDA backend (the CLI and the GPU tests do).
