@@ -1,0 +1,79 @@
+// The trainer on the CUDA backend against the PyTorch training fixtures (fp32 on the GPU):
+// step-1 gradients and whole loss curves, with the same bars as the CPU trainer.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "backends/cuda/cuda_ops.h"
+#include "../model/train_fixture_util.h"
+#include "train/trainer.h"
+
+namespace dsv::train {
+namespace {
+using namespace test;  // NOLINT: fixture helpers
+
+class CudaTrain : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) GTEST_SKIP() << "no CUDA device";
+    static bool registered = false;
+    if (!registered) ops::cuda::register_cuda_backend();
+    registered = true;
+  }
+};
+
+TEST_P(CudaTrain, GradientsMatchPyTorch) {
+  const Case c = open_case(GetParam());
+  const ParamStore store = step1_gradients(c, true, ops::Backend::Cuda);
+  std::vector<float> grads(static_cast<size_t>(store.total()));
+  ops::copy_to_host(store.model().context(), grads.data(), store.grad_data(), grads.size() * sizeof(float));
+  const SafetensorsFile ref((c.dir / "grads_step1.safetensors").string());
+  double worst = 0.0;
+  for (const ParamSlot& p : store.slots()) {
+    if (!p.trainable || p.numel == 0) continue;
+    const std::vector<float> want = read_f32(ref, p.hf_name);
+    double max_ref = 0.0, max_diff = 0.0;
+    for (int64_t i = 0; i < p.numel; ++i) {
+      max_ref = std::max(max_ref, static_cast<double>(std::fabs(want[i])));
+      max_diff = std::max(max_diff, static_cast<double>(std::fabs(grads[p.offset + i] - want[i])));
+    }
+    if (max_ref == 0.0) {
+      EXPECT_EQ(max_diff, 0.0) << p.hf_name;
+      continue;
+    }
+    EXPECT_LE(max_diff / max_ref, 1e-4) << p.hf_name;
+    worst = std::max(worst, max_diff / max_ref);
+  }
+  RecordProperty("worst_relative_gradient_error", sci(worst));
+}
+
+TEST_P(CudaTrain, LossCurveMatchesPyTorch) {
+  Case c = open_case(GetParam());
+  c.config.device = "cuda";
+  std::ifstream in(c.dir / "losses.json");
+  const nlohmann::json want = nlohmann::json::parse(in);
+  Trainer trainer(c.config);
+  double worst = 0.0;
+  for (const auto& w : want) {
+    const StepMetrics m = trainer.step();
+    const double rel = std::fabs(m.loss - w["loss"].get<double>()) / std::fabs(w["loss"].get<double>());
+    EXPECT_LE(rel, 1e-3) << "step " << m.step;
+    if (w["mtp_loss"].get<double>() != 0.0) {
+      EXPECT_NEAR(m.mtp_loss, w["mtp_loss"].get<double>(), 1e-3 * w["mtp_loss"].get<double>()) << "step " << m.step;
+    }
+    if (w["aux_loss"].get<double>() != 0.0) {
+      EXPECT_NEAR(m.aux_loss, w["aux_loss"].get<double>(), 1e-3 * w["aux_loss"].get<double>()) << "step " << m.step;
+    }
+    worst = std::max(worst, rel);
+  }
+  RecordProperty("worst_relative_loss_error", sci(worst));
+  std::printf("[ cuda train ] %s: worst relative loss error over %zu steps %s\n", GetParam().c_str(), want.size(),
+              sci(worst).c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaTrain, ::testing::ValuesIn(train_cases()),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace dsv::train
