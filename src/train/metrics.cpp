@@ -74,7 +74,7 @@ std::string progress_text(const StepMetrics& m, int64_t total, double elapsed) {
   if (m.mtp_loss != 0.0) s += fmt::format(" | mtp {:.4f}", m.mtp_loss);
   if (m.aux_loss != 0.0) s += fmt::format(" | aux {:.4g}", m.aux_loss);
   const double eta = m.step > 0 ? elapsed / static_cast<double>(m.step) * static_cast<double>(total - m.step) : NAN;
-  s += fmt::format(" | gnorm {:.3f} | lr {:.3e} | {} tok/s | MFU {:.1f}% | ETA {}", m.grad_norm, m.lr,
+  s += fmt::format(" | gnorm {:.3f} | lr {:.3e} | {} tok/s | MFU {:.3g}% | ETA {}", m.grad_norm, m.lr,
                    human_rate(m.tokens_per_second), 100.0 * m.mfu, format_duration(eta));
   if (m.skipped) s += " | SKIPPED";
   return s;
