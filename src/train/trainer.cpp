@@ -43,6 +43,9 @@ Trainer::Trainer(const TrainConfig& config) : impl_(std::make_unique<Impl>()) {
   const ops::Backend backend = config.device == "cuda" ? ops::Backend::Cuda : ops::Backend::Cpu;
   DSV_CHECK(ops::backend_available(backend), "train.device = {}: that backend is not available in this build",
             config.device);
+  DSV_CHECK(config.recompute != "selective",
+            "train.recompute = selective is not implemented yet; use none or full (full keeps only each layer's "
+            "input and re-runs the layer in the backward)");
   DSV_CHECK(!config.bf16_moments, "optimizer.bf16_moments = true is not implemented yet (fp32 moments only)");
   const ModelConfig mc = recipe_model_config(config);
   s.mtp_depth = resolved_mtp_depth(config, mc);
@@ -130,7 +133,7 @@ StepMetrics Trainer::step() {
     out.skipped = true;
     ++s.consecutive_bad;
     DSV_CHECK(s.consecutive_bad < cfg.max_bad_steps,
-              "step {}: loss or gradient is not finite for the {}th step in a row (loss {}, grad norm {}); "
+              "step {}: loss or gradient is not finite ({} steps in a row; loss {}, grad norm {}); "
               "stopping (train.max_bad_steps = {})",
               out.step, s.consecutive_bad, out.loss, out.grad_norm, cfg.max_bad_steps);
   } else {

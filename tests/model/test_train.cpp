@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <cstdio>
+
+#include "core/error.h"
 #include <filesystem>
 #include <fstream>
 
@@ -120,6 +122,50 @@ TEST_P(TrainFixture, LossCurveMatchesPyTorch) {
     const std::vector<float> want_b = read_f32(ref, name);
     for (int64_t e = 0; e < b.numel(); ++e) EXPECT_NEAR(b.data[e], want_b[e], 1e-6) << name << "[" << e << "]";
   }
+}
+
+// A non-finite loss skips the step (no update anywhere) with the step reported as skipped; after
+// train.max_bad_steps such steps in a row the trainer stops with an error naming the cause.
+TEST(TrainNonFinite, SkipsThenStops) {
+  Case c = open_case("v3_tied");
+  c.config.max_bad_steps = 3;
+  Trainer trainer(c.config);
+  const Model& m = trainer.model();
+  const Tensor& poisoned = m.weights.layers[0].attn.o_proj;
+  const Tensor& watched = m.weights.layers[0].attn.kv_b_proj;
+  const std::vector<float> before(watched.data, watched.data + watched.numel());
+  mut(poisoned)[0] = std::nanf("");
+  for (int i = 0; i < 2; ++i) {
+    const StepMetrics s = trainer.step();
+    EXPECT_TRUE(s.skipped);
+    EXPECT_FALSE(std::isfinite(s.loss));
+  }
+  EXPECT_EQ(std::vector<float>(watched.data, watched.data + watched.numel()), before) << "a skipped step updated";
+  try {
+    trainer.step();
+    FAIL() << "the third non-finite step in a row should stop training";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not finite"), std::string::npos) << e.what();
+  }
+}
+
+// With full recomputation the gradients are those of the saved-activation path (same ops, same order).
+TEST(TrainRecompute, FullGivesTheSameGradients) {
+  const Case c = open_case("v3_mtp");
+  const ParamStore plain = step1_gradients(c, true);
+  const ModelConfig mc = recipe_model_config(c.config);
+  ParamStore again = ParamStore::from_checkpoint(c.config.init_from, ops::Backend::Cpu, 1);
+  TokenData data(c.config, mc.vocab_size);
+  const int64_t B = c.config.micro_batch, S = c.config.seq_len, A = c.config.grad_accum;
+  std::vector<int32_t> windows(static_cast<size_t>(B * (S + 1)));
+  for (int64_t a = 0; a < A; ++a) {
+    data.fill_step(0, a, windows.data());
+    forward_backward(again.model(), again.grads(), windows.data(), Batch{B, S},
+                     PassOptions{.mtp_depth = 1, .mtp_lambda = c.config.mtp_lambda,
+                                 .aux = AuxSpec{.sequence_weight = 1.0 / static_cast<double>(B * A)},
+                                 .micro_batches = A, .recompute = Recompute::Full});
+  }
+  for (int64_t i = 0; i < plain.total(); ++i) ASSERT_EQ(plain.grad_data()[i], again.grad_data()[i]) << i;
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TrainFixture, ::testing::ValuesIn(train_cases()),
