@@ -14,6 +14,12 @@ BackendTable& backend_table(Backend b) {
   return cuda;
 }
 
+namespace {
+MatmulPrecision g_matmul_precision = MatmulPrecision::Fp32;
+}
+void set_matmul_precision(MatmulPrecision p) { g_matmul_precision = p; }
+MatmulPrecision matmul_precision() { return g_matmul_precision; }
+
 bool backend_available(Backend b) { return b == Backend::Cpu || backend_table(b).linear != nullptr; }
 
 namespace {

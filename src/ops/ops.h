@@ -314,6 +314,12 @@ struct AdamWParams {
 };
 void adamw(const Context& ctx, const AdamWParams& p);
 
+// Precision of fp32 matrix products on devices: Fp32 (exact fp32 products, the default, like the CPU)
+// or Tf32 (tensor cores with 10-bit mantissa inputs, fp32 accumulation; opt-in, e.g. train.tf32).
+enum class MatmulPrecision { Fp32, Tf32 };
+void set_matmul_precision(MatmulPrecision p);
+MatmulPrecision matmul_precision();
+
 // Backends other than the CPU register their entry points here (the CUDA backend does so from
 // dsv_cuda, which dsv_lib does not link against).
 struct BackendTable {

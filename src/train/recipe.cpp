@@ -45,6 +45,7 @@ const std::array kFields = {
     Field{"train", "device", &TrainConfig::device},
     Field{"train", "recompute", &TrainConfig::recompute},
     Field{"train", "max_bad_steps", &TrainConfig::max_bad_steps},
+    Field{"train", "tf32", &TrainConfig::tf32},
     Field{"optimizer", "lr", &TrainConfig::lr},
     Field{"optimizer", "min_lr", &TrainConfig::min_lr},
     Field{"optimizer", "beta1", &TrainConfig::beta1},

@@ -26,6 +26,7 @@ struct TrainConfig {
   std::string device = "cpu";      // train.device: cpu | cuda
   std::string recompute = "none";  // train.recompute: none | selective | full
   int64_t max_bad_steps = 3;       // train.max_bad_steps: consecutive NaN/Inf steps before stopping
+  bool tf32 = false;               // train.tf32: CUDA matrix products on TF32 tensor cores (fp32 accumulate)
 
   // [optimizer]  AdamW, fp32 master weights
   double lr = 3e-4;            // optimizer.lr: peak learning rate

@@ -47,6 +47,9 @@ Trainer::Trainer(const TrainConfig& config) : impl_(std::make_unique<Impl>()) {
             "train.recompute = selective is not implemented yet; use none or full (full keeps only each layer's "
             "input and re-runs the layer in the backward)");
   DSV_CHECK(!config.bf16_moments, "optimizer.bf16_moments = true is not implemented yet (fp32 moments only)");
+  // Process-wide: the trainer owns the device's matrix-product precision while it runs.
+  ops::set_matmul_precision(config.tf32 && backend == ops::Backend::Cuda ? ops::MatmulPrecision::Tf32
+                                                                        : ops::MatmulPrecision::Fp32);
   const ModelConfig mc = recipe_model_config(config);
   s.mtp_depth = resolved_mtp_depth(config, mc);
   if (!config.init_from.empty()) {

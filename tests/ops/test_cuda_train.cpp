@@ -72,6 +72,27 @@ TEST_P(CudaTrain, LossCurveMatchesPyTorch) {
               sci(worst).c_str());
 }
 
+// TF32 tensor-core products (train.tf32): the bar for reduced-precision GPU training is the
+// PyTorch fp32 loss within 2% at every step.
+TEST_P(CudaTrain, Tf32LossCurveWithinTwoPercent) {
+  Case c = open_case(GetParam());
+  c.config.device = "cuda";
+  c.config.tf32 = true;
+  std::ifstream in(c.dir / "losses.json");
+  const nlohmann::json want = nlohmann::json::parse(in);
+  Trainer trainer(c.config);
+  double worst = 0.0;
+  for (const auto& w : want) {
+    const StepMetrics m = trainer.step();
+    const double rel = std::fabs(m.loss - w["loss"].get<double>()) / std::fabs(w["loss"].get<double>());
+    EXPECT_LE(rel, 2e-2) << "step " << m.step;
+    worst = std::max(worst, rel);
+  }
+  ops::set_matmul_precision(ops::MatmulPrecision::Fp32);
+  std::printf("[ cuda train tf32 ] %s: worst relative loss error over %zu steps %s\n", GetParam().c_str(),
+              want.size(), sci(worst).c_str());
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaTrain, ::testing::ValuesIn(train_cases()),
                          [](const auto& info) { return info.param; });
 

@@ -143,6 +143,7 @@ struct TrainBenchArgs {
 #endif
   int64_t batch = 2, seq = 4096, steps = 5, warmup = 2;
   uint64_t seed = 1;
+  bool tf32 = false;
 };
 
 // Random tokens in a temporary file, removed when the benchmark ends.
@@ -199,6 +200,7 @@ void run_bench_train(const TrainBenchArgs& a) {
   cfg.steps = total_steps;
   cfg.device = a.device;
   cfg.recompute = a.recompute;
+  cfg.tf32 = a.tf32;
   cfg.schedule = "constant";
   cfg.lr = 1e-4;
   cfg.mtp_depth = 0;
@@ -228,8 +230,9 @@ void run_bench_train(const TrainBenchArgs& a) {
 #ifdef DSV_HAVE_CUDA
   if (a.device == "cuda") peak_bytes = static_cast<double>(ops::cuda::allocator_stats().peak_in_use);
 #endif
-  fmt::print("config        {} ({} layers, {} trained parameters), device {}, fp32 master weights and compute\n",
-             a.config, c.num_hidden_layers, human_count(static_cast<double>(params)), a.device);
+  fmt::print("config        {} ({} layers, {} trained parameters), device {}, fp32 master weights, {} products\n",
+             a.config, c.num_hidden_layers, human_count(static_cast<double>(params)), a.device,
+             a.tf32 ? "TF32" : "fp32");
   fmt::print("batch         {} x {} tokens, recompute {}, {} timed steps after {} warm-up\n", a.batch, a.seq,
              a.recompute, a.steps, a.warmup);
   fmt::print("speed         {:.0f} tokens/s, {:.3f} s per step, {:.2f} GFLOP per token, MFU {:.2f}% (of dense bf16 "
@@ -240,7 +243,7 @@ void run_bench_train(const TrainBenchArgs& a) {
                         {"steps", a.steps}, {"warmup", a.warmup}, {"recompute", a.recompute},
                         {"tokens_per_second", tps}, {"step_seconds", total_s / static_cast<double>(a.steps)},
                         {"mfu", mfu}, {"flops_per_token", flops}, {"peak_memory_bytes", peak_bytes},
-                        {"trained_parameters", params}, {"last_loss", loss}, {"precision", "fp32"}};
+                        {"trained_parameters", params}, {"last_loss", loss}, {"precision", a.tf32 ? "tf32" : "fp32"}};
     write_file_atomic(a.json_out, j.dump(2) + "\n");
   }
 }
@@ -270,6 +273,7 @@ void register_bench(CLI::App& app) {
   train->add_option("--warmup", t.warmup, "Untimed steps first")->capture_default_str();
   train->add_option("--recompute", t.recompute, "none or full activation recomputation")->capture_default_str();
   train->add_option("--device", t.device, "cuda or cpu")->capture_default_str();
+  train->add_flag("--tf32", t.tf32, "Matrix products on TF32 tensor cores (fp32 storage and accumulation)");
   train->add_option("--seed", t.seed, "Seed of the random weights and tokens")->capture_default_str();
   train->add_option("--json", t.json_out, "Also write the results as JSON");
   train->callback([] { run_bench_train(t); });

@@ -9,15 +9,34 @@
 namespace dsv::ops::cuda {
 namespace {
 
+// A workspace lets cuBLASLt's heuristic pick split-K and stream-K kernels for skinny products.
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+
 struct LtHandle {
   cublasLtHandle_t handle = nullptr;
-  LtHandle() { cublasLtCreate(&handle); }
-  ~LtHandle() { if (handle) cublasLtDestroy(handle); }
+  void* workspace = nullptr;
+  LtHandle() {
+    cublasLtCreate(&handle);
+    if (cudaMalloc(&workspace, kWorkspaceBytes) != cudaSuccess) {
+      cudaGetLastError();
+      workspace = nullptr;
+    }
+  }
+  ~LtHandle() {
+    if (handle) cublasLtDestroy(handle);
+  }  // the workspace lives as long as the process (no cudaFree during static teardown)
 };
 
-cublasLtHandle_t lt_handle() {  // one per thread, shared by linear and linear_weight_grad
-  thread_local LtHandle lt;
-  return lt.handle;
+LtHandle& lt() {  // one per thread, shared by linear and linear_weight_grad
+  thread_local LtHandle h;
+  return h;
+}
+cublasLtHandle_t lt_handle() { return lt().handle; }
+size_t workspace_bytes() { return lt().workspace ? kWorkspaceBytes : 0; }
+
+// True fp32 products (like the CPU op) unless the caller opted into TF32 tensor cores.
+cublasComputeType_t compute_type() {
+  return matmul_precision() == MatmulPrecision::Tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
 }  // namespace
@@ -29,8 +48,7 @@ cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
   const int64_t xs = p.x_stride ? p.x_stride : p.K, ys = p.y_stride ? p.y_stride : p.N;
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  // CUBLAS_COMPUTE_32F without fast modes: true fp32 products (no TF32), like the CPU op.
-  if (cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
+  if (cublasLtMatmulDescCreate(&op, compute_type(), CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
   // Row-major w[N, K] is column-major [K, N] (ld K): transpose it. Row-major w[K, N]
   // (w_transposed) is column-major [N, K] (ld N): use it as is.
   const cublasOperation_t transa = p.w_transposed ? CUBLAS_OP_N : CUBLAS_OP_T, transb = CUBLAS_OP_N;
@@ -52,7 +70,7 @@ cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
   }
   const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
   const cublasStatus_t status =
-      cublasLtMatmul(lt_handle(), op, &alpha, p.w, a, p.x, b, &beta, p.y, c, p.y, c, nullptr, nullptr, 0, stream);
+      cublasLtMatmul(lt_handle(), op, &alpha, p.w, a, p.x, b, &beta, p.y, c, p.y, c, nullptr, lt().workspace, workspace_bytes(), stream);
   cublasLtMatrixLayoutDestroy(a);
   cublasLtMatrixLayoutDestroy(b);
   cublasLtMatrixLayoutDestroy(c);
@@ -84,7 +102,7 @@ cudaError_t linear_weight_grad(const LinearWeightGradParams& p, cudaStream_t str
     } else {
       cublasLtMatmulDesc_t op = nullptr;
       cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-      if (cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS)
+      if (cublasLtMatmulDescCreate(&op, compute_type(), CUDA_R_32F) != CUBLAS_STATUS_SUCCESS)
         return cudaErrorUnknown;
       const cublasOperation_t transa = CUBLAS_OP_N, transb = CUBLAS_OP_T;
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &transa, sizeof transa);
@@ -94,7 +112,8 @@ cudaError_t linear_weight_grad(const LinearWeightGradParams& p, cudaStream_t str
       cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, p.K, p.N, p.K);
       const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
       const cublasStatus_t status =
-          cublasLtMatmul(lt_handle(), op, &alpha, p.x, a, p.dy, b, &beta, p.dw, c, p.dw, c, nullptr, nullptr, 0, stream);
+          cublasLtMatmul(lt_handle(), op, &alpha, p.x, a, p.dy, b, &beta, p.dw, c, p.dw, c, nullptr, lt().workspace,
+                         workspace_bytes(), stream);
       cublasLtMatrixLayoutDestroy(a);
       cublasLtMatrixLayoutDestroy(b);
       cublasLtMatrixLayoutDestroy(c);
