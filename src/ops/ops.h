@@ -241,7 +241,8 @@ void embed_backward(const Context& ctx, const EmbedBackwardParams& p);
 // gets no gradient. dlogits[T, E] (+)= (accumulate):
 //   softmax kinds: p = softmax(logits); w_k = scale * p[e_k]; dlogits = p * (g - sum(p * g)),
 //                  g[e_k] = scale * dweights[k], 0 elsewhere.
-//   sigmoid:       s = sigmoid(logits); w_k = scale * s[e_k] / (sum_j s[e_j] + 1e-20 if norm_topk_prob, else 1);
+//   sigmoid:       s = sigmoid(logits); w_k = scale * s[e_k] / (Z if norm_topk_prob, else 1), Z = sum_j s[e_j] + 1e-20;
+//                  ds_k = scale * (dw_k / Z - sum_j dw_j s[e_j] / Z^2) (or scale * dw_k without the norm);
 //                  dlogits[e_k] = ds_k * s[e_k] * (1 - s[e_k]).
 struct RouteBackwardParams {
   const float* logits = nullptr;
