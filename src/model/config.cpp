@@ -317,6 +317,14 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   return c;
 }
 
+ModelConfig load_model_config_file(const std::string& path, const std::string& label) {
+  std::ifstream in(path, std::ios::binary);
+  DSV_CHECK(in.good(), "{}: cannot open (expected a Hugging Face config.json)", label);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_model_config(ss.str(), path);
+}
+
 ModelConfig load_model_config(const std::string& model_dir) {
   const std::filesystem::path path = std::filesystem::path(model_dir) / "config.json";
   std::ifstream in(path);

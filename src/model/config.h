@@ -88,5 +88,7 @@ struct ModelConfig {
 // Parses config.json text; `origin` names the file in error messages.
 ModelConfig parse_model_config(const std::string& json_text, const std::string& origin);
 ModelConfig load_model_config(const std::string& model_dir);
+// A config.json given by its path; `label` names it in the error when it cannot be opened.
+ModelConfig load_model_config_file(const std::string& path, const std::string& label);
 
 }  // namespace dsv

@@ -43,6 +43,10 @@ void finish_weights(Model& m);
 // projections ~ N(0, init_std), norms 1, biases 0. For benchmarks and tests.
 std::unique_ptr<Model> random_model(const ModelConfig& config, ops::Backend backend, uint64_t seed,
                                     float init_std = 0.02f);
+// The initialization rule of random_model for one tensor (by its HF name and shape), on the device
+// of `ctx`, from the counter RNG stream `seed`.
+void fill_initial_weight(const ops::Context& ctx, const std::string& hf_name, const std::vector<int64_t>& shape,
+                         float* data, uint64_t seed, float init_std);
 // A copy of a loaded model's weights on another backend (fp32), through the same name table.
 std::unique_ptr<Model> to_backend(const Model& host, ops::Backend backend);
 

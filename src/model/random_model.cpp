@@ -4,6 +4,16 @@
 
 namespace dsv {
 
+void fill_initial_weight(const ops::Context& ctx, const std::string& hf_name, const std::vector<int64_t>& shape,
+                         float* data, uint64_t seed, float init_std) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  const bool norm = hf_name.find("norm") != std::string::npos;
+  const bool bias = shape.size() == 1 && !norm;  // biases and e_score_correction_bias
+  ops::fill_random(ctx, {.x = data, .n = n, .seed = seed, .mean = norm ? 1.0f : 0.0f,
+                         .std = (norm || bias) ? 0.0f : init_std});
+}
+
 std::unique_ptr<Model> random_model(const ModelConfig& config, ops::Backend backend, uint64_t seed, float init_std) {
   DSV_CHECK(ops::backend_available(backend), "the CUDA backend is not available in this build");
   auto m = std::make_unique<Model>();
@@ -21,10 +31,7 @@ std::unique_ptr<Model> random_model(const ModelConfig& config, ops::Backend back
     if (n == 0) continue;
     m->device_storage.emplace_back(backend, static_cast<size_t>(n));
     t.data = m->device_storage.back().data();
-    const bool norm = s.hf_name.find("norm") != std::string::npos;
-    const bool bias = s.shape.size() == 1 && !norm;  // biases and e_score_correction_bias
-    ops::fill_random(ctx, {.x = m->device_storage.back().data(), .n = n, .seed = seed + 7919 * stream++,
-                           .mean = norm ? 1.0f : 0.0f, .std = (norm || bias) ? 0.0f : init_std});
+    fill_initial_weight(ctx, s.hf_name, s.shape, m->device_storage.back().data(), seed + 7919 * stream++, init_std);
     m->stats.tensors++;
   }
   finish_weights(*m);

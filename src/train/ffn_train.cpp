@@ -121,33 +121,38 @@ void moe_forward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights
   const std::vector<int32_t> idx = s.indices.to_host(ctx);
   const std::vector<float> gate = weights.to_host(ctx);
 
+  // Group the (token, slot) pairs by expert on the host; upload the grouping once.
   stats.load.assign(static_cast<size_t>(E), 0);
-  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(E)), pairs(static_cast<size_t>(E));
-  std::vector<std::vector<float>> scales(static_cast<size_t>(E));
-  for (int64_t p = 0; p < T * K; ++p) {
-    const int32_t e = idx[p];
-    rows[e].push_back(static_cast<int32_t>(p / K));
-    pairs[e].push_back(static_cast<int32_t>(p));
-    scales[e].push_back(gate[p]);
-    stats.load[e]++;
-  }
-
-  ops::copy2d(ctx, {.src = nullptr, .dst = out, .rows = T, .cols = D, .src_stride = D, .dst_stride = D});
+  for (int64_t p = 0; p < T * K; ++p) stats.load[idx[p]]++;
   s.experts.clear();
   s.experts.resize(static_cast<size_t>(E));
+  for (int64_t e = 0, offset = 0; e < E; offset += stats.load[e], ++e) {
+    s.experts[e].offset = offset;
+    s.experts[e].pairs.reserve(static_cast<size_t>(stats.load[e]));
+  }
+  std::vector<int32_t> rows(static_cast<size_t>(T * K));
+  std::vector<float> scales(static_cast<size_t>(T * K));
+  for (int64_t p = 0; p < T * K; ++p) {
+    ExpertSaved& x = s.experts[idx[p]];
+    rows[x.offset + x.n] = static_cast<int32_t>(p / K);
+    scales[x.offset + x.n] = gate[p];
+    x.pairs.push_back(static_cast<int32_t>(p));
+    x.n++;
+  }
+  s.rows = Buffer<int32_t>(ctx, rows.data(), rows.size());
+  s.scales = Buffer<float>(ctx, scales.data(), scales.size());
+
+  ops::copy2d(ctx, {.src = nullptr, .dst = out, .rows = T, .cols = D, .src_stride = D, .dst_stride = D});
   for (int64_t e = 0; e < E; ++e) {
     ExpertSaved& x = s.experts[e];
-    x.n = static_cast<int64_t>(rows[e].size());
     if (x.n == 0) continue;
-    x.rows = Buffer<int32_t>(ctx, rows[e].data(), rows[e].size());
-    x.scale = Buffer<float>(ctx, scales[e].data(), scales[e].size());
-    x.pairs = std::move(pairs[e]);
+    const int32_t* expert_rows = s.rows.data() + x.offset;
     Buffer<float> xe(be, x.n * D);
     x.y = Buffer<float>(be, x.n * D);
-    ops::gather_rows(ctx, {.rows = x.rows.data(), .x = xn, .y = xe.data(), .n = x.n, .D = D});
+    ops::gather_rows(ctx, {.rows = expert_rows, .x = xn, .y = xe.data(), .n = x.n, .D = D});
     mlp_forward(ctx, w.experts[e], xe.data(), x.n, D, x.y.data(), false, x.mlp);
-    ops::scatter_add_rows(ctx, {.rows = x.rows.data(), .scale = x.scale.data(), .x = x.y.data(), .y = out, .n = x.n,
-                                .D = D});
+    ops::scatter_add_rows(ctx, {.rows = expert_rows, .scale = s.scales.data() + x.offset, .x = x.y.data(), .y = out,
+                                .n = x.n, .D = D});
   }
   if (has_shared(w)) mlp_forward(ctx, w.shared, xn, T, D, out, true, s.shared);
 
@@ -168,20 +173,26 @@ void moe_backward(const ops::Context& ctx, const ModelConfig& c, const MoeWeight
   if (has_shared(w)) mlp_backward(ctx, w.shared, g.shared, xn, T, D, s.shared, dout, dxn, false);
   else ops::copy2d(ctx, {.src = nullptr, .dst = dxn, .rows = T, .cols = D, .src_stride = D, .dst_stride = D});
 
-  // out[t] += scale * y_e[r]: dy_e[r] = scale * dout[t], dscale = dout[t] . y_e[r].
-  std::vector<float> dweights(static_cast<size_t>(T * K), 0.0f);
+  // out[t] += scale * y_e[r]: dy_e[r] = scale * dout[t], dscale = dout[t] . y_e[r] (all experts' dscale
+  // gathered on the device, read back once).
+  Buffer<float> dscale(be, T * K);
   for (int64_t e = 0; e < E; ++e) {
     const ExpertSaved& x = s.experts[e];
     if (x.n == 0) continue;
-    Buffer<float> xe(be, x.n * D), dy(be, x.n * D), dxe(be, x.n * D), dscale(be, x.n);
-    ops::row_dots(ctx, {.rows = x.rows.data(), .a = dout, .b = x.y.data(), .out = dscale.data(), .n = x.n, .D = D});
-    ops::gather_rows(ctx, {.rows = x.rows.data(), .scale = x.scale.data(), .x = dout, .y = dy.data(), .n = x.n, .D = D});
-    ops::gather_rows(ctx, {.rows = x.rows.data(), .x = xn, .y = xe.data(), .n = x.n, .D = D});
+    const int32_t* expert_rows = s.rows.data() + x.offset;
+    Buffer<float> xe(be, x.n * D), dy(be, x.n * D), dxe(be, x.n * D);
+    ops::row_dots(ctx, {.rows = expert_rows, .a = dout, .b = x.y.data(), .out = dscale.data() + x.offset, .n = x.n,
+                        .D = D});
+    ops::gather_rows(ctx, {.rows = expert_rows, .scale = s.scales.data() + x.offset, .x = dout, .y = dy.data(),
+                           .n = x.n, .D = D});
+    ops::gather_rows(ctx, {.rows = expert_rows, .x = xn, .y = xe.data(), .n = x.n, .D = D});
     mlp_backward(ctx, w.experts[e], g.experts[e], xe.data(), x.n, D, x.mlp, dy.data(), dxe.data(), false);
-    ops::scatter_add_rows(ctx, {.rows = x.rows.data(), .x = dxe.data(), .y = dxn, .n = x.n, .D = D});
-    const std::vector<float> ds = dscale.to_host(ctx);
-    for (int64_t r = 0; r < x.n; ++r) dweights[x.pairs[r]] = ds[r];
+    ops::scatter_add_rows(ctx, {.rows = expert_rows, .x = dxe.data(), .y = dxn, .n = x.n, .D = D});
   }
+  const std::vector<float> ds = dscale.to_host(ctx);
+  std::vector<float> dweights(static_cast<size_t>(T * K), 0.0f);
+  for (const ExpertSaved& x : s.experts)
+    for (int64_t r = 0; r < x.n; ++r) dweights[x.pairs[r]] = ds[x.offset + r];
 
   Buffer<float> dlogits(be, T * E);
   const Buffer<float> dw(ctx, dweights.data(), dweights.size());

@@ -4,11 +4,9 @@
 #include "train/train_layers.h"
 
 namespace dsv::train {
-namespace {
-void copy_rows(const ops::Context& ctx, const float* src, float* dst, int64_t n) {
+void copy_values(const ops::Context& ctx, const float* src, float* dst, int64_t n) {
   ops::copy2d(ctx, {.src = src, .dst = dst, .rows = 1, .cols = n, .src_stride = n, .dst_stride = n});
 }
-}  // namespace
 
 void layer_forward(const ops::Context& ctx, const ModelConfig& c, const LayerWeights& w, float* x, Batch batch,
                    const Ropes& ropes, const AuxSpec& aux, LayerSaved& s, MoeStats& stats) {
@@ -20,11 +18,11 @@ void layer_forward(const ops::Context& ctx, const ModelConfig& c, const LayerWei
   s.x_mid = Buffer<float>(be, T * D);
   s.xn2 = Buffer<float>(be, T * D);
   Buffer<float> delta(be, T * D);
-  copy_rows(ctx, x, s.x_in.data(), T * D);
+  copy_values(ctx, x, s.x_in.data(), T * D);
   ops::rmsnorm(ctx, {.x = x, .weight = w.input_layernorm.data, .y = s.xn1.data(), .rows = T, .dim = D, .eps = eps});
   mla_forward(ctx, c, w.attn, s.xn1.data(), batch, ropes, delta.data(), s.attn);
   ops::add(ctx, {.x = delta.data(), .y = x, .n = T * D});
-  copy_rows(ctx, x, s.x_mid.data(), T * D);
+  copy_values(ctx, x, s.x_mid.data(), T * D);
   ops::rmsnorm(ctx, {.x = x, .weight = w.post_attention_layernorm.data, .y = s.xn2.data(), .rows = T, .dim = D,
                      .eps = eps});
   stats = MoeStats{};

@@ -11,10 +11,6 @@
 namespace dsv::train {
 namespace {
 
-void copy_rows(const ops::Context& ctx, const float* src, float* dst, int64_t n) {
-  ops::copy2d(ctx, {.src = src, .dst = dst, .rows = 1, .cols = n, .src_stride = n, .dst_stride = n});
-}
-
 // LM head + cross-entropy over h[n, D] in row chunks (the logits of the whole batch never exist at
 // once): returns the summed loss, writes dh = d(grad_scale * sum loss)/dh and adds the head gradient.
 double head_cross_entropy(const ops::Context& ctx, const ModelConfig& c, const Weights& w, const Weights& g,
@@ -176,7 +172,7 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
   for (int64_t l = L - 1; l >= 0; --l) {
     if (opt.recompute == Recompute::Full) {
       Buffer<float> x_again(be, T * D);
-      copy_rows(ctx, saved[l].x_in.data(), x_again.data(), T * D);
+      copy_values(ctx, saved[l].x_in.data(), x_again.data(), T * D);
       MoeStats ignored;
       layer_forward(ctx, c, w.layers[l], x_again.data(), batch, ropes, opt.aux, saved[l], ignored);
     }

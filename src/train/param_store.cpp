@@ -10,7 +10,6 @@
 namespace dsv::train {
 namespace {
 bool is_router_bias(const std::string& name) { return name.ends_with("e_score_correction_bias"); }
-bool is_norm(const std::string& name) { return name.find("norm") != std::string::npos; }
 }  // namespace
 
 void ParamStore::layout(const ModelConfig& config, int64_t mtp_modules, ops::Backend backend) {
@@ -74,11 +73,8 @@ ParamStore ParamStore::random(const ModelConfig& config, int64_t mtp_modules, op
   s.layout(config, mtp_modules, backend);
   const ops::Context ctx = s.model_->context();
   uint64_t stream = 0;
-  for (const ParamSlot& p : s.slots_) {
-    const bool norm = is_norm(p.hf_name), vector = p.shape.size() == 1 && !norm;
-    ops::fill_random(ctx, {.x = s.params_.data() + p.offset, .n = p.numel, .seed = seed + 7919 * stream++,
-                           .mean = norm ? 1.0f : 0.0f, .std = (norm || vector) ? 0.0f : init_std});
-  }
+  for (const ParamSlot& p : s.slots_)
+    fill_initial_weight(ctx, p.hf_name, p.shape, s.params_.data() + p.offset, seed + 7919 * stream++, init_std);
   finish_weights(*s.model_);
   return s;
 }

@@ -346,11 +346,7 @@ std::string describe(const TrainConfig& c) {
 
 ModelConfig recipe_model_config(const TrainConfig& c) {
   if (!c.init_from.empty()) return load_model_config(c.init_from);
-  std::ifstream in(c.model_config, std::ios::binary);
-  DSV_CHECK(in.good(), "model.config {}: cannot open (expected a Hugging Face config.json)", c.model_config);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse_model_config(ss.str(), c.model_config);
+  return load_model_config_file(c.model_config, "model.config " + c.model_config);
 }
 
 int64_t resolved_mtp_depth(const TrainConfig& c, const ModelConfig& m) {

@@ -40,8 +40,7 @@ struct MlpSaved {
 
 struct ExpertSaved {
   int64_t n = 0;                 // tokens routed to this expert
-  Buffer<int32_t> rows;          // [n] token rows
-  Buffer<float> scale;           // [n] combine weights
+  int64_t offset = 0;            // of its n entries in MoeSaved::rows / scales
   std::vector<int32_t> pairs;    // [n] (token, slot) pair index t * K + k
   MlpSaved mlp;
   Buffer<float> y;               // [n, D] expert output before scaling
@@ -57,6 +56,8 @@ struct AuxSpec {
 struct MoeSaved {
   Buffer<float> logits;            // [T, E]
   Buffer<int32_t> indices;         // [T, K]
+  Buffer<int32_t> rows;            // [T * K] token rows, grouped by expert (one upload per layer)
+  Buffer<float> scales;            // [T * K] their combine weights, same order
   std::vector<ExpertSaved> experts;
   MlpSaved shared;
   Buffer<float> aux_dlogits;       // [T, E] balance-loss gradient (empty when off)
@@ -91,6 +92,9 @@ void moe_forward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights
 // dxn is overwritten.
 void moe_backward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& g,
                   const float* xn, Batch batch, const MoeSaved& saved, const float* dout, float* dxn);
+
+// dst[0, n) = src[0, n) on the backend.
+void copy_values(const ops::Context& ctx, const float* src, float* dst, int64_t n);
 
 // x[T, D]: the residual stream, updated in place (x += attn(norm x); x += ffn(norm x)).
 void layer_forward(const ops::Context& ctx, const ModelConfig& c, const LayerWeights& w, float* x, Batch batch,

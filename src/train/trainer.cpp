@@ -10,7 +10,6 @@
 #include "core/error.h"
 #include "ops/ops.h"
 #include "train/flops.h"
-#include "train/model_train.h"
 #include "train/param_store.h"
 #include "train/recipe.h"
 #include "train/schedule.h"
@@ -26,6 +25,14 @@ std::string read_text(const std::string& path) {
   return ss.str();
 }
 }  // namespace
+
+PassOptions pass_options(const TrainConfig& cfg, int64_t mtp_depth) {
+  return PassOptions{.mtp_depth = mtp_depth, .mtp_lambda = cfg.mtp_lambda,
+                     .aux = AuxSpec{.seq_aux_alpha = cfg.seq_aux_alpha, .expert_aux_alpha = cfg.expert_aux_alpha,
+                                    .sequence_weight = 1.0 / static_cast<double>(cfg.micro_batch * cfg.grad_accum)},
+                     .micro_batches = cfg.grad_accum,
+                     .recompute = cfg.recompute == "full" ? Recompute::Full : Recompute::None};
+}
 
 struct Trainer::Impl {
   TrainConfig cfg;
@@ -86,10 +93,7 @@ StepMetrics Trainer::step() {
   out.step = s.steps_done + 1;
   out.lr = learning_rate(cfg, out.step);
   store.zero_grads();
-  PassOptions opt{.mtp_depth = s.mtp_depth, .mtp_lambda = cfg.mtp_lambda,
-                  .aux = AuxSpec{.seq_aux_alpha = cfg.seq_aux_alpha, .expert_aux_alpha = cfg.expert_aux_alpha,
-                                 .sequence_weight = 1.0 / static_cast<double>(B * A)},
-                  .micro_batches = A, .recompute = cfg.recompute == "full" ? Recompute::Full : Recompute::None};
+  const PassOptions opt = pass_options(cfg, s.mtp_depth);
   std::vector<int32_t> windows(static_cast<size_t>(B * (S + 1)));
   double loss_sum = 0.0;
   int64_t loss_count = 0;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "model/model.h"
+#include "train/model_train.h"
 #include "train/train_config.h"
 
 namespace dsv::train {
@@ -24,6 +25,9 @@ struct StepMetrics {
   bool skipped = false;        // NaN/Inf loss or gradient: no update was applied
   std::vector<double> expert_imbalance;  // per MoE layer: max expert load / mean load in this step
 };
+
+// What one micro-batch's forward_backward needs from a training config (mtp_depth resolved).
+PassOptions pass_options(const TrainConfig& config, int64_t mtp_depth);
 
 class Trainer {
  public:

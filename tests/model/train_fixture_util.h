@@ -15,6 +15,7 @@
 #include "train/param_store.h"
 #include "train/recipe.h"
 #include "train/token_data.h"
+#include "train/trainer.h"
 
 namespace dsv::train::test {
 
@@ -68,19 +69,16 @@ inline std::string sci(double v) {
 
 // Step 1's gradients (summed over its micro-batches) with the case's settings, optionally with the
 // balance losses switched off.
-inline ParamStore step1_gradients(const Case& c, bool with_aux, ops::Backend backend = ops::Backend::Cpu) {
-  const ModelConfig mc = recipe_model_config(c.config);
-  const int64_t depth = resolved_mtp_depth(c.config, mc);
-  ParamStore store = ParamStore::from_checkpoint(c.config.init_from, backend, depth);
-  TokenData data(c.config, mc.vocab_size);
-  const int64_t B = c.config.micro_batch, S = c.config.seq_len, A = c.config.grad_accum;
-  PassOptions opt{.mtp_depth = depth, .mtp_lambda = c.config.mtp_lambda,
-                  .aux = AuxSpec{.seq_aux_alpha = with_aux ? c.config.seq_aux_alpha : 0.0,
-                                 .expert_aux_alpha = with_aux ? c.config.expert_aux_alpha : 0.0,
-                                 .sequence_weight = 1.0 / static_cast<double>(B * A)},
-                  .micro_batches = A};
+inline ParamStore step1_gradients(TrainConfig config, bool with_aux, ops::Backend backend = ops::Backend::Cpu) {
+  if (!with_aux) config.seq_aux_alpha = config.expert_aux_alpha = 0.0;
+  const ModelConfig mc = recipe_model_config(config);
+  const int64_t depth = resolved_mtp_depth(config, mc);
+  ParamStore store = ParamStore::from_checkpoint(config.init_from, backend, depth);
+  TokenData data(config, mc.vocab_size);
+  const int64_t B = config.micro_batch, S = config.seq_len;
+  const PassOptions opt = pass_options(config, depth);
   std::vector<int32_t> windows(static_cast<size_t>(B * (S + 1)));
-  for (int64_t a = 0; a < A; ++a) {
+  for (int64_t a = 0; a < config.grad_accum; ++a) {
     data.fill_step(0, a, windows.data());
     forward_backward(store.model(), store.grads(), windows.data(), Batch{B, S}, opt);
   }

@@ -25,7 +25,7 @@ class CudaTrain : public ::testing::TestWithParam<std::string> {
 
 TEST_P(CudaTrain, GradientsMatchPyTorch) {
   const Case c = open_case(GetParam());
-  const ParamStore store = step1_gradients(c, true, ops::Backend::Cuda);
+  const ParamStore store = step1_gradients(c.config, true, ops::Backend::Cuda);
   std::vector<float> grads(static_cast<size_t>(store.total()));
   ops::copy_to_host(store.model().context(), grads.data(), store.grad_data(), grads.size() * sizeof(float));
   const SafetensorsFile ref((c.dir / "grads_step1.safetensors").string());

@@ -39,9 +39,7 @@ struct BenchArgs {
 };
 
 void run_bench_infer(const BenchArgs& a) {
-  std::ifstream in(a.config);
-  DSV_CHECK(in.good(), "--config {}: cannot open", a.config);
-  const ModelConfig c = parse_model_config(std::string(std::istreambuf_iterator<char>(in), {}), a.config);
+  const ModelConfig c = load_model_config_file(a.config, "--config " + a.config);
   DSV_CHECK(a.batch == 1, "--batch {}: batched decode is not implemented yet (issue 4); use --batch 1", a.batch);
   DSV_CHECK(a.prompt_len >= 1 && a.gen_len >= 1, "--prompt-len and --gen-len must be >= 1");
   const int64_t context = a.prompt_len + a.gen_len;
@@ -162,9 +160,7 @@ struct TempTokens {
 };
 
 void run_bench_train(const TrainBenchArgs& a) {
-  std::ifstream in(a.config);
-  DSV_CHECK(in.good(), "--config {}: cannot open", a.config);
-  const ModelConfig c = parse_model_config(std::string(std::istreambuf_iterator<char>(in), {}), a.config);
+  const ModelConfig c = load_model_config_file(a.config, "--config " + a.config);
   DSV_CHECK(a.batch >= 1 && a.seq >= 2 && a.steps >= 1 && a.warmup >= 0,
             "--batch >= 1, --seq >= 2, --steps >= 1 and --warmup >= 0 expected; found {}, {}, {}, {}", a.batch, a.seq,
             a.steps, a.warmup);
