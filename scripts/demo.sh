@@ -9,8 +9,7 @@ cmake --preset cpu > /dev/null
 cmake --build --preset cpu -j"$(nproc)" --target dsv
 DSV=./build/cpu/tools/dsv/dsv
 RUN=build/debug-run
-$DSV train --recipe recipes/debug.toml --out "$RUN" --set output.tokenizer=models/tiny \
-  --metrics-jsonl "$RUN.metrics.jsonl"
+$DSV train --recipe recipes/debug.toml --out "$RUN" --metrics-jsonl "$RUN.metrics.jsonl"
 echo
 $DSV info "$RUN"
 echo
