@@ -13,6 +13,7 @@ namespace {
 
 // LM head + cross-entropy over h[n, D] in row chunks (the logits of the whole batch never exist at
 // once): returns the summed loss, writes dh = d(grad_scale * sum loss)/dh and adds the head gradient.
+// dh == nullptr: forward only (loss, no gradients).
 double head_cross_entropy(const ops::Context& ctx, const ModelConfig& c, const Weights& w, const Weights& g,
                           const float* h, const int32_t* targets, int64_t n, float grad_scale, float* dh) {
   const int64_t D = c.hidden_size, V = c.vocab_size;
@@ -24,10 +25,12 @@ double head_cross_entropy(const ops::Context& ctx, const ModelConfig& c, const W
     ops::linear(ctx, {.x = h + r0 * D, .w = w.lm_head.data, .y = logits.data(), .M = rows, .N = V, .K = D});
     ops::cross_entropy(ctx, {.logits = logits.data(), .targets = targets + r0, .loss = loss.data(), .T = rows, .V = V,
                              .grad_scale = grad_scale});
+    if (dh) {
     ops::linear_weight_grad(ctx, {.dy = logits.data(), .x = h + r0 * D, .dw = mut(g.lm_head), .M = rows, .N = V,
                                   .K = D, .accumulate = true});
     ops::linear(ctx, {.x = logits.data(), .w = w.lm_head.data, .y = dh + r0 * D, .M = rows, .N = D, .K = V,
                       .w_transposed = true});
+    }
     const std::vector<float> l = loss.to_host(ctx);
     for (int64_t r = 0; r < rows; ++r) total += l[r];
   }
@@ -45,8 +48,33 @@ struct MtpState {
 
 }  // namespace
 
+TargetCounts count_targets(const int32_t* targets, Batch batch, int64_t mtp_depth) {
+  const int64_t B = batch.sequences, S = batch.length;
+  TargetCounts out;
+  out.mtp.assign(static_cast<size_t>(std::max<int64_t>(mtp_depth, 0)), 0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < S; ++i) {
+      if (targets[b * S + i] < 0) continue;
+      ++out.main;
+      for (int64_t k = 1; k <= mtp_depth && k <= i; ++k) ++out.mtp[k - 1];  // row i - k of depth k
+    }
+  return out;
+}
+
 PassResult forward_backward(const Model& m, const Weights& grads, const int32_t* windows, Batch batch,
                             const PassOptions& opt) {
+  const int64_t B = batch.sequences, S = batch.length;
+  std::vector<int32_t> inputs(static_cast<size_t>(B * S)), targets(static_cast<size_t>(B * S));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < S; ++i) {
+      inputs[b * S + i] = windows[b * (S + 1) + i];
+      targets[b * S + i] = windows[b * (S + 1) + i + 1];
+    }
+  return forward_backward(m, grads, inputs.data(), targets.data(), batch, opt);
+}
+
+PassResult forward_backward(const Model& m, const Weights& grads, const int32_t* inputs, const int32_t* targets,
+                            Batch batch, const PassOptions& opt) {
   const ModelConfig& c = m.config;
   const Weights& w = m.weights;
   const ops::Context ctx = m.context();
@@ -55,17 +83,14 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
   const int64_t L = c.num_hidden_layers, A = opt.micro_batches;
   DSV_CHECK(opt.mtp_depth <= static_cast<int64_t>(w.mtp.size()), "training {} MTP modules, the model has {}",
             opt.mtp_depth, w.mtp.size());
-  for (int64_t i = 0; i < B * (S + 1); ++i)
-    DSV_CHECK(windows[i] >= 0 && windows[i] < V, "token id {} at index {} is outside the vocabulary [0, {})",
-              windows[i], i, V);
-
-  std::vector<int32_t> inputs(static_cast<size_t>(T)), targets(static_cast<size_t>(T));
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t i = 0; i < S; ++i) {
-      inputs[b * S + i] = windows[b * (S + 1) + i];
-      targets[b * S + i] = windows[b * (S + 1) + i + 1];
-    }
-  const Buffer<int32_t> ids(ctx, inputs.data(), inputs.size()), tgt(ctx, targets.data(), targets.size());
+  for (int64_t i = 0; i < T; ++i) {
+    DSV_CHECK(inputs[i] >= 0 && inputs[i] < V, "token id {} at index {} is outside the vocabulary [0, {})",
+              inputs[i], i, V);
+    DSV_CHECK(targets[i] < V, "target id {} at index {} is outside the vocabulary [0, {})", targets[i], i, V);
+  }
+  const TargetCounts counts = count_targets(targets, batch, opt.mtp_depth);
+  const bool backward = !opt.forward_only;
+  const Buffer<int32_t> ids(ctx, inputs, static_cast<size_t>(T)), tgt(ctx, targets, static_cast<size_t>(T));
 
   PassResult result;
   result.load.resize(static_cast<size_t>(L));
@@ -86,12 +111,15 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
       saved[l].x_in = std::move(keep);
     }
   }
-  Buffer<float> h(be, T * D), dh(be, T * D);
+  Buffer<float> h(be, T * D), dh(be, backward ? T * D : 0);
   ops::rmsnorm(ctx, {.x = x.data(), .weight = w.norm.data, .y = h.data(), .rows = T, .dim = D,
                      .eps = static_cast<float>(c.rms_norm_eps)});
-  result.loss_sum = head_cross_entropy(ctx, c, w, grads, h.data(), tgt.data(), T, 1.0f / static_cast<float>(T * A),
-                                       dh.data());
-  result.loss_count = T;
+  const int64_t main_norm = std::max<int64_t>(1, opt.loss_targets > 0 ? opt.loss_targets : T * A);
+  result.loss_sum = head_cross_entropy(ctx, c, w, grads, h.data(), tgt.data(), T,
+                                       static_cast<float>(1.0 / static_cast<double>(main_norm)),
+                                       backward ? dh.data() : nullptr);
+  result.loss_count = counts.main;
+  if (!backward) return result;
 
   // ---- MTP forward: depth k sees rows i < S - k of each sequence ----
   std::vector<MtpState> mtp(static_cast<size_t>(opt.mtp_depth));
@@ -104,8 +132,8 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
     std::vector<int32_t> in(static_cast<size_t>(n)), tg(static_cast<size_t>(n)), rows(static_cast<size_t>(n));
     for (int64_t b = 0; b < B; ++b)
       for (int64_t i = 0; i < S - k; ++i) {
-        in[b * (S - k) + i] = windows[b * (S + 1) + i + k];
-        tg[b * (S - k) + i] = windows[b * (S + 1) + i + k + 1];
+        in[b * (S - k) + i] = inputs[b * S + i + k];
+        tg[b * (S - k) + i] = targets[b * S + i + k];
         rows[b * (S - k) + i] = static_cast<int32_t>(b * (S - k + 1) + i);  // previous depth has S-k+1 rows
       }
     st.ids = Buffer<int32_t>(ctx, in.data(), in.size());
@@ -130,10 +158,14 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
     st.dh = Buffer<float>(be, n * D);
     ops::rmsnorm(ctx, {.x = st.block_out.data(), .weight = mw.shared_head_norm.data, .y = st.h.data(), .rows = n,
                        .dim = D, .eps = eps});
-    const float scale = static_cast<float>(opt.mtp_lambda / static_cast<double>(opt.mtp_depth * n * A));
+    const size_t depth_slot = static_cast<size_t>(k - 1);
+    const int64_t norm = std::max<int64_t>(
+        1, depth_slot < opt.mtp_targets.size() && opt.mtp_targets[depth_slot] > 0 ? opt.mtp_targets[depth_slot]
+                                                                                  : n * A);
+    const float scale = static_cast<float>(opt.mtp_lambda / static_cast<double>(opt.mtp_depth * norm));
     result.mtp_sum.push_back(
         head_cross_entropy(ctx, c, w, grads, st.h.data(), mtp_targets.data(), n, scale, st.dh.data()));
-    result.mtp_count.push_back(n);
+    result.mtp_count.push_back(counts.mtp[depth_slot]);
     prev = st.h.data();
   }
 

@@ -16,7 +16,21 @@ struct PassOptions {
   AuxSpec aux;                  // balance losses (main-model MoE layers)
   int64_t micro_batches = 1;    // A: gradients are means over the whole optimizer step
   Recompute recompute = Recompute::None;
+  // Loss normalizers: the optimizer step's number of loss-carrying targets, main and per MTP depth
+  // (see count_targets). Empty / 0: every target of the A micro-batches counts (B * S * A, and
+  // B * (S - k) * A at depth k).
+  int64_t loss_targets = 0;
+  std::vector<int64_t> mtp_targets;
+  bool forward_only = false;    // validation: losses only, no gradients touched
 };
+
+// Loss-carrying targets (>= 0) of one micro-batch: main, and per MTP depth k = 1..depth the targets
+// t[b, i + k] of rows i < S - k.
+struct TargetCounts {
+  int64_t main = 0;
+  std::vector<int64_t> mtp;
+};
+TargetCounts count_targets(const int32_t* targets, Batch batch, int64_t mtp_depth);
 
 struct PassResult {
   double loss_sum = 0.0;               // main cross-entropy summed over this micro-batch's targets
@@ -27,6 +41,10 @@ struct PassResult {
   std::vector<std::vector<int64_t>> load;  // per layer: expert loads (empty for dense layers)
 };
 
+// inputs: host [B, S] token ids; targets: host [B, S], the token after each input or -1 (no loss).
+// MTP depth k predicts targets[b, i + k] from inputs[b, i + k] and the previous depth's row i.
+PassResult forward_backward(const Model& m, const Weights& grads, const int32_t* inputs, const int32_t* targets,
+                            Batch batch, const PassOptions& opt);
 // windows: host [B, S + 1] token ids; inputs are [:, :S], targets [:, 1:].
 PassResult forward_backward(const Model& m, const Weights& grads, const int32_t* windows, Batch batch,
                             const PassOptions& opt);

@@ -24,7 +24,8 @@ namespace fs = std::filesystem;
 
 // One row per recipe key; the member pointer's type is the key's type.
 using Member = std::variant<int64_t TrainConfig::*, uint64_t TrainConfig::*, double TrainConfig::*,
-                            bool TrainConfig::*, std::string TrainConfig::*>;
+                            bool TrainConfig::*, std::string TrainConfig::*, std::vector<std::string> TrainConfig::*,
+                            std::vector<double> TrainConfig::*>;
 struct Field {
   std::string_view section, key;
   Member member;
@@ -38,6 +39,11 @@ const std::array kFields = {
     Field{"model", "init_std", &TrainConfig::init_std},
     Field{"data", "tokens", &TrainConfig::data_tokens, true},
     Field{"data", "shuffle", &TrainConfig::shuffle},
+    Field{"data", "paths", &TrainConfig::data_paths, true},
+    Field{"data", "weights", &TrainConfig::data_weights},
+    Field{"data", "split", &TrainConfig::data_split},
+    Field{"data", "sft", &TrainConfig::sft_jsonl, true},
+    Field{"data", "tokenizer", &TrainConfig::data_tokenizer, true},
     Field{"train", "micro_batch", &TrainConfig::micro_batch},
     Field{"train", "seq_len", &TrainConfig::seq_len},
     Field{"train", "grad_accum", &TrainConfig::grad_accum},
@@ -46,6 +52,8 @@ const std::array kFields = {
     Field{"train", "recompute", &TrainConfig::recompute},
     Field{"train", "max_bad_steps", &TrainConfig::max_bad_steps},
     Field{"train", "tf32", &TrainConfig::tf32},
+    Field{"train", "eval_interval", &TrainConfig::eval_interval},
+    Field{"train", "eval_iters", &TrainConfig::eval_iters},
     Field{"optimizer", "lr", &TrainConfig::lr},
     Field{"optimizer", "min_lr", &TrainConfig::min_lr},
     Field{"optimizer", "beta1", &TrainConfig::beta1},
@@ -62,12 +70,22 @@ const std::array kFields = {
     Field{"loss", "seq_aux_alpha", &TrainConfig::seq_aux_alpha},
     Field{"loss", "expert_aux_alpha", &TrainConfig::expert_aux_alpha},
     Field{"loss", "bias_update_gamma", &TrainConfig::bias_update_gamma},
+    Field{"parallel", "gpus", &TrainConfig::gpus},
+    Field{"parallel", "tp", &TrainConfig::tp},
+    Field{"parallel", "pp", &TrainConfig::pp},
+    Field{"parallel", "ep", &TrainConfig::ep},
+    Field{"checkpoint", "save", &TrainConfig::save_dir, true},
+    Field{"checkpoint", "save_interval", &TrainConfig::save_interval},
+    Field{"checkpoint", "load", &TrainConfig::load_dir, true},
+    Field{"checkpoint", "keep_last", &TrainConfig::keep_last},
     Field{"output", "metrics_jsonl", &TrainConfig::metrics_jsonl, true},
     Field{"output", "out_dir", &TrainConfig::out_dir, true},
     Field{"output", "tokenizer", &TrainConfig::tokenizer, true},
     Field{"output", "log_interval", &TrainConfig::log_interval},
+    Field{"output", "tensorboard", &TrainConfig::tensorboard, true},
 };
-constexpr std::array<std::string_view, 6> kSections = {"model", "data", "train", "optimizer", "loss", "output"};
+constexpr std::array<std::string_view, 8> kSections = {"model", "data",     "train",      "optimizer",
+                                                       "loss",  "parallel", "checkpoint", "output"};
 
 std::string full_key(const Field& f) { return fmt::format("{}.{}", f.section, f.key); }
 
@@ -96,7 +114,9 @@ const char* type_name(const Member& m) {
     case 1: return "a non-negative integer";
     case 2: return "a number";
     case 3: return "a boolean (true or false)";
-    default: return "a string";
+    case 4: return "a string";
+    case 5: return "an array of strings";
+    default: return "an array of numbers";
   }
 }
 
@@ -145,9 +165,26 @@ struct Parser {
           } else if constexpr (std::is_same_v<T, bool>) {
             if (!n.is_boolean()) bad();
             c.*member = n.as_boolean()->get();
-          } else {
+          } else if constexpr (std::is_same_v<T, std::string>) {
             if (!n.is_string()) bad();
             c.*member = f.is_path ? resolve(n.as_string()->get(), base_dir) : n.as_string()->get();
+          } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+            if (!n.is_array()) bad();
+            T values;
+            for (const toml::node& e : *n.as_array()) {
+              if (!e.is_string()) bad();
+              values.push_back(f.is_path ? resolve(e.as_string()->get(), base_dir) : e.as_string()->get());
+            }
+            c.*member = values;
+          } else {
+            if (!n.is_array()) bad();
+            T values;
+            for (const toml::node& e : *n.as_array()) {
+              if (e.is_integer()) values.push_back(static_cast<double>(e.as_integer()->get()));
+              else if (e.is_floating_point()) values.push_back(e.as_floating_point()->get());
+              else bad();
+            }
+            c.*member = values;
           }
         },
         f.member);
@@ -171,6 +208,12 @@ struct Parser {
     }
     const std::string where = fmt::format("{} (override {})", origin, text);
     origins[key] = where;
+    // The data sources exclude each other: overriding one replaces whichever the recipe named.
+    if (key == "data.tokens" || key == "data.paths" || key == "data.sft") {
+      c.data_tokens.clear();
+      c.data_paths.clear();
+      c.sft_jsonl.clear();
+    }
     auto bad = [&]() { DSV_FAIL("{}: {}: expected {}, found \"{}\"", where, key, type_name(f->member), value); };
     std::visit(
         [&](auto member) {
@@ -188,11 +231,30 @@ struct Parser {
           } else if constexpr (std::is_same_v<T, bool>) {
             if (value != "true" && value != "false") bad();
             c.*member = value == "true";
-          } else {
+          } else if constexpr (std::is_same_v<T, std::string>) {
             // Quotes are optional: train.device=cuda and train.device="cuda" are the same.
             std::string v = value;
             if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
             c.*member = v;
+          } else {
+            // Arrays in an override are comma-separated: data.paths=a,b data.weights=0.3,0.7
+            T values;
+            size_t start = 0;
+            while (start <= value.size() && !value.empty()) {
+              const size_t comma = std::min(value.find(',', start), value.size());
+              const std::string item = value.substr(start, comma - start);
+              if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+                if (item.empty()) bad();
+                values.push_back(item);
+              } else {
+                char* end = nullptr;
+                const double v = item.empty() ? 0.0 : std::strtod(item.c_str(), &end);
+                if (item.empty() || end != item.c_str() + item.size()) bad();
+                values.push_back(v);
+              }
+              start = comma + 1;
+            }
+            c.*member = values;
           }
         },
         f->member);
@@ -224,7 +286,18 @@ void validate(const TrainConfig& c, const std::string& origin, const Origins& or
             "{}: expected model.config (a config.json, random init) or model.init_from (a checkpoint directory), "
             "found neither",
             origin);
-  DSV_CHECK(!c.data_tokens.empty(), "{}: data.tokens: expected the path of a flat int32 token file, found none",
+  const int sources = int(!c.data_tokens.empty()) + int(!c.data_paths.empty()) + int(!c.sft_jsonl.empty());
+  DSV_CHECK(sources == 1,
+            "{}: expected exactly one data source: data.tokens (flat int32 token file), data.paths (Megatron "
+            ".bin/.idx prefixes) or data.sft (chat JSONL); found {}",
+            origin, sources);
+  DSV_CHECK(c.data_weights.empty() || c.data_weights.size() == c.data_paths.size(),
+            "{}: data.weights: expected one weight per data.paths entry ({}), found {}", where("data.weights"),
+            c.data_paths.size(), c.data_weights.size());
+  for (double w : c.data_weights)
+    check_range("data.weights", w, w > 0 && std::isfinite(w), "finite numbers > 0");
+  DSV_CHECK(c.sft_jsonl.empty() || !c.data_tokenizer.empty(),
+            "{}: data.sft needs data.tokenizer (a directory with tokenizer.json and a chat template), found none",
             origin);
   check_range("model.init_std", c.init_std, c.init_std > 0 && std::isfinite(c.init_std), "a finite number > 0");
   check_int("train.micro_batch", c.micro_batch, 1);
@@ -257,6 +330,17 @@ void validate(const TrainConfig& c, const std::string& origin, const Origins& or
   check_range("loss.bias_update_gamma", c.bias_update_gamma,
               c.bias_update_gamma >= 0 && std::isfinite(c.bias_update_gamma), "a finite number >= 0");
   check_int("output.log_interval", c.log_interval, 1);
+  check_int("train.eval_interval", c.eval_interval, 0);
+  check_int("train.eval_iters", c.eval_iters, 1);
+  check_int("parallel.gpus", c.gpus, 1);
+  check_int("parallel.tp", c.tp, 1);
+  check_int("parallel.pp", c.pp, 1);
+  check_int("parallel.ep", c.ep, 1);
+  DSV_CHECK(c.gpus % (c.tp * c.pp) == 0,
+            "{}: parallel.gpus: expected a multiple of tp * pp = {} (data parallel = gpus / (tp * pp)), found {}",
+            where("parallel.gpus"), c.tp * c.pp, c.gpus);
+  check_int("checkpoint.save_interval", c.save_interval, 0);
+  check_int("checkpoint.keep_last", c.keep_last, 0);
 }
 
 std::string toml_string(const std::string& s) {
@@ -336,7 +420,15 @@ std::string describe(const TrainConfig& c) {
           if constexpr (std::is_same_v<T, double>) return toml_float(c.*member);
           else if constexpr (std::is_same_v<T, bool>) return c.*member ? "true" : "false";
           else if constexpr (std::is_same_v<T, std::string>) return toml_string(c.*member);
-          else return fmt::format("{}", c.*member);
+          else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+            std::string a;
+            for (const std::string& v : c.*member) a += fmt::format("{}{}", a.empty() ? "" : ", ", toml_string(v));
+            return "[" + a + "]";
+          } else if constexpr (std::is_same_v<T, std::vector<double>>) {
+            std::string a;
+            for (double v : c.*member) a += fmt::format("{}{}", a.empty() ? "" : ", ", toml_float(v));
+            return "[" + a + "]";
+          } else return fmt::format("{}", c.*member);
         },
         f.member);
     out += fmt::format("{} = {}\n", f.key, value);

@@ -13,7 +13,7 @@
 #include "train/param_store.h"
 #include "train/recipe.h"
 #include "train/schedule.h"
-#include "train/token_data.h"
+#include "train/sample_source.h"
 
 namespace dsv::train {
 namespace {
@@ -38,7 +38,7 @@ struct Trainer::Impl {
   TrainConfig cfg;
   std::string config_json;
   std::unique_ptr<ParamStore> store;
-  std::unique_ptr<TokenData> data;
+  std::unique_ptr<SampleSource> train_data, valid_data;
   int64_t mtp_depth = 0;
   int64_t steps_done = 0, adam_steps = 0, consecutive_bad = 0;
   double flops_per_token = 0.0, peak_flops = 0.0;
@@ -53,6 +53,11 @@ Trainer::Trainer(const TrainConfig& config) : impl_(std::make_unique<Impl>()) {
   DSV_CHECK(config.recompute != "selective",
             "train.recompute = selective is not implemented yet; use none or full (full keeps only each layer's "
             "input and re-runs the layer in the backward)");
+  DSV_CHECK(config.gpus == 1,
+            "parallel.gpus = {} (tp {}, pp {}, ep {}): this build trains on one device; multi-GPU training is not "
+            "implemented yet. Use --dry-run to see the plan for that layout, or --set parallel.gpus=1 "
+            "--set parallel.tp=1 --set parallel.pp=1 --set parallel.ep=1 to train on one device",
+            config.gpus, config.tp, config.pp, config.ep);
   DSV_CHECK(!config.bf16_moments, "optimizer.bf16_moments = true is not implemented yet (fp32 moments only)");
   // Process-wide: the trainer owns the device's matrix-product precision while it runs.
   ops::set_matmul_precision(config.tf32 && backend == ops::Backend::Cuda ? ops::MatmulPrecision::Tf32
@@ -67,7 +72,8 @@ Trainer::Trainer(const TrainConfig& config) : impl_(std::make_unique<Impl>()) {
                                                               static_cast<float>(config.init_std)));
     s.config_json = read_text(config.model_config);
   }
-  s.data = std::make_unique<TokenData>(config, mc.vocab_size);
+  s.train_data = make_sample_source(config, mc, Split::Train);
+  s.valid_data = make_sample_source(config, mc, Split::Valid);
   s.flops_per_token = train_flops_per_token(mc, config.seq_len, s.mtp_depth);
   s.peak_flops = device_peak_flops(config.device);
 }
@@ -78,6 +84,30 @@ int64_t Trainer::steps_done() const { return impl_->steps_done; }
 const Model& Trainer::model() const { return impl_->store->model(); }
 int64_t Trainer::parameter_count() const { return impl_->store->trainable_count(); }
 void Trainer::save_hf(const std::string& dir) const { impl_->store->save_hf(dir, impl_->config_json); }
+bool Trainer::has_validation() const { return impl_->valid_data != nullptr; }
+const SampleSource& Trainer::train_data() const { return *impl_->train_data; }
+const SampleSource* Trainer::valid_data() const { return impl_->valid_data.get(); }
+
+double Trainer::evaluate() {
+  Impl& s = *impl_;
+  DSV_CHECK(s.valid_data, "evaluate(): the recipe has no validation split (data.split's valid share is 0)");
+  const int64_t B = s.cfg.micro_batch, S = s.cfg.seq_len;
+  const Model& m = s.store->model();
+  PassOptions opt;  // forward only, main loss, no balance losses
+  opt.forward_only = true;
+  std::vector<int32_t> inputs(static_cast<size_t>(B * S)), targets(inputs.size());
+  double sum = 0.0;
+  int64_t count = 0;
+  // The same eval_iters * B samples every time, so successive evaluations are comparable.
+  for (int64_t a = 0; a < s.cfg.eval_iters; ++a) {
+    for (int64_t i = 0; i < B; ++i)
+      s.valid_data->sample(a * B + i, inputs.data() + i * S, targets.data() + i * S);
+    const PassResult r = forward_backward(m, s.store->grads(), inputs.data(), targets.data(), Batch{B, S}, opt);
+    sum += r.loss_sum;
+    count += r.loss_count;
+  }
+  return sum / static_cast<double>(std::max<int64_t>(1, count));
+}
 
 StepMetrics Trainer::step() {
   Impl& s = *impl_;
@@ -93,16 +123,28 @@ StepMetrics Trainer::step() {
   out.step = s.steps_done + 1;
   out.lr = learning_rate(cfg, out.step);
   store.zero_grads();
-  const PassOptions opt = pass_options(cfg, s.mtp_depth);
-  std::vector<int32_t> windows(static_cast<size_t>(B * (S + 1)));
+  PassOptions opt = pass_options(cfg, s.mtp_depth);
+  // The whole step's samples first: the losses are means over the step's loss-carrying targets.
+  std::vector<int32_t> inputs(static_cast<size_t>(A * B * S)), targets(inputs.size());
+  for (int64_t a = 0; a < A; ++a)
+    for (int64_t i = 0; i < B; ++i) {
+      const int64_t p = (s.steps_done * A + a) * B + i;
+      s.train_data->sample(p, inputs.data() + (a * B + i) * S, targets.data() + (a * B + i) * S);
+    }
+  opt.mtp_targets.assign(static_cast<size_t>(s.mtp_depth), 0);
+  for (int64_t a = 0; a < A; ++a) {
+    const TargetCounts n = count_targets(targets.data() + a * B * S, Batch{B, S}, s.mtp_depth);
+    opt.loss_targets += n.main;
+    for (size_t k = 0; k < n.mtp.size(); ++k) opt.mtp_targets[k] += n.mtp[k];
+  }
   double loss_sum = 0.0;
   int64_t loss_count = 0;
   std::vector<double> mtp_sum;
   std::vector<int64_t> mtp_count;
   std::vector<std::vector<int64_t>> load;
   for (int64_t a = 0; a < A; ++a) {
-    s.data->fill_step(s.steps_done, a, windows.data());
-    PassResult r = forward_backward(m, store.grads(), windows.data(), Batch{B, S}, opt);
+    PassResult r = forward_backward(m, store.grads(), inputs.data() + a * B * S, targets.data() + a * B * S,
+                                    Batch{B, S}, opt);
     loss_sum += r.loss_sum;
     loss_count += r.loss_count;
     out.aux_loss += r.aux_loss;
@@ -118,9 +160,12 @@ StepMetrics Trainer::step() {
       for (size_t e = 0; e < r.load[l].size(); ++e) load[l][e] += r.load[l][e];
     }
   }
-  out.loss = loss_sum / static_cast<double>(loss_count);
+  // A step without a loss-carrying target (possible in fine-tuning data) has loss 0 and zero gradients.
+  out.loss = loss_sum / static_cast<double>(std::max<int64_t>(1, loss_count));
+  out.loss_targets = loss_count;
   for (size_t k = 0; k < mtp_sum.size(); ++k)
-    out.mtp_loss += mtp_sum[k] / static_cast<double>(mtp_count[k]) / static_cast<double>(mtp_sum.size());
+    out.mtp_loss += mtp_sum[k] / static_cast<double>(std::max<int64_t>(1, mtp_count[k])) /
+                    static_cast<double>(mtp_sum.size());
   out.tokens = B * S * A;
 
   // Global gradient norm over the trainable parameters.

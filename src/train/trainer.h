@@ -7,6 +7,7 @@
 
 #include "model/model.h"
 #include "train/model_train.h"
+#include "train/sample_source.h"
 #include "train/train_config.h"
 
 namespace dsv::train {
@@ -19,6 +20,7 @@ struct StepMetrics {
   double grad_norm = 0.0;      // global L2 norm before clipping
   double lr = 0.0;
   int64_t tokens = 0;          // tokens processed in this step
+  int64_t loss_targets = 0;    // of them, targets that carry loss (all but masked ones)
   double step_seconds = 0.0;
   double tokens_per_second = 0.0;
   double mfu = 0.0;            // model FLOPs utilization against the device's dense peak (0 on CPU)
@@ -41,6 +43,12 @@ class Trainer {
   int64_t parameter_count() const;
   // Writes the current weights as an HF checkpoint directory (config.json + model.safetensors).
   void save_hf(const std::string& dir) const;
+  // Validation: mean next-token loss of the main model over the first eval_iters * micro_batch
+  // samples of the valid split (the same samples every call). Requires has_validation().
+  double evaluate();
+  bool has_validation() const;
+  const SampleSource& train_data() const;
+  const SampleSource* valid_data() const;  // nullptr without a valid split
 
  private:
   struct Impl;

@@ -15,7 +15,7 @@
 #include "train/flops.h"
 #include "train/metrics.h"
 #include "train/recipe.h"
-#include "train/token_data.h"
+#include "train/sample_source.h"
 #include "train/trainer.h"
 #ifdef DSV_HAVE_CUDA
 #include "backends/cuda/cuda_ops.h"
@@ -90,11 +90,26 @@ void dry_run(const train::TrainConfig& cfg, const ModelConfig& mc, int64_t depth
              human_bytes(state_bytes + act_bytes), human_bytes(state_bytes), cfg.bf16_moments ? 12 : 16,
              cfg.bf16_moments ? "bf16" : "fp32", human_bytes(act_bytes), cfg.recompute);
 
-  const train::TokenData data(cfg, mc.vocab_size);
-  const double windows_read = static_cast<double>(cfg.steps * cfg.micro_batch * cfg.grad_accum);
-  fmt::print("data         {}: {} tokens, {} windows of {} tokens; the run reads {:.0f} windows ({:.2f} epochs, {})\n",
-             data.path(), data.num_tokens(), data.num_windows(), cfg.seq_len + 1, windows_read,
-             windows_read / static_cast<double>(data.num_windows()), cfg.shuffle ? "shuffled" : "in file order");
+  // A planning tool: a recipe whose dataset is not there yet still gets its plan; data that is there
+  // is checked as a run would check it.
+  std::vector<std::string> missing;
+  for (const std::string& f : {cfg.data_tokens, cfg.sft_jsonl})
+    if (!f.empty() && !fs::exists(f)) missing.push_back(f);
+  for (const std::string& prefix : cfg.data_paths)
+    if (!fs::exists(prefix + ".idx") || !fs::exists(prefix + ".bin")) missing.push_back(prefix + ".{bin,idx}");
+  if (!missing.empty()) {
+    std::string list;
+    for (const std::string& f : missing) list += fmt::format("{}{}", list.empty() ? "" : ", ", f);
+    fmt::print("data         not checked: {} not found (make it with `dsv preprocess`, then train)\n", list);
+  } else {
+    const double samples_read = static_cast<double>(cfg.steps * cfg.micro_batch * cfg.grad_accum);
+    const auto data = train::make_sample_source(cfg, mc, train::Split::Train);
+    fmt::print("data         {}; the run reads {:.0f} samples ({:.2f} epochs)\n", data->describe(), samples_read,
+               samples_read / static_cast<double>(data->num_samples()));
+    if (const auto valid = train::make_sample_source(cfg, mc, train::Split::Valid))
+      fmt::print("validation   {}; {} samples every {} steps\n", valid->describe(), cfg.eval_iters * cfg.micro_batch,
+                 cfg.eval_interval);
+  }
   if (!cfg.out_dir.empty()) fmt::print("output       final weights to {}\n", cfg.out_dir);
 }
 
@@ -147,6 +162,11 @@ void run_train(const TrainArgs& a) {
       if (metrics) metrics->write(m);
       progress.update(m, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       last = m;
+      if (cfg.eval_interval > 0 && trainer.has_validation() &&
+          (m.step % cfg.eval_interval == 0 || m.step == cfg.steps)) {
+        const double val = trainer.evaluate();
+        progress.warn(fmt::format("step {}: validation loss {:.4f}", m.step, val));
+      }
     }
   } catch (...) {
     progress.finish();  // the error message starts on a line of its own
