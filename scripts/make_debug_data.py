@@ -10,10 +10,15 @@ kinds, each with structure a tiny model can pick up within a few hundred steps:
 Documents are tokenized with the bundled tokenizer (models/tiny/tokenizer.json, no BOS added) and
 joined with the EOS id after each one, then written as little-endian int32 (data/debug/tokens.bin).
 
+The same documents are also written as data/debug/corpus.jsonl ({"text": ...} per line), the input
+of `dsv preprocess` in the end-to-end test (tests/cli/train_e2e.cmake): preprocessing it with the tiny
+tokenizer must give exactly the ids of tokens.bin.
+
 Usage: python3 scripts/make_debug_data.py [--out data/debug] [--docs 2500] [--seed 7] [--write-text]
 Needs: pip install tokenizers
 """
 import argparse
+import json
 import os
 import random
 import struct
@@ -130,6 +135,9 @@ def main():
     if args.write_text:
         with open(os.path.join(args.out, "text.txt"), "w", encoding="utf-8") as f:
             f.write(text)
+    with open(os.path.join(args.out, "corpus.jsonl"), "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
     with open(os.path.join(args.out, "tokens.bin"), "wb") as f:
         f.write(struct.pack(f"<{len(ids)}i", *ids))
     print(f"{len(docs)} documents, {len(text.encode())} bytes of text, {len(ids)} tokens "
