@@ -61,8 +61,8 @@ int64_t trained_parameters(const ModelConfig& c, int64_t mtp_depth) {
   return c.params_total() + std::max<int64_t>(mtp_depth, 0) * c.params_mtp();
 }
 
-double activation_bytes_estimate(const ModelConfig& c, int64_t micro_batch, int64_t seq_len, int64_t mtp_depth,
-                                 const std::string& recompute) {
+ActivationFloats activation_floats_per_token(const ModelConfig& c, int64_t seq_len, int64_t mtp_depth,
+                                             const std::string& recompute) {
   const double D = d(c.hidden_size), H = d(c.num_attention_heads), Q = d(c.q_lora_rank), C = d(c.kv_lora_rank),
                R = d(c.qk_rope_head_dim), Dqk = d(c.qk_head_dim()), Dv = d(c.v_head_dim), E = d(c.n_routed_experts),
                K = d(c.num_experts_per_tok), Fe = d(c.moe_intermediate_size), F = d(c.intermediate_size),
@@ -74,23 +74,33 @@ double activation_bytes_estimate(const ModelConfig& c, int64_t micro_batch, int6
   // their balance-loss gradient (2E), top-K indices (K), per routed slot gate/up, the expert output
   // and three bookkeeping values (K (2Fe + D + 3)), the shared experts' gate and up (2 Fe n_shared).
   const double attn = 4 * D + 2 * Q + 2 * H * Dqk + 2 * H * Dv + 2 * C + R;
-  const double dense = attn + 2 * F;
-  const double moe = attn + 2 * E + K + K * (2 * Fe + D + 3) + 2 * Fe * d(c.n_shared_experts);
-  double per_token = 0.0, largest = 0.0;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const double layer = c.is_moe_layer(l) ? moe : dense;
-    per_token += recompute == "full" ? D : layer;  // full: only the layer input; the backward re-runs it
-    largest = std::max(largest, layer);
-  }
-  // The backward's working set: one layer's worth (re-made under full recompute, gradients otherwise).
-  per_token += largest;
-  // Logits and their gradient at the LM head (2V), alive while the loss is taken.
-  per_token += 2 * V;
+  ActivationFloats a;
+  a.dense_working = attn + 2 * F;
+  a.moe_working = attn + 2 * E + K + K * (2 * Fe + D + 3) + 2 * Fe * d(c.n_shared_experts);
+  // Full recompute keeps only each layer's input; the backward re-runs the layer.
+  const bool full = recompute == "full";
+  a.dense_layer = full ? D : a.dense_working;
+  a.moe_layer = full ? D : a.moe_working;
+  a.head = 2 * V;
   // Each MTP depth keeps a whole block plus its embedding, gathered state, concatenation, block
   // output, normed output and its gradient (7D), over (S - k) / S of the rows.
-  const double S = d(seq_len), mtp_block = c.is_moe_layer(c.num_hidden_layers) ? moe : dense;
-  for (int64_t k = 1; k <= mtp_depth && k < seq_len; ++k) per_token += (S - d(k)) / S * (mtp_block + 7 * D);
-  return 4.0 * per_token * d(micro_batch) * S;
+  const double S = d(seq_len), mtp_block = c.is_moe_layer(c.num_hidden_layers) ? a.moe_working : a.dense_working;
+  for (int64_t k = 1; k <= mtp_depth && k < seq_len; ++k) a.mtp += (S - d(k)) / S * (mtp_block + 7 * D);
+  return a;
+}
+
+double activation_bytes_estimate(const ModelConfig& c, int64_t micro_batch, int64_t seq_len, int64_t mtp_depth,
+                                 const std::string& recompute) {
+  const ActivationFloats a = activation_floats_per_token(c, seq_len, mtp_depth, recompute);
+  double per_token = 0.0, largest = 0.0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    per_token += c.is_moe_layer(l) ? a.moe_layer : a.dense_layer;
+    largest = std::max(largest, c.is_moe_layer(l) ? a.moe_working : a.dense_working);
+  }
+  // The backward's working set: one layer's worth (re-made under full recompute, gradients otherwise);
+  // the logits and their gradient at the LM head, alive while the loss is taken; the MTP depths.
+  per_token += largest + a.head + a.mtp;
+  return 4.0 * per_token * d(micro_batch) * d(seq_len);
 }
 
 }  // namespace dsv::train

@@ -25,7 +25,22 @@ int64_t trained_parameters(const ModelConfig& c, int64_t mtp_depth);
 // Rough peak bytes of saved activations for one micro-batch of B sequences of S tokens, in fp32,
 // following what the trainer keeps per layer (train/train_layers.h LayerSaved); see flops.cpp.
 // recompute: "none" and "selective" (estimated as none: an upper bound), or "full".
+// = 4 bytes * B * S * (sum of the layers' saved floats + the largest working set + head + mtp) of
+// activation_floats_per_token below.
 double activation_bytes_estimate(const ModelConfig& c, int64_t micro_batch, int64_t seq_len, int64_t mtp_depth,
                                  const std::string& recompute);
+
+// The pieces of activation_bytes_estimate, in fp32 floats kept per token of the micro-batch, so a
+// pipeline stage can add up only the layers it holds (train/parallel_plan.h).
+struct ActivationFloats {
+  double dense_layer = 0;    // one dense decoder layer as trained (recompute "full": only its input, D)
+  double moe_layer = 0;      // one MoE decoder layer as trained (likewise)
+  double dense_working = 0;  // one dense layer without recompute: the backward's working set
+  double moe_working = 0;    // the same for an MoE layer
+  double head = 0;           // logits and their gradient at the LM head: 2V
+  double mtp = 0;            // every MTP depth k: (S - k) / S * (its block + 7D)
+};
+ActivationFloats activation_floats_per_token(const ModelConfig& c, int64_t seq_len, int64_t mtp_depth,
+                                             const std::string& recompute);
 
 }  // namespace dsv::train
