@@ -2,6 +2,8 @@
 // master weights, the router bias update, and the per-step metrics (docs/TRAINING.md).
 #include "train/trainer.h"
 
+#include <fmt/format.h>
+
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -9,6 +11,7 @@
 
 #include "core/error.h"
 #include "ops/ops.h"
+#include "train/checkpoint.h"
 #include "train/flops.h"
 #include "train/param_store.h"
 #include "train/recipe.h"
@@ -87,6 +90,47 @@ void Trainer::save_hf(const std::string& dir) const { impl_->store->save_hf(dir,
 bool Trainer::has_validation() const { return impl_->valid_data != nullptr; }
 const SampleSource& Trainer::train_data() const { return *impl_->train_data; }
 const SampleSource* Trainer::valid_data() const { return impl_->valid_data.get(); }
+
+namespace {
+// The recipe keys that fix which samples step s reads (docs/TRAINING.md, Samples).
+nlohmann::json data_order(const TrainConfig& c) {
+  return {{"seq_len", c.seq_len},       {"micro_batch", c.micro_batch}, {"grad_accum", c.grad_accum},
+          {"seed", c.seed},             {"shuffle", c.shuffle},         {"data.tokens", c.data_tokens},
+          {"data.paths", c.data_paths}, {"data.weights", c.data_weights}, {"data.split", c.data_split},
+          {"data.sft", c.sft_jsonl}};
+}
+}  // namespace
+
+std::string Trainer::save_checkpoint(const std::string& save_dir, const std::string& tokenizer_dir,
+                                     int64_t keep_last) const {
+  const Impl& s = *impl_;
+  TrainingState state;
+  state.step = s.steps_done;
+  state.adam_steps = s.adam_steps;
+  state.consecutive_bad = s.consecutive_bad;
+  state.extra = {{"recipe", describe(s.cfg)}, {"data_order", data_order(s.cfg)},
+                 {"data", s.train_data->describe()}, {"mtp_depth", s.mtp_depth}};
+  return dsv::train::save_checkpoint(save_dir, *s.store, state, s.config_json, tokenizer_dir, keep_last);
+}
+
+std::vector<std::string> Trainer::load_checkpoint(const std::string& dir) {
+  Impl& s = *impl_;
+  const std::string step_dir = find_checkpoint(dir);
+  const TrainingState state = dsv::train::load_checkpoint(step_dir, *s.store);
+  s.steps_done = state.step;
+  s.adam_steps = state.adam_steps;
+  s.consecutive_bad = state.consecutive_bad;
+  std::vector<std::string> warnings;
+  if (state.extra.contains("data_order")) {
+    const nlohmann::json now = data_order(s.cfg), then = state.extra["data_order"];
+    for (const auto& [key, value] : now.items())
+      if (!then.contains(key) || then[key] != value)
+        warnings.push_back(fmt::format("{}: the checkpoint's run had {}, this run has {}; the resumed run reads "
+                                       "other samples than the original would have",
+                                       key, then.contains(key) ? then[key].dump() : "nothing", value.dump()));
+  }
+  return warnings;
+}
 
 double Trainer::evaluate() {
   Impl& s = *impl_;

@@ -47,6 +47,12 @@ class Trainer {
   // samples of the valid split (the same samples every call). Requires has_validation().
   double evaluate();
   bool has_validation() const;
+  // Resumable state (src/train/checkpoint.h): saves SAVE_DIR/step_<steps_done>/ and points `latest` at it.
+  std::string save_checkpoint(const std::string& save_dir, const std::string& tokenizer_dir, int64_t keep_last) const;
+  // Restores weights, moments, router biases and counters from a save dir (its `latest`) or a step dir.
+  // Returns warnings: recipe keys that decide the sample order (seq_len, batch, seed, data) and differ
+  // from the saved run, so the resumed run reads different samples than the original would have.
+  std::vector<std::string> load_checkpoint(const std::string& dir);
   const SampleSource& train_data() const;
   const SampleSource* valid_data() const;  // nullptr without a valid split
 

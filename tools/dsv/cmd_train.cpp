@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -13,9 +15,11 @@
 #include "device.h"
 #include "io/npy.h"
 #include "train/flops.h"
+#include "train/checkpoint.h"
 #include "train/metrics.h"
 #include "train/recipe.h"
 #include "train/sample_source.h"
+#include "train/tensorboard.h"
 #include "train/trainer.h"
 #ifdef DSV_HAVE_CUDA
 #include "backends/cuda/cuda_ops.h"
@@ -29,12 +33,13 @@ namespace fs = std::filesystem;
 struct TrainArgs {
   std::string recipe;
   std::vector<std::string> sets;
-  std::string init_from, data_tokens, metrics_jsonl, out_dir, device;
-  int64_t steps = 0;
+  std::string init_from, data_tokens, metrics_jsonl, out_dir, device, save, load;
+  int64_t steps = 0, save_interval = 0;
   bool dry_run = false;
   // Which flags were given: a flag overrides the recipe only when present.
   CLI::Option *init_from_opt = nullptr, *data_opt = nullptr, *metrics_opt = nullptr, *out_opt = nullptr,
-              *device_opt = nullptr, *steps_opt = nullptr;
+              *device_opt = nullptr, *steps_opt = nullptr, *save_opt = nullptr, *save_interval_opt = nullptr,
+              *load_opt = nullptr;
 };
 
 // The tokenizer files copied next to the trained weights (tokenizer.json is required).
@@ -49,6 +54,9 @@ train::TrainConfig resolve_config(const TrainArgs& a) {
   if (a.out_opt->count()) overrides.push_back("output.out_dir=" + a.out_dir);
   if (a.device_opt->count()) overrides.push_back("train.device=" + a.device);
   if (a.steps_opt->count()) overrides.push_back(fmt::format("train.steps={}", a.steps));
+  if (a.save_opt->count()) overrides.push_back("checkpoint.save=" + a.save);
+  if (a.save_interval_opt->count()) overrides.push_back(fmt::format("checkpoint.save_interval={}", a.save_interval));
+  if (a.load_opt->count()) overrides.push_back("checkpoint.load=" + a.load);
   return train::load_recipe(a.recipe, overrides);
 }
 
@@ -110,6 +118,11 @@ void dry_run(const train::TrainConfig& cfg, const ModelConfig& mc, int64_t depth
       fmt::print("validation   {}; {} samples every {} steps\n", valid->describe(), cfg.eval_iters * cfg.micro_batch,
                  cfg.eval_interval);
   }
+  if (!cfg.save_dir.empty())
+    fmt::print("checkpoints  {} every {} steps and at the end, keeping the last {}\n", cfg.save_dir,
+               cfg.save_interval > 0 ? fmt::format("{}", cfg.save_interval) : std::string("(none)"),
+               cfg.keep_last > 0 ? fmt::format("{}", cfg.keep_last) : std::string("all"));
+  if (!cfg.load_dir.empty()) fmt::print("resume       from {}\n", cfg.load_dir);
   if (!cfg.out_dir.empty()) fmt::print("output       final weights to {}\n", cfg.out_dir);
 }
 
@@ -139,6 +152,17 @@ void run_train(const TrainArgs& a) {
   if (cfg.device == "cuda") ensure_cuda_backend();
 
   train::Trainer trainer(cfg);
+  if (!cfg.load_dir.empty()) {
+    // Restart scripts pass the same --load every time: nothing there yet means a fresh start.
+    if (!fs::exists(fs::path(cfg.load_dir) / "latest") && !fs::exists(fs::path(cfg.load_dir) / "trainer_state.json")) {
+      fmt::print(stderr, "dsv: warning: checkpoint.load {}: no checkpoint there (no `latest`); starting from step 0\n",
+                 cfg.load_dir);
+    } else {
+      for (const std::string& w : trainer.load_checkpoint(cfg.load_dir)) fmt::print(stderr, "dsv: warning: {}\n", w);
+      fmt::print(stderr, "dsv train: resumed from {} at step {}\n", train::find_checkpoint(cfg.load_dir),
+                 trainer.steps_done());
+    }
+  }
   const double flops_token = train::train_flops_per_token(mc, cfg.seq_len, depth);
   const double peak = train::device_peak_flops(cfg.device, cfg.device == "cuda" ? gpu_name() : std::string());
   fmt::print(stderr, "dsv train: {} steps of {} x {} x {} tokens on {}, {} parameters\n", cfg.steps, cfg.micro_batch,
@@ -146,11 +170,20 @@ void run_train(const TrainArgs& a) {
 
   std::unique_ptr<train::MetricsWriter> metrics;
   if (!cfg.metrics_jsonl.empty()) metrics = std::make_unique<train::MetricsWriter>(cfg.metrics_jsonl);
+  std::unique_ptr<train::TensorBoardWriter> board;
+  if (!cfg.tensorboard.empty()) board = std::make_unique<train::TensorBoardWriter>(cfg.tensorboard);
   train::ConsoleProgress progress(cfg.steps, cfg.log_interval);
+  // Test hook (tests/cli/train_e2e.cmake): SIGKILL right after this optimizer step, before its save.
+  const char* kill_after = std::getenv("DSV_TEST_KILL_AFTER_STEP");
+  const auto save = [&](int64_t step) {
+    progress.finish();
+    const std::string dir = trainer.save_checkpoint(cfg.save_dir, cfg.tokenizer, cfg.keep_last);
+    fmt::print(stderr, "dsv train: step {}: checkpoint saved to {}\n", step, dir);
+  };
   const auto start = std::chrono::steady_clock::now();
   train::StepMetrics last;
   try {
-    for (int64_t s = 0; s < cfg.steps; ++s) {
+    for (int64_t s = trainer.steps_done(); s < cfg.steps; ++s) {
       train::StepMetrics m = trainer.step();
       // Throughput and MFU from the step's own time when the trainer leaves them to the caller.
       if (m.tokens_per_second == 0.0 && m.step_seconds > 0.0)
@@ -160,13 +193,20 @@ void run_train(const TrainArgs& a) {
         progress.warn(fmt::format("step {} skipped: loss {}, gradient norm {} (not finite); no update applied",
                                   m.step, m.loss, m.grad_norm));
       if (metrics) metrics->write(m);
+      if (board) board->write(m);
       progress.update(m, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       last = m;
       if (cfg.eval_interval > 0 && trainer.has_validation() &&
           (m.step % cfg.eval_interval == 0 || m.step == cfg.steps)) {
         const double val = trainer.evaluate();
-        progress.warn(fmt::format("step {}: validation loss {:.4f}", m.step, val));
+        if (metrics) metrics->write_validation(m.step, val);
+        if (board) board->write_validation(m.step, val);
+        progress.finish();
+        fmt::print(stderr, "dsv train: step {}: validation loss {:.4f}\n", m.step, val);
       }
+      if (kill_after && std::to_string(m.step) == kill_after) std::raise(SIGKILL);
+      if (!cfg.save_dir.empty() && (m.step == cfg.steps || (cfg.save_interval > 0 && m.step % cfg.save_interval == 0)))
+        save(m.step);
     }
   } catch (...) {
     progress.finish();  // the error message starts on a line of its own
@@ -174,8 +214,12 @@ void run_train(const TrainArgs& a) {
   }
   progress.finish();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  fmt::print(stderr, "dsv train: {} steps in {}, final loss {:.4f}\n", cfg.steps, train::format_duration(seconds),
-             last.loss);
+  if (last.step > 0)
+    fmt::print(stderr, "dsv train: {} steps in {}, final loss {:.4f}\n", last.step, train::format_duration(seconds),
+               last.loss);
+  else
+    fmt::print(stderr, "dsv train: nothing to do: the checkpoint is at step {} of train.steps {}\n",
+               trainer.steps_done(), cfg.steps);
   if (!cfg.out_dir.empty()) {
     trainer.save_hf(cfg.out_dir);
     if (!cfg.tokenizer.empty()) copy_tokenizer(cfg.tokenizer, cfg.out_dir);
@@ -199,6 +243,12 @@ void register_train(CLI::App& app) {
   a.out_opt = cmd->add_option("--out", a.out_dir, "Save the final weights as an HF checkpoint here (output.out_dir)");
   a.steps_opt = cmd->add_option("--steps", a.steps, "Optimizer steps (train.steps)");
   a.device_opt = cmd->add_option("--device", a.device, "cpu or cuda (train.device)");
+  a.save_opt = cmd->add_option("--save", a.save,
+                               "Save resumable checkpoints (weights, Adam state, data position) here (checkpoint.save)");
+  a.save_interval_opt =
+      cmd->add_option("--save-interval", a.save_interval, "Save every N steps, and always at the end (checkpoint.save_interval)");
+  a.load_opt = cmd->add_option("--load", a.load,
+                               "Resume from this directory's latest checkpoint (checkpoint.load); none there: start fresh");
   cmd->add_flag("--dry-run", a.dry_run,
                 "Print the resolved recipe, parameter counts, FLOPs per token and the memory need, then exit");
   cmd->callback([] { run_train(a); });
