@@ -12,6 +12,7 @@
 #include <optional>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "core/error.h"
 #include "train/token_data.h"
@@ -40,25 +41,6 @@ std::string excerpt(const std::string& s, size_t at) {
   for (char& ch : e)
     if (ch == '\n') ch = ' ';
   return ojson(e).dump(-1, ' ', false, ojson::error_handler_t::replace);
-}
-
-// "a,b" -> {a, b}, both finite and >= 0, not both 0.
-std::pair<double, double> parse_shares(const std::string& split, const std::string& key) {
-  auto bad = [&]() {
-    DSV_FAIL("{}: expected two shares \"train,valid\" (non-negative numbers, not both 0, e.g. \"95,5\"), found \"{}\"",
-             key, split);
-  };
-  const size_t comma = split.find(',');
-  if (comma == std::string::npos || split.find(',', comma + 1) != std::string::npos) bad();
-  auto number = [&](const std::string& text) {
-    char* end = nullptr;
-    const double v = std::strtod(text.c_str(), &end);
-    if (text.empty() || end != text.c_str() + text.size() || !std::isfinite(v) || v < 0) bad();
-    return v;
-  };
-  const double a = number(split.substr(0, comma)), b = number(split.substr(comma + 1));
-  if (a + b <= 0) bad();
-  return {a, b};
 }
 
 // The pad id: tokenizer_config.json's pad_token ("text" or {"content": "text"}), else the eos id.
@@ -192,18 +174,6 @@ ChatSegments split_conversation(const Tokenizer& tk, const ojson& messages) {
   return out;
 }
 
-SplitRange split_range(const std::string& split, train::Split which, int64_t n, const std::string& key) {
-  const auto [a, b] = parse_shares(split, key);
-  const auto n_train = static_cast<int64_t>(std::llround(static_cast<double>(n) * a / (a + b)));
-  const SplitRange range = which == train::Split::Train ? SplitRange{0, n_train} : SplitRange{n_train, n};
-  const char* name = which == train::Split::Train ? "train" : "valid";
-  DSV_CHECK(range.end > range.begin,
-            "{} \"{}\": the {} share of {} conversations is empty (the first round({} * {} / {}) = {} train, the rest "
-            "valid); change the shares or add conversations",
-            key, split, name, n, n, a, a + b, n_train);
-  return range;
-}
-
 SftDataset::SftDataset(const std::string& jsonl_path, const std::string& tokenizer_dir, const std::string& split,
                        train::Split which, int64_t seq_len, bool shuffle, uint64_t seed, int64_t vocab_size)
     : path_(jsonl_path), which_(which), seq_len_(seq_len), shuffle_(shuffle), seed_(seed) {
@@ -222,7 +192,15 @@ SftDataset::SftDataset(const std::string& jsonl_path, const std::string& tokeniz
   const std::vector<Line> lines = read_lines(jsonl_path, storage);
   DSV_CHECK(!lines.empty(), "{}: no conversations (the file is empty); expected one JSON object per line", jsonl_path);
   file_conversations_ = static_cast<int64_t>(lines.size());
-  range_ = split_range(split, which, file_conversations_);
+  // The shared rule of sample_source.h: train is the first floor(N * a / (a + b)) conversations.
+  const train::SplitShares shares = train::parse_split(split);
+  std::tie(range_.begin, range_.end) = train::split_range(file_conversations_, shares, which);
+  const char* split_name = which == train::Split::Train ? "train" : "valid";
+  DSV_CHECK(range_.end > range_.begin,
+            "{}: data.split \"{}\" leaves the {} split no conversation (train is the first floor({} * {} / {}) = {} "
+            "of {}); change the shares or add conversations",
+            jsonl_path, split, split_name, file_conversations_, shares.train, shares.train + shares.valid,
+            which == train::Split::Train ? range_.end : range_.begin, file_conversations_);
   num_conversations_ = range_.end - range_.begin;
 
   // Parse and render on all cores; errors are kept per conversation and the first in file order is thrown.
@@ -294,7 +272,7 @@ SftDataset::SftDataset(const std::string& jsonl_path, const std::string& tokeniz
     lines_.push_back(line_number);
   }
 
-  const char* name = which == train::Split::Train ? "train" : "valid";
+  const char* name = split_name;
   if (num_truncated_ > 0)
     warnings_.push_back(fmt::format("{} ({} split): {} of {} conversations are longer than train.seq_len + 1 = {} "
                                     "tokens and were truncated to their first {} tokens",
@@ -330,7 +308,9 @@ int64_t SftDataset::sample_index_at(int64_t position) {
   if (!shuffle_) return k;
   const int64_t epoch = position / n;
   if (epoch != cached_epoch_) {
-    perm_ = train::TokenData::epoch_permutation(seed_, epoch, n);
+    // As data.tokens does (sample_source.cpp): the valid split draws its own permutation.
+    perm_ = train::TokenData::epoch_permutation(which_ == train::Split::Train ? seed_ : seed_ ^ 0x76616c6964ull,
+                                                epoch, n);
     cached_epoch_ = epoch;
   }
   return perm_[static_cast<size_t>(k)];

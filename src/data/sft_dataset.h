@@ -32,10 +32,12 @@
 // token j + 1 is learned, else -1 (also -1 on padding). A conversation with no learned token among
 // t[1..min(L, S + 1)) is dropped. Each count (truncated, dropped) is warned about once, on stderr.
 //
-// Split and order. data.split "a,b" gives the first round(N * a / (a + b)) of the file's N
-// conversations to Split::Train and the rest to Split::Valid (split before dropping, so the split does
-// not depend on seq_len). Position p reads kept sample p mod n in file order, or, with shuffle,
-// perm_e[p mod n] with e = p / n and perm_e = TokenData::epoch_permutation(seed, e, n).
+// Split and order. data.split "a,b" gives the first floor(N * a / (a + b)) of the file's N
+// conversations to Split::Train and the rest to Split::Valid (train::split_range; split before
+// dropping, so the split does not depend on seq_len). Position p reads kept sample p mod n in file
+// order, or, with shuffle, perm_e[p mod n] with e = p / n and perm_e =
+// TokenData::epoch_permutation(seed', e, n), seed' = seed for Train and seed ^ 0x76616c6964 ("valid")
+// for Valid, as data.tokens does.
 //
 // Preprocessing happens once, in the constructor: parse and render on all cores, then encode every
 // segment through Tokenizer::encode_batch.
@@ -63,12 +65,10 @@ struct ChatSegments {
 // template that is not prefix-stable, or a message the template ignores.
 ChatSegments split_conversation(const Tokenizer& tokenizer, const nlohmann::ordered_json& messages);
 
-// Rows of the split: [begin, end) of n conversations for "a,b" (see the header comment). `key` names
-// the setting in errors.
+// Conversations [begin, end) of the file that a split reads.
 struct SplitRange {
   int64_t begin = 0, end = 0;
 };
-SplitRange split_range(const std::string& split, train::Split which, int64_t n, const std::string& key = "data.split");
 
 class SftDataset final : public train::SampleSource {
  public:

@@ -357,12 +357,15 @@ TEST(SftDataset, SplitsByConversationsInFileOrder) {
   ASSERT_EQ(valid.num_samples(), 3);
   for (int64_t k = 0; k < 7; ++k) EXPECT_EQ(train.line(k), file_lines[static_cast<size_t>(k)]);
   for (int64_t k = 0; k < 3; ++k) EXPECT_EQ(valid.line(k), file_lines[static_cast<size_t>(7 + k)]);
-  // round(10 * 85 / 100) = round(8.5) = 9 train conversations, 1 valid.
+  // floor(10 * 85 / 100) = floor(8.5) = 8 train conversations, 2 valid.
   auto last = tiny_dataset(path, 64, "85,15", Split::Valid);
-  ASSERT_EQ(last.num_samples(), 1);
-  EXPECT_EQ(last.line(0), file_lines[9]);
-  dsv::test::expect_error([&] { tiny_dataset(path, 64, "100,0", Split::Valid); }, {"data.split", "valid share", "empty"});
-  dsv::test::expect_error([&] { tiny_dataset(path, 64, "0,100", Split::Train); }, {"data.split", "train share"});
+  ASSERT_EQ(last.num_samples(), 2);
+  EXPECT_EQ(last.line(0), file_lines[8]);
+  EXPECT_EQ(tiny_dataset(path, 64, "85,15", Split::Train).num_samples(), 8);
+  dsv::test::expect_error([&] { tiny_dataset(path, 64, "100,0", Split::Valid); },
+                          {"data.split \"100,0\"", "the valid split no conversation"});
+  dsv::test::expect_error([&] { tiny_dataset(path, 64, "0,100", Split::Train); },
+                          {"data.split \"0,100\"", "the train split no conversation"});
   for (const char* bad : {"abc", "1,2,3", "-1,2", "0,0", "90", "90,", "1e999,1"})
     dsv::test::expect_error([&] { tiny_dataset(path, 64, bad, Split::Train); }, {"data.split", bad});
 }
@@ -399,6 +402,10 @@ TEST(SftDataset, ShuffleIsAPerEpochPermutationOfTheSeed) {
   in_order.sample(a.sample_index_at(23), u.data(), v.data());
   EXPECT_EQ(x, u);
   EXPECT_EQ(y, v);
+  // The valid split shuffles with its own seed, as data.tokens does.
+  auto valid = tiny_dataset(path, 32, "50,50", Split::Valid, true, 5);
+  const auto valid_perm = dsv::train::TokenData::epoch_permutation(5 ^ 0x76616c6964ull, 1, 5);
+  for (int64_t k = 0; k < 5; ++k) EXPECT_EQ(valid.sample_index_at(5 + k), valid_perm[static_cast<size_t>(k)]);
 }
 
 TEST(SftDataset, DescribeSaysWhatItRead) {
