@@ -9,6 +9,8 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "data/gpt_dataset.h"
+#include "data/sft_dataset.h"
 #include "train/token_data.h"
 
 namespace dsv::train {
@@ -89,8 +91,11 @@ std::unique_ptr<SampleSource> make_sample_source(const TrainConfig& c, const Mod
   const SplitShares shares = parse_split(c.data_split);
   if (split == Split::Valid && shares.valid == 0) return nullptr;
   if (!c.data_tokens.empty()) return std::make_unique<TokenWindows>(c, m.vocab_size, shares, split);
-  if (!c.data_paths.empty()) DSV_FAIL("data.paths: Megatron indexed datasets are not wired into this build yet");
-  DSV_FAIL("data.sft: chat fine-tuning data is not wired into this build yet");
+  if (!c.data_paths.empty())
+    return std::make_unique<data::GptDataset>(c.data_paths, c.data_weights, c.data_split, split, c.seq_len, c.shuffle,
+                                              c.seed, m.vocab_size);
+  return std::make_unique<data::SftDataset>(c.sft_jsonl, c.data_tokenizer, c.data_split, split, c.seq_len, c.shuffle,
+                                            c.seed, m.vocab_size);
 }
 
 }  // namespace dsv::train
