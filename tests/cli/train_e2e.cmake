@@ -67,18 +67,28 @@ if(NOT events)
   message(FATAL_ERROR "no TensorBoard event file in ${WORK}/tb")
 endif()
 
-# 4. The same run killed after step 6 (its last checkpoint: step 4), then resumed with the same command.
-execute_process(COMMAND ${CMAKE_COMMAND} -E env DSV_TEST_KILL_AFTER_STEP=6
-                ${RUN} --save ${WORK}/ckpt --metrics-jsonl ${WORK}/killed.jsonl
-                RESULT_VARIABLE rc OUTPUT_QUIET ERROR_QUIET)
-if(rc EQUAL 0)
-  message(FATAL_ERROR "the run meant to be killed after step 6 exited normally")
+# 4. The same run killed twice, resumed each time with the same command: first in the middle of the
+#    step-8 save (files written, not yet renamed into place), then, resumed from step 4, right after
+#    step 6 (its last checkpoint is still step 4).
+function(expect_killed)
+  execute_process(COMMAND ${CMAKE_COMMAND} -E env ${ARGN} RESULT_VARIABLE rc OUTPUT_QUIET ERROR_QUIET)
+  if(rc EQUAL 0)
+    message(FATAL_ERROR "the run meant to be killed exited normally: ${ARGN}")
+  endif()
+  file(READ ${WORK}/ckpt/latest latest)
+  string(STRIP "${latest}" latest)
+  if(NOT latest STREQUAL "step_00000004")
+    message(FATAL_ERROR "after the kill, latest is \"${latest}\", expected step_00000004")
+  endif()
+endfunction()
+expect_killed(DSV_TEST_KILL_DURING_SAVE=before_rename DSV_TEST_KILL_DURING_SAVE_STEP=8
+              ${RUN} --save ${WORK}/ckpt --load ${WORK}/ckpt --metrics-jsonl ${WORK}/killed1.jsonl)
+file(GLOB stale ${WORK}/ckpt/.tmp-*)
+if(NOT stale)
+  message(FATAL_ERROR "the kill during the save left no temporary directory: was the save really interrupted?")
 endif()
-file(READ ${WORK}/ckpt/latest latest)
-string(STRIP "${latest}" latest)
-if(NOT latest STREQUAL "step_00000004")
-  message(FATAL_ERROR "after the kill, latest is \"${latest}\", expected step_00000004")
-endif()
+expect_killed(DSV_TEST_KILL_AFTER_STEP=6
+              ${RUN} --save ${WORK}/ckpt --load ${WORK}/ckpt --metrics-jsonl ${WORK}/killed2.jsonl)
 run(${RUN} --save ${WORK}/ckpt --load ${WORK}/ckpt --metrics-jsonl ${WORK}/resumed.jsonl --out ${WORK}/resumed_model)
 foreach(key loss mtp_loss grad_norm val_loss)
   jsonl_values(${WORK}/full.jsonl ${key} full)

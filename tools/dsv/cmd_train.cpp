@@ -175,8 +175,15 @@ void run_train(const TrainArgs& a) {
   train::ConsoleProgress progress(cfg.steps, cfg.log_interval);
   // Test hook (tests/cli/train_e2e.cmake): SIGKILL right after this optimizer step, before its save.
   const char* kill_after = std::getenv("DSV_TEST_KILL_AFTER_STEP");
+  // Test hook: DSV_TEST_KILL_DURING_SAVE (a stage of src/train/checkpoint.h) applies only to the save
+  // of step DSV_TEST_KILL_DURING_SAVE_STEP when that is set.
+  const char* kill_save_step = std::getenv("DSV_TEST_KILL_DURING_SAVE_STEP");
+  const std::string kill_save_stage = std::getenv("DSV_TEST_KILL_DURING_SAVE") ? std::getenv("DSV_TEST_KILL_DURING_SAVE") : "";
+  if (kill_save_step) unsetenv("DSV_TEST_KILL_DURING_SAVE");
   const auto save = [&](int64_t step) {
     progress.finish();
+    if (kill_save_step && std::to_string(step) == kill_save_step && !kill_save_stage.empty())
+      setenv("DSV_TEST_KILL_DURING_SAVE", kill_save_stage.c_str(), 1);
     const std::string dir = trainer.save_checkpoint(cfg.save_dir, cfg.tokenizer, cfg.keep_last);
     fmt::print(stderr, "dsv train: step {}: checkpoint saved to {}\n", step, dir);
   };
