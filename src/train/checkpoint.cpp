@@ -265,17 +265,19 @@ std::string first_tensor_difference(const SafetensorsFile& file, const ParamStor
                                     const std::vector<std::string>& prefixes) {
   const auto& tensors = file.tensors();
   std::set<std::string> expected;
-  for (const std::string& prefix : prefixes)
-  for (const ParamSlot& p : store.slots()) {
-    const std::string name = prefix + p.hf_name;
-    expected.insert(name);
-    const auto it = tensors.find(name);
-    if (it == tensors.end()) return fmt::format("{} (shape {}) is missing from the checkpoint", name, shape_str(p.shape));
-    if (it->second.shape != p.shape)
-      return fmt::format("{}: shape {} in the checkpoint vs {} in this model", name, shape_str(it->second.shape),
-                         shape_str(p.shape));
-    if (it->second.dtype != DType::F32)
-      return fmt::format("{}: dtype {} in the checkpoint, expected F32", name, dtype_name(it->second.dtype));
+  for (const std::string& prefix : prefixes) {
+    for (const ParamSlot& p : store.slots()) {
+      const std::string name = prefix + p.hf_name;
+      expected.insert(name);
+      const auto it = tensors.find(name);
+      if (it == tensors.end())
+        return fmt::format("{} (shape {}) is missing from the checkpoint", name, shape_str(p.shape));
+      if (it->second.shape != p.shape)
+        return fmt::format("{}: shape {} in the checkpoint vs {} in this model", name, shape_str(it->second.shape),
+                           shape_str(p.shape));
+      if (it->second.dtype != DType::F32)
+        return fmt::format("{}: dtype {} in the checkpoint, expected F32", name, dtype_name(it->second.dtype));
+    }
   }
   for (const auto& [name, entry] : tensors)
     if (!expected.count(name))
@@ -381,8 +383,8 @@ std::string find_checkpoint(const std::string& dir) {
     std::string name;
     std::getline(in, name);
     while (!name.empty() && (name.back() == '\r' || name.back() == ' ')) name.pop_back();
-    DSV_CHECK(parse_step_name(name).has_value(), "{}: expected the name of a step directory (step_NNNNNNNN), found \"{}\"",
-              latest.string(), name);
+    DSV_CHECK(parse_step_name(name).has_value(),
+              "{}: expected the name of a step directory (step_NNNNNNNN), found \"{}\"", latest.string(), name);
     const fs::path step_dir = d / name;
     DSV_CHECK(fs::is_directory(step_dir), "{} names {}, which does not exist", latest.string(), step_dir.string());
     return step_dir.string();

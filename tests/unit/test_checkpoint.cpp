@@ -33,7 +33,8 @@ std::string tiny_config_text() { return read_file(fs::path(tiny_dir()) / "config
 // The tiny model (1 MTP module) with random weights, distinct Adam moments and a nonzero router
 // bias, all derived from `seed`, so two seeds differ in every buffer.
 ParamStore make_store(uint64_t seed, const std::string& config_text = tiny_config_text(), int64_t mtp = 1) {
-  ParamStore s = ParamStore::random(parse_model_config(config_text, "test config"), mtp, ops::Backend::Cpu, seed, 0.02f);
+  ParamStore s =
+      ParamStore::random(parse_model_config(config_text, "test config"), mtp, ops::Backend::Cpu, seed, 0.02f);
   for (const ParamSlot& p : s.slots())  // the padding between slots stays 0, as a load leaves it
     for (int64_t i = p.offset; i < p.offset + p.numel; ++i) {
       s.adam_m()[i] = static_cast<float>(seed) + 1e-3f * static_cast<float>(i);
