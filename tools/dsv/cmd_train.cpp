@@ -17,6 +17,7 @@
 #include "train/flops.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
+#include "train/parallel_plan.h"
 #include "train/recipe.h"
 #include "train/sample_source.h"
 #include "train/tensorboard.h"
@@ -81,10 +82,12 @@ void dry_run(const train::TrainConfig& cfg, const ModelConfig& mc, int64_t depth
              human_count(static_cast<double>(mc.params_mtp())), human_count(static_cast<double>(depth * mc.params_mtp())),
              human_count(trained));
 
-  const int64_t tokens_per_step = cfg.micro_batch * cfg.grad_accum * cfg.seq_len;
+  const train::ParallelPlan plan = train::plan_parallel(cfg, mc, depth);
+  const int64_t tokens_per_step = plan.tokens_per_step;
   const double flops_token = train::train_flops_per_token(mc, cfg.seq_len, depth);
-  fmt::print("tokens       {} per step (micro_batch {} x grad_accum {} x seq_len {}), {} over {} steps\n",
-             tokens_per_step, cfg.micro_batch, cfg.grad_accum, cfg.seq_len,
+  fmt::print("tokens       {} per step (global batch {} = micro_batch {} x grad_accum {} x data parallel {}; seq_len {}), "
+             "{} over {} steps\n",
+             tokens_per_step, plan.global_batch, cfg.micro_batch, cfg.grad_accum, plan.dp, cfg.seq_len,
              human_count(static_cast<double>(tokens_per_step * cfg.steps)), cfg.steps);
   fmt::print("flops        {:.4g} per token (6 x active params + causal attention + MTP), {:.4g} per step, "
              "{:.4g} for the run\n",
@@ -93,10 +96,12 @@ void dry_run(const train::TrainConfig& cfg, const ModelConfig& mc, int64_t depth
 
   const double state_bytes = trained * (cfg.bf16_moments ? 12.0 : 16.0);
   const double act_bytes = train::activation_bytes_estimate(mc, cfg.micro_batch, cfg.seq_len, depth, cfg.recompute);
-  fmt::print("memory       ~{}: weights + gradients + Adam moments {} ({} bytes/param: fp32 weight and gradient, "
-             "{} m and v), saved activations of one micro-batch ~{} (recompute {})\n",
+  fmt::print("one device   ~{} if the whole model trained on one device: weights + gradients + Adam moments {} ({} "
+             "bytes/param: fp32 weight and gradient, {} m and v), saved activations of one micro-batch ~{} "
+             "(recompute {})\n",
              human_bytes(state_bytes + act_bytes), human_bytes(state_bytes), cfg.bf16_moments ? 12 : 16,
              cfg.bf16_moments ? "bf16" : "fp32", human_bytes(act_bytes), cfg.recompute);
+  fmt::print("{}", train::describe_plan(plan));
 
   // A planning tool: a recipe whose dataset is not there yet still gets its plan; data that is there
   // is checked as a run would check it.
@@ -144,6 +149,7 @@ void run_train(const TrainArgs& a) {
   train::check_recipe_fits(cfg, mc);
   const int64_t depth = train::resolved_mtp_depth(cfg, mc);
   if (a.dry_run) return dry_run(cfg, mc, depth);
+  train::plan_parallel(cfg, mc, depth);  // an impossible layout is an error before anything loads
 
   // Fail before training, not after it.
   if (!cfg.tokenizer.empty())
