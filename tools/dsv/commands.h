@@ -10,6 +10,7 @@ void register_logits(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_train(CLI::App& app);
 void register_export(CLI::App& app);
+void register_preprocess(CLI::App& app);
 // Tokenizer subcommands (tokenize, detokenize, chat-template) live in cmd_tokenize.cpp.
 void register_tokenizer_commands(CLI::App& app);
 
