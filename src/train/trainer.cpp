@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+
 #include <chrono>
 #include <cmath>
 #include <fstream>
@@ -69,7 +71,15 @@ Trainer::Trainer(const TrainConfig& config) : impl_(std::make_unique<Impl>()) {
   s.mtp_depth = resolved_mtp_depth(config, mc);
   if (!config.init_from.empty()) {
     s.store = std::make_unique<ParamStore>(ParamStore::from_checkpoint(config.init_from, backend, s.mtp_depth));
-    s.config_json = read_text(config.init_from + "/config.json");
+    // The master weights are fp32: a config of DeepSeek's FP8 release must not claim FP8 storage in
+    // the checkpoints and HF directories written from them.
+    nlohmann::ordered_json cj = nlohmann::ordered_json::parse(read_text(config.init_from + "/config.json"));
+    if (cj.contains("quantization_config")) {
+      cj.erase("quantization_config");
+      s.config_json = cj.dump(2) + "\n";
+    } else {
+      s.config_json = read_text(config.init_from + "/config.json");
+    }
   } else {
     s.store = std::make_unique<ParamStore>(ParamStore::random(mc, s.mtp_depth, backend, config.seed,
                                                               static_cast<float>(config.init_std)));

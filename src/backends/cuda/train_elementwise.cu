@@ -1,5 +1,5 @@
 // Elementwise and row-wise training ops, fp32, grid-stride loops with 64-bit indices:
-// swiglu_backward, embed_backward (atomicAdd), row_dots (one warp per row), axpby, adamw.
+// swiglu_backward, embed_backward (deterministic, no atomics), row_dots (one warp per row), axpby, adamw.
 #include <cmath>
 
 #include "backends/cuda/cuda_ops.h"
@@ -28,10 +28,18 @@ __global__ void swiglu_backward_kernel(SwigluBackwardParams p) {
   }
 }
 
+// Deterministic (a resumed run must repeat an uninterrupted one bit for bit, so no atomics): thread
+// (d, g) owns column d of the table rows with id % kEmbedGroups == g and adds their tokens' rows in
+// token order. ids[t] is the same across a warp, so the branch is uniform.
+constexpr int kEmbedGroups = 64;
 __global__ void embed_backward_kernel(EmbedBackwardParams p) {
-  GRID_STRIDE(i, p.T * p.D) {
-    const int64_t t = i / p.D, d = i % p.D;
-    atomicAdd(p.dtable + static_cast<int64_t>(p.ids[t]) * p.D + d, p.dout[i]);
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int g = static_cast<int>(blockIdx.y);
+  if (d >= p.D) return;
+  for (int64_t t = 0; t < p.T; ++t) {
+    const int32_t id = p.ids[t];
+    if (id % kEmbedGroups != g) continue;
+    p.dtable[static_cast<int64_t>(id) * p.D + d] += p.dout[t * p.D + d];
   }
 }
 
@@ -80,7 +88,8 @@ cudaError_t swiglu_backward(const SwigluBackwardParams& p, cudaStream_t s) {
 
 cudaError_t embed_backward(const EmbedBackwardParams& p, cudaStream_t s) {
   if (p.T <= 0 || p.D <= 0) return cudaSuccess;
-  embed_backward_kernel<<<blocks_for(p.T * p.D), kThreads, 0, s>>>(p);
+  const dim3 grid(static_cast<unsigned>((p.D + kThreads - 1) / kThreads), kEmbedGroups);
+  embed_backward_kernel<<<grid, kThreads, 0, s>>>(p);
   return cudaGetLastError();
 }
 
