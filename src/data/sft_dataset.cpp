@@ -333,7 +333,9 @@ std::string SftDataset::describe() const {
       "{} dropped, pad id {}, order {}",
       path_, which_ == train::Split::Train ? "train" : "valid", range_.begin, range_.end, file_conversations_,
       num_samples(), seq_len_ + 1, tokens_.size(), num_learned_, num_truncated_, num_dropped_, pad_id_,
-      shuffle_ ? fmt::format("shuffled per epoch (seed {})", seed_) : std::string("file order"));
+      !shuffle_                        ? std::string("file order")
+      : which_ == train::Split::Train ? fmt::format("shuffled per epoch (seed {})", seed_)
+                                       : fmt::format("shuffled per epoch (seed {} ^ \"valid\")", seed_));
 }
 
 }  // namespace dsv::data
