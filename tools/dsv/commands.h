@@ -9,6 +9,7 @@ void register_generate(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_train(CLI::App& app);
+void register_plot(CLI::App& app);
 void register_export(CLI::App& app);
 void register_preprocess(CLI::App& app);
 // Tokenizer subcommands (tokenize, detokenize, chat-template) live in cmd_tokenize.cpp.

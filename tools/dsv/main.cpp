@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   dsv::cli::register_logits(app);
   dsv::cli::register_bench(app);
   dsv::cli::register_train(app);
+  dsv::cli::register_plot(app);
   dsv::cli::register_export(app);
   dsv::cli::register_preprocess(app);
   dsv::cli::register_tokenizer_commands(app);
