@@ -335,6 +335,23 @@ TEST(Export, ShardedSourceExportsEveryTensor) {
   fs::remove_all(dir);
 }
 
+TEST(Export, OmittedEmptyTensorsAreWrittenEmpty) {
+  const fs::path dir = temp_dir("export_empty");
+  const std::string config = test::tiny_config_json("deepseek_v3", R"(, "n_shared_experts": 0)");
+  auto tensors = test::random_tensors(parse_model_config(config, "test"), 0, DType::BF16, 9);
+  const auto empty = [](const test::RawTensor& t) { return t.bytes.empty(); };
+  ASSERT_EQ(std::count_if(tensors.begin(), tensors.end(), empty), 3);  // shared_experts.{gate,up,down}_proj
+  std::erase_if(tensors, empty);  // as writers that omit empty tensors do
+  test::write_checkpoint(dir / "src", config, tensors);
+  run_export((dir / "src").string(), dir / "out", DType::BF16);
+  const auto out = read_all((dir / "out").string());
+  ASSERT_TRUE(out.count("model.layers.1.mlp.shared_experts.gate_proj.weight"));
+  EXPECT_EQ(out.at("model.layers.1.mlp.shared_experts.gate_proj.weight").shape, (std::vector<int64_t>{0, 32}));
+  EXPECT_EQ(out.at("model.layers.1.mlp.shared_experts.down_proj.weight").shape, (std::vector<int64_t>{32, 0}));
+  EXPECT_NO_THROW(load_model((dir / "out").string()));
+  fs::remove_all(dir);
+}
+
 // A checkpoint of the small test config with one change applied to its tensor list.
 fs::path broken_checkpoint(const fs::path& dir, const std::function<void(std::vector<test::RawTensor>&)>& change,
                            const std::string& config_extra = "", int64_t mtp = 0) {
