@@ -63,7 +63,7 @@ struct ExportOptions {
 
 struct ExportResult {
   std::string source_dir, out_dir;
-  ExportPlan plan;
+  ExportPlan plan;  // names and counts; its source pointers are cleared (the checkpoint is closed by then)
   int64_t shards = 0;
   uint64_t total_bytes = 0;                // tensor data written (the index's total_size)
   std::vector<std::string> companion_files;  // tokenizer / generation config files copied
