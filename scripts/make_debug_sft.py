@@ -5,8 +5,8 @@ Everything is generated here from a fixed seed (no third-party text). One conver
 {"messages": [{"role": ..., "content": ...}, ...]}, of four kinds:
   - arithmetic: "What is 7 plus 5?" -> "7 plus 5 is 12." (or just "12" under a calculator system prompt);
   - word reversal: "Reverse the word lamp." -> "The word lamp reversed is pmal.";
-  - capitals of made-up countries from a made-up table: "What is the capital of Velmora?" ->
-    "The capital of Velmora is Tarnel.";
+  - capitals of made-up countries from a made-up table: "What is the capital of Kalintar?" ->
+    "The capital of Kalintar is Tenval.";
   - counting: "Count from 4 to 9." -> "4 5 6 7 8 9".
 About a third of the conversations have two or three user/assistant turns and about a third start
 with a system prompt. The output is deterministic: re-running the script rewrites the same bytes.
