@@ -19,7 +19,8 @@
 //    shuffle it is perm[i] where perm = TokenData::epoch_permutation(seed ^ splitmix64(d), e, n_d)
 //    (splitmix64 of src/ops/counter_rng.h). Each dataset wraps into its next epoch on its own.
 //
-// One dataset with weight 1 reads position p as sample p mod n_0 of epoch p / n_0, like TokenData.
+// One dataset reads position p as sample p mod n_0 of epoch p / n_0, like TokenData (whose shuffled
+// order differs: its permutation is keyed by the seed alone).
 #pragma once
 #include <array>
 #include <cstdint>
