@@ -1,5 +1,6 @@
 // PNG files out (8-bit RGB, no interlace), encoded here without zlib: the image data is one zlib
-// stream of stored (uncompressed) deflate blocks. Plots are small, so simplicity wins over size.
+// stream holding either one fixed-Huffman deflate block (with matches at the previous pixel and the
+// row above, which is most of what flat-colour plots need) or, when that is larger, stored blocks.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -153,7 +153,7 @@ void ConsoleProgress::update(const StepMetrics& m, double elapsed_seconds) {
     if (columns_ > 1 && text.size() >= static_cast<size_t>(columns_)) text.resize(static_cast<size_t>(columns_) - 1);
     std::fprintf(out_, "\r%s\x1b[K", text.c_str());  // redraw, clearing the rest of a longer old line
     open_line_ = true;
-  } else if (m.step == 1 || m.step % interval_ == 0 || m.step == total_) {
+  } else if (m.step == first_step_ || m.step % interval_ == 0 || m.step == total_) {
     std::fprintf(out_, "%s\n", text.c_str());
   }
   std::fflush(out_);

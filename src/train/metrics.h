@@ -60,7 +60,7 @@ std::string format_duration(double seconds);  // "42s", "3m05s", "2h07m"
 
 // The console progress line. On a terminal it redraws one line with '\r' every step, cut to the
 // terminal's width so it never wraps; otherwise (a log file, a pipe) it prints one line per
-// log_interval steps, plus the first and last step.
+// log_interval steps, plus the first step of the run and the last.
 class ConsoleProgress {
  public:
   ConsoleProgress(int64_t total_steps, int64_t log_interval, std::FILE* out = stderr);

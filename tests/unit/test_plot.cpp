@@ -37,12 +37,75 @@ uint32_t be32(const std::string& s, size_t at) {
          static_cast<uint32_t>(static_cast<uint8_t>(s[at + 2])) << 8 | static_cast<uint32_t>(static_cast<uint8_t>(s[at + 3]));
 }
 
+// Inflates stored (BTYPE 00) and fixed-Huffman (BTYPE 01) deflate blocks, the two the encoder writes.
+// Returns the byte offset after the last block.
+size_t inflate(const std::string& z, size_t start, std::string& out) {
+  size_t bitpos = start * 8;
+  auto bit = [&]() -> uint32_t {
+    if (bitpos / 8 >= z.size()) {
+      ADD_FAILURE() << "deflate stream ends early";
+      return 0;
+    }
+    const uint32_t b = (static_cast<uint8_t>(z[bitpos / 8]) >> (bitpos % 8)) & 1u;
+    ++bitpos;
+    return b;
+  };
+  auto bits = [&](int n) {  // a value, least significant bit first
+    uint32_t v = 0;
+    for (int i = 0; i < n; ++i) v |= bit() << i;
+    return v;
+  };
+  auto huffman = [&](int n, uint32_t code) {  // n more code bits, most significant first
+    for (int i = 0; i < n; ++i) code = (code << 1) | bit();
+    return code;
+  };
+  static constexpr int kLenBase[] = {3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
+  static constexpr int kDistBase[] = {1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
+  for (bool last = false; !last;) {
+    last = bit();
+    const uint32_t type = bits(2);
+    if (type == 0) {
+      bitpos = (bitpos + 7) / 8 * 8;
+      const size_t at = bitpos / 8;
+      const uint32_t n = static_cast<uint8_t>(z[at]) | static_cast<uint8_t>(z[at + 1]) << 8;
+      const uint32_t nn = static_cast<uint8_t>(z[at + 2]) | static_cast<uint8_t>(z[at + 3]) << 8;
+      EXPECT_EQ(n ^ 0xFFFFu, nn);
+      out += z.substr(at + 4, n);
+      bitpos = (at + 4 + n) * 8;
+      continue;
+    }
+    EXPECT_EQ(type, 1u) << "only stored and fixed-Huffman blocks are expected";
+    if (type != 1) return z.size();
+    for (;;) {
+      uint32_t code = huffman(7, 0), symbol;
+      if (code <= 0x17) symbol = 256 + code;
+      else if ((code = huffman(1, code)) >= 0x30 && code <= 0xBF) symbol = code - 0x30;
+      else if (code >= 0xC0 && code <= 0xC7) symbol = 280 + code - 0xC0;
+      else symbol = 144 + huffman(1, code) - 0x190;
+      if (symbol < 256) {
+        out.push_back(static_cast<char>(symbol));
+        continue;
+      }
+      if (symbol == 256) break;
+      const int l = static_cast<int>(symbol) - 257;
+      const int extra = l < 8 || l == 28 ? 0 : (l - 4) / 4;
+      const size_t length = static_cast<size_t>(kLenBase[l]) + bits(extra);
+      const int d = static_cast<int>(huffman(5, 0));
+      const size_t distance = static_cast<size_t>(kDistBase[d]) + bits(d < 4 ? 0 : (d - 2) / 2);
+      EXPECT_LE(distance, out.size());
+      if (distance > out.size()) return z.size();
+      for (size_t i = 0; i < length; ++i) out.push_back(out[out.size() - distance]);
+    }
+  }
+  return (bitpos + 7) / 8;
+}
+
 struct Decoded {
   uint32_t width = 0, height = 0;
   std::vector<uint8_t> rgb;
 };
 
-// Signature, chunk CRCs, IHDR, zlib header, stored deflate blocks, Adler-32, filter bytes.
+// Signature, chunk CRCs, IHDR, zlib header, deflate blocks, Adler-32, filter bytes.
 Decoded decode_png(const std::string& png) {
   Decoded d;
   EXPECT_EQ(png.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
@@ -66,17 +129,7 @@ Decoded decode_png(const std::string& png) {
   EXPECT_EQ(((static_cast<uint8_t>(idat[0]) << 8) | static_cast<uint8_t>(idat[1])) % 31, 0);
   EXPECT_EQ(static_cast<uint8_t>(idat[0]) & 0x0F, 8);
   std::string raw;
-  size_t at = 2;
-  for (bool last = false; !last && at + 5 <= idat.size();) {
-    const auto header = static_cast<uint8_t>(idat[at]);
-    last = header & 1;
-    EXPECT_EQ((header >> 1) & 3, 0) << "only stored blocks are expected";
-    const uint32_t n = static_cast<uint8_t>(idat[at + 1]) | static_cast<uint8_t>(idat[at + 2]) << 8;
-    const uint32_t nn = static_cast<uint8_t>(idat[at + 3]) | static_cast<uint8_t>(idat[at + 4]) << 8;
-    EXPECT_EQ(n ^ 0xFFFFu, nn);
-    raw += idat.substr(at + 5, n);
-    at += 5 + n;
-  }
+  size_t at = inflate(idat, 2, raw);
   EXPECT_EQ(at + 4, idat.size());
   EXPECT_EQ(be32(idat, at), adler_slow(raw));
   const size_t stride = d.width * 3;
@@ -98,15 +151,31 @@ TEST(Png, ChecksumsMatchKnownValues) {
   EXPECT_EQ(adler_slow("Wikipedia"), 0x11E60398u);
 }
 
-TEST(Png, DecodesBackToThePixels) {
-  // 150 x 200 x 3 = 90 KB of pixels: more than one stored block (65535 bytes each).
+TEST(Png, NoiseDecodesBackFromStoredBlocks) {
+  // 150 x 200 x 3 = 90 KB of noise: does not compress, so stored blocks (65535 bytes each, two here).
   const int w = 150, h = 200;
   std::vector<uint8_t> rgb(static_cast<size_t>(w * h * 3));
-  for (size_t i = 0; i < rgb.size(); ++i) rgb[i] = static_cast<uint8_t>((i * 7919u) >> 3);
-  const Decoded d = decode_png(encode_png_rgb(rgb.data(), w, h));
+  uint32_t state = 12345;
+  for (uint8_t& v : rgb) v = static_cast<uint8_t>((state = state * 1664525u + 1013904223u) >> 24);
+  const std::string png = encode_png_rgb(rgb.data(), w, h);
+  EXPECT_GT(png.size(), rgb.size());
+  const Decoded d = decode_png(png);
   EXPECT_EQ(d.width, 150u);
   EXPECT_EQ(d.height, 200u);
   EXPECT_EQ(d.rgb, rgb);
+}
+
+TEST(Png, FlatImageDecodesBackFromCompressedData) {
+  // A plot-like image: flat background, a few rows and columns of other colours, one gradient row.
+  const int w = 300, h = 120;
+  std::vector<uint8_t> rgb(static_cast<size_t>(w * h * 3), 255);
+  for (int x = 0; x < w; ++x) {
+    for (int c = 0; c < 3; ++c) rgb[static_cast<size_t>((40 * w + x) * 3 + c)] = static_cast<uint8_t>(x);
+    rgb[static_cast<size_t>(((x % h) * w + x) * 3)] = 10;
+  }
+  const std::string png = encode_png_rgb(rgb.data(), w, h);
+  EXPECT_LT(png.size(), rgb.size() / 10);
+  EXPECT_EQ(decode_png(png).rgb, rgb);
 }
 
 TEST(Png, WritesAtomicallyAndRejectsEmptyImages) {
