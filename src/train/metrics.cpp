@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/npy.h"
 
 namespace dsv::train {
 
@@ -33,11 +34,23 @@ std::string metrics_json(const StepMetrics& m) {
   return j.dump();
 }
 
-MetricsWriter::MetricsWriter(const std::string& path) : path_(path) {
+MetricsWriter::MetricsWriter(const std::string& path, int64_t resume_step) : path_(path) {
   const auto parent = std::filesystem::path(path).parent_path();
   std::error_code ec;
   if (!parent.empty()) std::filesystem::create_directories(parent, ec);
-  file_ = std::fopen(path.c_str(), "w");
+  if (resume_step >= 0 && std::filesystem::exists(path)) {
+    std::ifstream in(path);
+    std::string line, kept;
+    while (std::getline(in, line)) {
+      const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= resume_step)
+        kept += line + "\n";
+    }
+    write_file_atomic(path, kept);
+    file_ = std::fopen(path.c_str(), "a");
+  } else {
+    file_ = std::fopen(path.c_str(), "w");
+  }
   DSV_CHECK(file_, "output.metrics_jsonl {}: cannot open for writing ({})", path, std::strerror(errno));
 }
 

@@ -15,10 +15,12 @@ namespace dsv::train {
 std::string metrics_json(const StepMetrics& m);
 
 // Appends one line per step to a new file (an existing one is replaced), flushed after every line
-// so a crashed or interrupted run keeps every finished step.
+// so a crashed or interrupted run keeps every finished step. A run resumed from a checkpoint at step
+// N passes resume_step = N: the file's records up to step N are kept (rewritten atomically without
+// the later ones, which the resumed run writes again) and new lines are appended after them.
 class MetricsWriter {
  public:
-  explicit MetricsWriter(const std::string& path);
+  explicit MetricsWriter(const std::string& path, int64_t resume_step = -1);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;

@@ -175,7 +175,10 @@ void run_train(const TrainArgs& a) {
              cfg.grad_accum, cfg.seq_len, cfg.device, human_count(static_cast<double>(trainer.parameter_count())));
 
   std::unique_ptr<train::MetricsWriter> metrics;
-  if (!cfg.metrics_jsonl.empty()) metrics = std::make_unique<train::MetricsWriter>(cfg.metrics_jsonl);
+  // A resumed run keeps the metrics of the steps before its checkpoint and rewrites the rest.
+  const int64_t first_step = trainer.steps_done();
+  if (!cfg.metrics_jsonl.empty())
+    metrics = std::make_unique<train::MetricsWriter>(cfg.metrics_jsonl, first_step > 0 ? first_step : -1);
   std::unique_ptr<train::TensorBoardWriter> board;
   if (!cfg.tensorboard.empty()) board = std::make_unique<train::TensorBoardWriter>(cfg.tensorboard);
   train::ConsoleProgress progress(cfg.steps, cfg.log_interval);
@@ -228,7 +231,9 @@ void run_train(const TrainArgs& a) {
   progress.finish();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (last.step > 0)
-    fmt::print(stderr, "dsv train: {} steps in {}, final loss {:.4f}\n", last.step, train::format_duration(seconds),
+    fmt::print(stderr, "dsv train: {} steps in {}{}, final loss {:.4f}\n", last.step - first_step,
+               train::format_duration(seconds),
+               first_step > 0 ? fmt::format(" (steps {}-{}, resumed)", first_step + 1, last.step) : std::string(),
                last.loss);
   else
     fmt::print(stderr, "dsv train: nothing to do: the checkpoint is at step {} of train.steps {}\n",
