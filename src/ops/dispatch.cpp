@@ -1,6 +1,13 @@
 // Validation at the op boundary, then dispatch to the CPU reference or a registered backend.
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <limits>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "backends/cpu/cpu_ops.h"
 #include "core/error.h"
@@ -23,17 +30,85 @@ MatmulPrecision matmul_precision() { return g_matmul_precision; }
 bool backend_available(Backend b) { return b == Backend::Cpu || backend_table(b).linear != nullptr; }
 
 namespace {
+using Clock = std::chrono::steady_clock;
+struct OpTotal {
+  double seconds = 0.0, flops = 0.0;
+  int64_t calls = 0;
+};
+struct Profile {
+  bool enabled = std::getenv("DSV_OP_PROFILE") != nullptr;
+  std::map<std::string, OpTotal> ops;
+  double between = 0.0;  // wall time between ops: host work, copies, allocations
+  Clock::time_point last_end{};
+  bool has_last = false;
+};
+Profile& profile() {
+  static Profile p;
+  return p;
+}
+template <typename Params>
+double op_flops(const Params&) {
+  return 0.0;
+}
+double op_flops(const LinearParams& p) { return 2.0 * static_cast<double>(p.M * p.N * p.K * p.batch); }
+double op_flops(const LinearWeightGradParams& p) { return 2.0 * static_cast<double>(p.M * p.N * p.K); }
+// Products split by row count: the per-expert products (few rows) apart from the dense ones.
+template <typename Params>
+std::string op_key(const char* name, const Params&) {
+  return name;
+}
+std::string op_key(const char* name, const LinearParams& p) {
+  return fmt::format("{} (M {})", name, p.M * p.batch >= 2048 ? ">= 2048" : "< 2048");
+}
+std::string op_key(const char* name, const LinearWeightGradParams& p) {
+  return fmt::format("{} (M {})", name, p.M >= 2048 ? ">= 2048" : "< 2048");
+}
+
 // Runs the CPU op, or the backend's entry for it (which must be registered).
 template <typename Params, typename Entry>
 void run(const Context& ctx, const Params& p, void (*cpu_op)(const Params&), Entry BackendTable::*entry,
          const char* name) {
   if (ctx.backend == Backend::Cpu) return cpu_op(p);
   DSV_CHECK(backend_available(ctx.backend), "op {}: the CUDA backend is not available in this build", name);
-  auto fn = backend_table(ctx.backend).*entry;
+  const BackendTable& table = backend_table(ctx.backend);
+  auto fn = table.*entry;
   DSV_CHECK(fn != nullptr, "op {}: not implemented on this backend", name);
+  Profile& prof = profile();
+  if (!prof.enabled || !table.synchronize) return fn(p, ctx.stream);
+  table.synchronize(ctx.stream);
+  const auto t0 = Clock::now();
+  if (prof.has_last) prof.between += std::chrono::duration<double>(t0 - prof.last_end).count();
   fn(p, ctx.stream);
+  table.synchronize(ctx.stream);
+  prof.last_end = Clock::now();
+  prof.has_last = true;
+  OpTotal& t = prof.ops[op_key(name, p)];
+  t.seconds += std::chrono::duration<double>(prof.last_end - t0).count();
+  t.flops += op_flops(p);
+  ++t.calls;
 }
 }  // namespace
+
+bool op_profile_enabled() { return profile().enabled; }
+void op_profile_reset() {
+  Profile& p = profile();
+  p.ops.clear();
+  p.between = 0.0;
+  p.has_last = false;
+}
+std::string op_profile_summary() {
+  const Profile& p = profile();
+  std::vector<std::pair<std::string, OpTotal>> rows(p.ops.begin(), p.ops.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  double total = p.between;
+  for (const auto& r : rows) total += r.second.seconds;
+  std::string out = fmt::format("{:<32} {:>10} {:>7} {:>9} {:>10}\n", "op", "seconds", "share", "calls", "TFLOP/s");
+  for (const auto& [name, t] : rows)
+    out += fmt::format("{:<32} {:>10.4f} {:>6.1f}% {:>9} {:>10}\n", name, t.seconds, 100.0 * t.seconds / total, t.calls,
+                       t.flops > 0 ? fmt::format("{:.1f}", t.flops / t.seconds / 1e12) : std::string("-"));
+  out += fmt::format("{:<32} {:>10.4f} {:>6.1f}%\n", "(between ops)", p.between, 100.0 * p.between / total);
+  return out;
+}
 
 void linear(const Context& ctx, const LinearParams& p) {
   DSV_CHECK(p.x && p.w && p.y, "linear: null pointer (x={}, w={}, y={})", (void*)p.x, (void*)p.w, (void*)p.y);

@@ -2,6 +2,7 @@
 // backend; strides are in elements. Each op validates its Params before dispatching to a backend.
 // Accumulate contract (see docs/ARCHITECTURE.md): outputs are overwritten unless `accumulate` says +=.
 #pragma once
+#include <string>
 #include <cstdint>
 
 #include "model/config.h"
@@ -352,8 +353,17 @@ struct BackendTable {
   void (*release)(void* ptr) = nullptr;
   void (*to_device)(void* dst, const void* src, size_t bytes, void* stream) = nullptr;
   void (*to_host)(void* dst, const void* src, size_t bytes, void* stream) = nullptr;  // synchronizes
+  void (*synchronize)(void* stream) = nullptr;  // waits for the stream's work (op profiling)
 };
 BackendTable& backend_table(Backend b);
 bool backend_available(Backend b);
+
+// Op profiling, for finding where time goes (not for speed claims): with the environment variable
+// DSV_OP_PROFILE=1, every backend op is bracketed by device synchronizations and its wall time is
+// added to its name's total (linear products also count their FLOPs). The summary lists ops by
+// time, with calls, achieved TFLOP/s where known, and the wall time between ops (host work).
+bool op_profile_enabled();
+void op_profile_reset();
+std::string op_profile_summary();
 
 }  // namespace dsv::ops

@@ -209,6 +209,7 @@ void run_bench_train(const TrainBenchArgs& a) {
 #ifdef DSV_HAVE_CUDA
     if (a.device == "cuda" && s == a.warmup) ops::cuda::reset_peak_memory();
 #endif
+    if (s == a.warmup) ops::op_profile_reset();
     const train::StepMetrics m = trainer.step();
     fmt::print(stderr, "step {}/{}{}: loss {:.4f}, {:.3f} s, {:.0f} tokens/s, MFU {:.1f}%\n", s + 1, total_steps,
                s < a.warmup ? " (warm-up)" : "", m.loss, m.step_seconds, m.tokens_per_second, 100.0 * m.mfu);
@@ -218,6 +219,9 @@ void run_bench_train(const TrainBenchArgs& a) {
       mfu += m.mfu / static_cast<double>(a.steps);
     }
   }
+  if (ops::op_profile_enabled())
+    fmt::print(stderr, "# op profile over the timed steps (DSV_OP_PROFILE: synchronized ops, slower than a normal run)\n{}",
+               ops::op_profile_summary());
   double total_s = 0.0;
   for (double x : seconds) total_s += x;
   const double tps = static_cast<double>(a.batch * a.seq * a.steps) / total_s;

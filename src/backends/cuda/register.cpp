@@ -69,6 +69,7 @@ void register_cuda_backend() {
   t.to_host = [](void* dst, const void* src, size_t bytes, void*) {
     check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
   };
+  t.synchronize = [](void* s) { check(cudaStreamSynchronize(as_stream(s)), "synchronize"); };
 }
 
 double measure_copy_bandwidth(size_t bytes) {
