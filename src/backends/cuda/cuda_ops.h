@@ -23,6 +23,12 @@ cudaError_t rope(const RopeParams& p, cudaStream_t stream);
 // Reference-grade attention kernel (one block per query and head, online softmax over S): correct
 // for any sizes, not tuned. The flash-style prefill and absorbed decode kernels replace it.
 cudaError_t attention(const AttentionParams& p, cudaStream_t stream);
+// Tensor-core (TF32) causal attention, FlashAttention-2 tiling (flash_attention.cu): used in place of
+// attention / attention_backward when products run in TF32 and flash_attention_supported holds
+// (Hkv = H, head dims multiples of 16 up to 256). Deterministic.
+bool flash_attention_supported(int64_t H, int64_t Hkv, int64_t Dqk, int64_t Dv, int64_t T, int64_t S);
+cudaError_t flash_attention(const AttentionParams& p, cudaStream_t stream);
+cudaError_t flash_attention_backward(const AttentionBackwardParams& p, cudaStream_t stream);
 // One block per token; E <= 1024.
 cudaError_t route(const RouterParams& p, cudaStream_t stream);
 
@@ -69,7 +75,7 @@ cudaError_t rmsnorm_backward(const RmsNormBackwardParams& p, cudaStream_t stream
 // dq; per (key, head) dk and dv. Probabilities recomputed from q, k; no atomics (deterministic).
 cudaError_t attention_backward(const AttentionBackwardParams& p, cudaStream_t stream);
 cudaError_t swiglu_backward(const SwigluBackwardParams& p, cudaStream_t stream);
-// atomicAdd per element: with repeated ids the fp32 summation order (hence the last bits) varies.
+// No atomics: per column, table rows partitioned over blocks, tokens added in order (deterministic).
 cudaError_t embed_backward(const EmbedBackwardParams& p, cudaStream_t stream);
 // One block per token; any E.
 cudaError_t route_backward(const RouteBackwardParams& p, cudaStream_t stream);

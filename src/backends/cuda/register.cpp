@@ -23,7 +23,12 @@ void register_cuda_backend() {
   t.linear = [](const LinearParams& p, void* s) { check(linear(p, as_stream(s)), "linear"); };
   t.rmsnorm = [](const RmsNormParams& p, void* s) { check(rmsnorm(p, as_stream(s)), "rmsnorm"); };
   t.rope = [](const RopeParams& p, void* s) { check(rope(p, as_stream(s)), "rope"); };
-  t.attention = [](const AttentionParams& p, void* s) { check(attention(p, as_stream(s)), "attention"); };
+  // TF32 products (train.tf32): attention on tensor cores too, where the shapes allow.
+  t.attention = [](const AttentionParams& p, void* s) {
+    if (matmul_precision() == MatmulPrecision::Tf32 && flash_attention_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S))
+      return check(flash_attention(p, as_stream(s)), "flash_attention");
+    check(attention(p, as_stream(s)), "attention");
+  };
   t.swiglu = [](const SwigluParams& p, void* s) { check(swiglu(p, as_stream(s)), "swiglu"); };
   t.route = [](const RouterParams& p, void* s) { check(route(p, as_stream(s)), "route"); };
   t.embed = [](const EmbedParams& p, void* s) { check(embed(p, as_stream(s)), "embed"); };
@@ -42,6 +47,8 @@ void register_cuda_backend() {
     check(rmsnorm_backward(p, as_stream(s)), "rmsnorm_backward");
   };
   t.attention_backward = [](const AttentionBackwardParams& p, void* s) {
+    if (matmul_precision() == MatmulPrecision::Tf32 && flash_attention_supported(p.H, p.H, p.Dqk, p.Dv, p.T, p.S))
+      return check(flash_attention_backward(p, as_stream(s)), "flash_attention_backward");
     check(attention_backward(p, as_stream(s)), "attention_backward");
   };
   t.swiglu_backward = [](const SwigluBackwardParams& p, void* s) {
