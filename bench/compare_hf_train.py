@@ -209,7 +209,7 @@ def dsv_bench(args):
     `dsv bench infer --json` takes a file path, so that form is tried first; if the CLI rejects the
     extra argument (a bare --json flag printing JSON to stdout), the run is repeated that way."""
     base = [args.dsv, "bench", "train", "--config", args.config, "--batch", str(args.batch), "--seq", str(args.seq),
-            "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+            "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device] + args.dsv_args.split()
     if not os.path.exists(args.dsv):
         return {"error": f"{args.dsv}: not found (build it, or pass --dsv PATH or --skip-dsv)"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -395,6 +395,7 @@ def main():
     ap.add_argument("--config", required=True, help="an HF config.json (e.g. ../shared/configs/bench/bench-16b-l4.json)")
     ap.add_argument("--dsv", default="build/cuda/tools/dsv/dsv")
     ap.add_argument("--skip-dsv", action="store_true", help="run transformers only")
+    ap.add_argument("--dsv-args", default="", help="extra `dsv bench train` flags, e.g. \"--tf32\"")
     ap.add_argument("--setups", default=",".join(SETUPS), help="comma-separated subset of " + ",".join(SETUPS))
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=4096)

@@ -148,7 +148,8 @@ TEST_F(CudaFlashAttention, BackwardIsDeterministic) {
 TEST_F(CudaFlashAttention, SupportedShapes) {
   EXPECT_TRUE(cuda::flash_attention_supported(16, 16, 192, 128, 4096, 4096));
   EXPECT_FALSE(cuda::flash_attention_supported(16, 1, 576, 512, 1, 100));  // absorbed decode: shared K/V head
-  EXPECT_FALSE(cuda::flash_attention_supported(4, 4, 24, 16, 10, 10));     // head dim not a multiple of 16
+  EXPECT_TRUE(cuda::flash_attention_supported(4, 4, 24, 16, 10, 10));      // multiples of 8: the mma kernels
+  EXPECT_FALSE(cuda::flash_attention_supported(4, 4, 20, 16, 10, 10));     // head dim not a multiple of 8
   EXPECT_FALSE(cuda::flash_attention_supported(4, 4, 512, 128, 10, 10));   // beyond the register budget
 }
 

@@ -25,7 +25,7 @@ cudaError_t rope(const RopeParams& p, cudaStream_t stream);
 cudaError_t attention(const AttentionParams& p, cudaStream_t stream);
 // Tensor-core (TF32) causal attention, FlashAttention-2 tiling (flash_attention.cu): used in place of
 // attention / attention_backward when products run in TF32 and flash_attention_supported holds
-// (Hkv = H, head dims multiples of 16 up to 256). Deterministic.
+// (Hkv = H; head dims multiples of 8 up to 192 / 128, or of 16 up to 256). Deterministic.
 bool flash_attention_supported(int64_t H, int64_t Hkv, int64_t Dqk, int64_t Dv, int64_t T, int64_t S);
 cudaError_t flash_attention(const AttentionParams& p, cudaStream_t stream);
 cudaError_t flash_attention_backward(const AttentionBackwardParams& p, cudaStream_t stream);
