@@ -1,6 +1,8 @@
 // apply_chat_template: the template of tokenizer_config.json rendered with the variables
 // transformers passes (messages, tools, documents, add_generation_prompt, the named special
 // tokens), plus caller-supplied extras.
+#include <memory>
+
 #include "core/error.h"
 #include "tokenizer/jinja/template.h"
 #include "tokenizer/tokenizer_impl.h"
@@ -28,7 +30,12 @@ std::string render(const Tokenizer::Impl& m, const J& messages, bool add_generat
   vars["add_generation_prompt"] = jinja::Value::boolean(add_generation_prompt);
   if (extra.is_object())
     for (auto it = extra.begin(); it != extra.end(); ++it) vars[it.key()] = jinja::from_json(it.value());
-  return jinja::Template(m.chat_template).render(vars);
+  std::shared_ptr<const jinja::Template> parsed = std::atomic_load(&m.parsed_template);
+  if (!parsed) {
+    parsed = std::make_shared<const jinja::Template>(m.chat_template);
+    std::atomic_store(&m.parsed_template, parsed);
+  }
+  return parsed->render(vars);
 }
 
 }  // namespace

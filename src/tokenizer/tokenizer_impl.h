@@ -1,6 +1,7 @@
 // Internal state of dsv::Tokenizer, shared by its load, encode/decode and chat-template files.
 #pragma once
 #include <atomic>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -15,6 +16,10 @@
 
 namespace dsv {
 
+namespace jinja {
+class Template;
+}
+
 struct Tokenizer::Impl {
   tok::Normalizer normalizer;
   tok::PreTokenizer pre_tokenizer;
@@ -27,6 +32,9 @@ struct Tokenizer::Impl {
 
   std::optional<int32_t> bos, eos;
   std::string chat_template;
+  // chat_template parsed once, on first use (std::atomic_load/store: threads may share the Impl);
+  // parsing costs ~30x a render, which fine-tuning data preparation does per conversation turn.
+  mutable std::shared_ptr<const jinja::Template> parsed_template;
   nlohmann::json template_tokens = nlohmann::json::object();  // bos_token, eos_token, ... for templates
 
   uint64_t instance = 0;  // tells per-thread word caches which tokenizer they hold words of
