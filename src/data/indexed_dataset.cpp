@@ -52,7 +52,9 @@ void convert(TokenDtype d, const uint8_t* src, int64_t n, int32_t* out) {
     case TokenDtype::Int8: for (size_t i = 0; i < un; ++i) out[i] = static_cast<int8_t>(src[i]); break;
     case TokenDtype::Int16: for (size_t i = 0; i < un; ++i) out[i] = load<int16_t>(src + 2 * i); break;
     case TokenDtype::UInt16: for (size_t i = 0; i < un; ++i) out[i] = load<uint16_t>(src + 2 * i); break;
-    case TokenDtype::Int32: std::memcpy(out, src, un * 4); break;
+    case TokenDtype::Int32:
+      if (un) std::memcpy(out, src, un * 4);  // an empty document may come with null pointers
+      break;
     case TokenDtype::Int64:
       for (size_t i = 0; i < un; ++i) out[i] = static_cast<int32_t>(load<int64_t>(src + 8 * i));
       break;
