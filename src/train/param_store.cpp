@@ -18,16 +18,26 @@ void ParamStore::layout(const ModelConfig& config, int64_t mtp_modules, ops::Bac
   model_->backend = backend;
   std::vector<WeightSlot> table = hf_weight_table(config, mtp_modules, model_->weights);
   std::vector<WeightSlot> grad_table = hf_weight_table(config, mtp_modules, grads_);
-  total_ = 0;
   for (const WeightSlot& s : table) {
-    ParamSlot p{.hf_name = s.hf_name, .shape = s.shape, .offset = total_};
+    ParamSlot p{.hf_name = s.hf_name, .shape = s.shape};
     p.numel = 1;
     for (int64_t d : s.shape) p.numel *= d;
     p.trainable = !is_router_bias(s.hf_name);
     p.decay = s.shape.size() >= 2;
-    // 16-float alignment keeps every tensor 64-byte aligned for vector loads on either backend.
-    total_ += (p.numel + 15) / 16 * 16;
     slots_.push_back(p);
+  }
+  // Offsets grouped by optimizer treatment (decayed matrices, then other trainable tensors, then
+  // buffers), so the optimizer and the gradient norm run over two contiguous ranges instead of
+  // one launch per tensor. 16-float alignment keeps every tensor 64-byte aligned for vector loads;
+  // the padding stays zero in every buffer (AdamW leaves zeros at zero).
+  total_ = 0;
+  for (int group = 0; group < 3; ++group) {
+    for (ParamSlot& p : slots_) {
+      if (group != (p.trainable ? (p.decay ? 0 : 1) : 2)) continue;
+      p.offset = total_;
+      total_ += (p.numel + 15) / 16 * 16;
+    }
+    (group == 0 ? decay_end_ : group == 1 ? trainable_end_ : total_) = total_;
   }
   params_ = ops::Buffer<float>(backend, static_cast<size_t>(total_));
   grad_ = ops::Buffer<float>(backend, static_cast<size_t>(total_));

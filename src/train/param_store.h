@@ -36,6 +36,10 @@ class ParamStore {
   const Weights& grads() const { return grads_; }
   const std::vector<ParamSlot>& slots() const { return slots_; }
   int64_t total() const { return total_; }
+  // The flat buffers are grouped: [0, decay_end) trainable tensors with weight decay, [decay_end,
+  // trainable_end) trainable tensors without, [trainable_end, total) buffers (router biases).
+  int64_t decay_end() const { return decay_end_; }
+  int64_t trainable_end() const { return trainable_end_; }
   int64_t trainable_count() const;
 
   float* params() const { return params_.data(); }
@@ -53,7 +57,7 @@ class ParamStore {
   std::unique_ptr<Model> model_;
   Weights grads_;
   std::vector<ParamSlot> slots_;
-  int64_t total_ = 0;
+  int64_t total_ = 0, decay_end_ = 0, trainable_end_ = 0;
   ops::Buffer<float> params_, grad_, m_, v_;
 };
 

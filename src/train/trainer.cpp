@@ -222,15 +222,9 @@ StepMetrics Trainer::step() {
                     static_cast<double>(mtp_sum.size());
   out.tokens = B * S * A;
 
-  // Global gradient norm over the trainable parameters.
+  // Global gradient norm over the trainable parameters: one contiguous range of the flat buffer.
   Buffer<float> norm_sq(ctx.backend, 1);
-  bool first = true;
-  for (const ParamSlot& p : store.slots()) {
-    if (!p.trainable || p.numel == 0) continue;
-    ops::sum_squares(ctx, {.x = store.grad_data() + p.offset, .out = norm_sq.data(), .n = p.numel,
-                           .accumulate = !first});
-    first = false;
-  }
+  ops::sum_squares(ctx, {.x = store.grad_data(), .out = norm_sq.data(), .n = store.trainable_end()});
   out.grad_norm = std::sqrt(static_cast<double>(norm_sq.to_host(ctx)[0]));
 
   const bool finite = std::isfinite(out.loss) && std::isfinite(out.mtp_loss) && std::isfinite(out.aux_loss) &&
@@ -248,13 +242,16 @@ StepMetrics Trainer::step() {
                            ? static_cast<float>(std::min(1.0, cfg.clip_grad / (out.grad_norm + 1e-6)))
                            : 1.0f;
     ++s.adam_steps;
-    for (const ParamSlot& p : store.slots()) {
-      if (!p.trainable || p.numel == 0) continue;
-      ops::adamw(ctx, {.param = store.params() + p.offset, .grad = store.grad_data() + p.offset,
-                       .m = store.adam_m() + p.offset, .v = store.adam_v() + p.offset, .n = p.numel,
-                       .step = s.adam_steps, .lr = static_cast<float>(out.lr), .beta1 = static_cast<float>(cfg.beta1),
+    // Two launches: the decayed range and the rest of the trainable range (param_store.h).
+    const int64_t ranges[2][2] = {{0, store.decay_end()}, {store.decay_end(), store.trainable_end()}};
+    for (int r = 0; r < 2; ++r) {
+      const int64_t begin = ranges[r][0], n = ranges[r][1] - ranges[r][0];
+      if (n == 0) continue;
+      ops::adamw(ctx, {.param = store.params() + begin, .grad = store.grad_data() + begin,
+                       .m = store.adam_m() + begin, .v = store.adam_v() + begin, .n = n, .step = s.adam_steps,
+                       .lr = static_cast<float>(out.lr), .beta1 = static_cast<float>(cfg.beta1),
                        .beta2 = static_cast<float>(cfg.beta2), .eps = static_cast<float>(cfg.eps),
-                       .weight_decay = p.decay ? static_cast<float>(cfg.weight_decay) : 0.0f, .grad_scale = clip});
+                       .weight_decay = r == 0 ? static_cast<float>(cfg.weight_decay) : 0.0f, .grad_scale = clip});
     }
     // Auxiliary-loss-free balancing: bias_i += gamma * sign(mean load - load_i).
     if (cfg.bias_update_gamma > 0.0) {
