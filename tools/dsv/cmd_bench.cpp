@@ -36,6 +36,7 @@ struct BenchArgs {
 #endif
   int64_t batch = 1, prompt_len = 512, gen_len = 64;
   uint64_t seed = 1;
+  bool tf32 = false;
 };
 
 void run_bench_infer(const BenchArgs& a) {
@@ -50,6 +51,7 @@ void run_bench_infer(const BenchArgs& a) {
   [[maybe_unused]] const double weight_bytes = 4.0 * static_cast<double>(c.params_total());
   [[maybe_unused]] const double cache_bytes = 4.0 * static_cast<double>(L * width * context);
   double roofline = 0;  // bytes/s
+  ops::set_matmul_precision(a.tf32 ? ops::MatmulPrecision::Tf32 : ops::MatmulPrecision::Fp32);
   ops::Backend backend = ops::Backend::Cpu;
   if (a.device == "cuda") {
 #ifdef DSV_HAVE_CUDA
@@ -127,7 +129,8 @@ void run_bench_infer(const BenchArgs& a) {
                         {"ttft_ms", prefill_s * 1e3}, {"decode_tokens_per_s", decode_tps},
                         {"tpot_ms", decode_s * 1e3 / a.gen_len}, {"bytes_per_decode_token", bytes_per_token},
                         {"achieved_bytes_per_s", achieved}, {"roofline_bytes_per_s", roofline},
-                        {"kv_values_per_token_per_layer", width}, {"weights_dtype", "fp32"}};
+                        {"kv_values_per_token_per_layer", width}, {"weights_dtype", "fp32"},
+                        {"precision", a.tf32 ? "tf32" : "fp32"}};
     write_file_atomic(a.json_out, j.dump(2) + "\n");
   }
 }
@@ -262,6 +265,8 @@ void register_bench(CLI::App& app) {
   infer->add_option("--device", a.device, "cuda or cpu")->capture_default_str();
   infer->add_option("--seed", a.seed, "Seed of the random weights and prompt")->capture_default_str();
   infer->add_option("--json", a.json_out, "Also write the results as JSON");
+  infer->add_flag("--tf32", a.tf32,
+                  "CUDA: matrix products and prefill attention on TF32 tensor cores (fp32 storage and accumulation)");
   infer->callback([] { run_bench_infer(a); });
 
   static TrainBenchArgs t;
