@@ -67,16 +67,19 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--gen-len", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dsv-args", default="", help="extra `dsv bench infer` flags, e.g. --dsv-args=--tf32")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "dsv.json")
         subprocess.run([args.dsv, "bench", "infer", "--config", args.config, "--prompt-len", str(args.prompt_len),
-                        "--gen-len", str(args.gen_len), "--device", "cuda", "--json", out], check=True)
+                        "--gen-len", str(args.gen_len), "--device", "cuda", "--json", out] + args.dsv_args.split(),
+                       check=True)
         ours = json.load(open(out))
     theirs = hf_bench(args.config, args.prompt_len, args.gen_len, args.repeats)
     print(f"\n{os.path.basename(args.config)} on {torch.cuda.get_device_name()}, batch 1, prompt {args.prompt_len}, "
           f"gen {args.gen_len}; torch {torch.__version__}, transformers {transformers.__version__} "
-          f"(bf16, sdpa, {theirs['experts']} experts); dsv {ours['weights_dtype']} weights")
+          f"(bf16, sdpa, {theirs['experts']} experts); dsv {ours['weights_dtype']} weights, "
+          f"{ours.get('precision', 'fp32')} products")
     print(f"{'':24}{'dsv':>14}{'transformers':>16}{'dsv / hf':>10}")
     for key, label in (("prefill_tokens_per_s", "prefill tokens/s"), ("decode_tokens_per_s", "decode tokens/s")):
         print(f"{label:24}{ours[key]:>14.1f}{theirs[key]:>16.1f}{ours[key] / theirs[key]:>10.2f}")
