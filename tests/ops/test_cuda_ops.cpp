@@ -225,9 +225,13 @@ TEST_F(CudaOps, AttentionMatchesCpu) {
   struct Case { int64_t T, S, H, Hkv, Dqk, Dv; };
   // Expanded MLA (Hkv = H, 192/128 as the releases), absorbed decode over latent rows (Hkv = 1,
   // 576/512), and awkward small sizes.
+  // Few query rows over more than 256 keys take the split-key decode kernels.
   for (const Case& c : {Case{9, 9, 4, 4, 192, 128}, Case{1, 300, 16, 1, 576, 512}, Case{3, 130, 5, 1, 37, 19},
                         Case{1, 1, 1, 1, 1, 1}, Case{17, 40, 2, 2, 24, 16},
-                        Case{2, 60000, 2, 1, 64, 32} /* beyond the shared-memory kernel: three-pass path */}) {
+                        Case{1, 4096, 16, 1, 576, 512} /* decode after a long prompt */,
+                        Case{4, 1000, 3, 3, 40, 24} /* split keys, queries at different offsets */,
+                        Case{2, 60000, 2, 1, 64, 32} /* split keys, many chunks */,
+                        Case{16, 60000, 16, 1, 64, 32} /* beyond the shared-memory kernel: three-pass path */}) {
     SCOPED_TRACE(testing::Message() << "T" << c.T << " S" << c.S << " H" << c.H << " Hkv" << c.Hkv);
     const int64_t row = c.Hkv == 1 ? c.Dqk : 0;  // absorbed: v is the first Dv values of each k row
     const auto q = randn(c.T * c.H * c.Dqk, 21), k = randn(c.S * c.Hkv * c.Dqk, 22), v = randn(c.S * c.Hkv * c.Dv, 23);

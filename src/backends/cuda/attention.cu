@@ -1,7 +1,9 @@
 // Causal attention, fp32, one block per (query, head). Two reference-grade kernels: scores kept in
 // shared memory (used up to ~51k keys) and a three-pass kernel needing no shared memory (beyond).
+// Decode steps (few query rows over a long cache) split the keys across blocks instead.
 // Shared K/V heads (Hkv = 1) and token strides let it run absorbed MLA straight over the cache rows.
 #include <cfloat>
+#include <cmath>
 
 #include "backends/cuda/cuda_ops.h"
 
@@ -124,12 +126,109 @@ __global__ void attention_smem_kernel(AttentionParams p, int64_t hkv, int64_t ks
 // use the three-pass kernel, which needs none.
 constexpr int64_t kMaxSmemKeys = (200 * 1024) / 4;
 
+// ---- Split-key decode (few queries over a long cache) ----
+// One block per (chunk of kChunk keys, query, head) instead of one per (query, head): a decode step
+// has T = 1, so the per-(query, head) kernels would run H blocks on a GPU with 132 SMs. Each block
+// writes its chunk's softmax statistics (max m, sum l of exp(score - m)) and unnormalized output;
+// a second kernel merges the chunks in order (deterministic).
+constexpr int kChunk = 256, kDecodeWarps = kThreads / 32;
+
+__global__ void decode_partial_kernel(AttentionParams p, int64_t hkv, int64_t ks, int64_t vs, int64_t chunks,
+                                      float* partial) {
+  extern __shared__ float sm[];  // q [Dqk], exp(scores) [kChunk]
+  float* qs = sm;
+  float* sc = qs + p.Dqk;
+  __shared__ float reduce[kThreads];
+  const int64_t c = blockIdx.x, th = blockIdx.y, t = th / p.H, h = th % p.H;
+  const int64_t visible = p.S - p.T + t + 1, s_begin = c * kChunk;
+  const int64_t s_end = visible < s_begin + kChunk ? visible : s_begin + kChunk;
+  float* part = partial + (th * chunks + c) * (p.Dv + 2);
+  if (s_begin >= s_end) {  // a chunk past this query's visible keys
+    for (int64_t d = threadIdx.x; d < p.Dv + 2; d += kThreads) part[d] = d == 0 ? -INFINITY : 0.0f;
+    return;
+  }
+  const float* q = p.q + (t * p.H + h) * p.Dqk;
+  const float* kbase = p.k + (h % hkv) * p.Dqk;
+  const float* vbase = p.v + (h % hkv) * p.Dv;
+  for (int64_t d = threadIdx.x; d < p.Dqk; d += kThreads) qs[d] = q[d];
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t s = s_begin + warp; s < s_end; s += kDecodeWarps) {
+    const float* k = kbase + s * ks;
+    float dot = 0.0f;
+    for (int64_t d = lane; d < p.Dqk; d += 32) dot += qs[d] * k[d];
+    for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    if (lane == 0) sc[s - s_begin] = dot * p.scale;
+  }
+  __syncthreads();
+  const int n = static_cast<int>(s_end - s_begin);
+  float local_max = -FLT_MAX;
+  for (int j = threadIdx.x; j < n; j += kThreads) local_max = fmaxf(local_max, sc[j]);
+  const float m = block_max(local_max, reduce);
+  float local_sum = 0.0f;
+  for (int j = threadIdx.x; j < n; j += kThreads) {
+    const float e = expf(sc[j] - m);
+    sc[j] = e;
+    local_sum += e;
+  }
+  const float l = block_sum(local_sum, reduce);  // ends with a barrier: every sc[j] is written
+  for (int64_t d = threadIdx.x; d < p.Dv; d += kThreads) {
+    float acc = 0.0f;
+    for (int j = 0; j < n; ++j) acc += sc[j] * vbase[(s_begin + j) * vs + d];
+    part[2 + d] = acc;
+  }
+  if (threadIdx.x == 0) {
+    part[0] = m;
+    part[1] = l;
+  }
+}
+
+__global__ void decode_combine_kernel(AttentionParams p, int64_t chunks, const float* partial) {
+  const int64_t th = blockIdx.x;
+  const float* part = partial + th * chunks * (p.Dv + 2);
+  float M = -INFINITY;
+  for (int64_t c = 0; c < chunks; ++c) M = fmaxf(M, part[c * (p.Dv + 2)]);
+  float L = 0.0f;
+  for (int64_t c = 0; c < chunks; ++c) L += expf(part[c * (p.Dv + 2)] - M) * part[c * (p.Dv + 2) + 1];
+  const float inv = 1.0f / L;
+  float* out = p.out + th * p.Dv;  // out [T, H, Dv]: row th = t * H + h
+  for (int64_t d = threadIdx.x; d < p.Dv; d += kThreads) {
+    float acc = 0.0f;
+    for (int64_t c = 0; c < chunks; ++c) acc += expf(part[c * (p.Dv + 2)] - M) * part[c * (p.Dv + 2) + 2 + d];
+    out[d] = acc * inv;
+  }
+}
+
+cudaError_t decode_attention(const AttentionParams& p, int64_t hkv, int64_t ks, int64_t vs, cudaStream_t stream) {
+  const int64_t chunks = (p.S + kChunk - 1) / kChunk;
+  const int64_t rows = p.T * p.H;
+  float* partial = static_cast<float*>(cached_allocate(static_cast<size_t>(rows * chunks * (p.Dv + 2)) * sizeof(float)));
+  if (!partial) return cudaErrorMemoryAllocation;
+  const size_t smem = static_cast<size_t>(p.Dqk + kChunk) * sizeof(float);
+  cudaError_t e = cudaSuccess;
+  if (smem > 48 * 1024)
+    e = cudaFuncSetAttribute(decode_partial_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (e == cudaSuccess) {
+    decode_partial_kernel<<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(rows)), kThreads, smem, stream>>>(
+        p, hkv, ks, vs, chunks, partial);
+    e = cudaGetLastError();
+  }
+  if (e == cudaSuccess) {
+    decode_combine_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(p, chunks, partial);
+    e = cudaGetLastError();
+  }
+  cached_release(partial);  // reused only by later work on the same stream
+  return e;
+}
+
 }  // namespace
 
 cudaError_t attention(const AttentionParams& p, cudaStream_t stream) {
   if (p.T == 0) return cudaSuccess;
   const int64_t hkv = p.Hkv ? p.Hkv : p.H;
   const int64_t ks = p.k_stride ? p.k_stride : hkv * p.Dqk, vs = p.v_stride ? p.v_stride : hkv * p.Dv;
+  // Few query rows over many keys (decode steps): split the keys across blocks.
+  if (p.T * p.H < 256 && p.S > kChunk && p.T * p.H <= 65535) return decode_attention(p, hkv, ks, vs, stream);
   const dim3 grid(static_cast<unsigned>(p.T), static_cast<unsigned>(p.H));
   if (p.S <= kMaxSmemKeys) {
     const size_t smem = static_cast<size_t>(p.S) * sizeof(float);
