@@ -92,12 +92,18 @@ void run_bench_infer(const BenchArgs& a) {
   forward(*model, prompt.data(), a.prompt_len, cache, {.all_logits = false, .logits = logits.data()});
   int32_t next = argmax(logits.data(), V);  // forward() returned logits on the host: the device is done
   const double prefill_s = seconds(t0);
+  if (ops::op_profile_enabled())
+    fmt::print(stderr, "# op profile of the prefill (DSV_OP_PROFILE: synchronized ops)\n{}", ops::op_profile_summary());
+  ops::op_profile_reset();
   t0 = clock::now();
   for (int64_t g = 0; g < a.gen_len; ++g) {
     forward(*model, &next, 1, cache, {.all_logits = false, .logits = logits.data()});
     next = argmax(logits.data(), V);
   }
   const double decode_s = seconds(t0);
+  if (ops::op_profile_enabled())
+    fmt::print(stderr, "# op profile of the {} decode steps (DSV_OP_PROFILE: synchronized ops)\n{}", a.gen_len,
+               ops::op_profile_summary());
 
   // Fewest bytes one decode step must read: active weights (one embedding row, the whole head) and
   // the latent cache rows attended (mean length over the decode steps).
