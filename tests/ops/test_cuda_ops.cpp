@@ -225,7 +225,7 @@ TEST_F(CudaOps, AttentionMatchesCpu) {
   struct Case { int64_t T, S, H, Hkv, Dqk, Dv; };
   // Expanded MLA (Hkv = H, 192/128 as the releases), absorbed decode over latent rows (Hkv = 1,
   // 576/512), and awkward small sizes.
-  // Few query rows over more than 256 keys take the split-key decode kernels.
+  // Few query rows over more than 64 keys take the split-key decode kernels.
   for (const Case& c : {Case{9, 9, 4, 4, 192, 128}, Case{1, 300, 16, 1, 576, 512}, Case{3, 130, 5, 1, 37, 19},
                         Case{1, 1, 1, 1, 1, 1}, Case{17, 40, 2, 2, 24, 16},
                         Case{1, 4096, 16, 1, 576, 512} /* decode after a long prompt */,

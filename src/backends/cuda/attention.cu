@@ -131,7 +131,8 @@ constexpr int64_t kMaxSmemKeys = (200 * 1024) / 4;
 // has T = 1, so the per-(query, head) kernels would run H blocks on a GPU with 132 SMs. Each block
 // writes its chunk's softmax statistics (max m, sum l of exp(score - m)) and unnormalized output;
 // a second kernel merges the chunks in order (deterministic).
-constexpr int kChunk = 256, kDecodeWarps = kThreads / 32;
+// 64-key chunks: enough blocks at short contexts too, and a short dependent loop per block.
+constexpr int kChunk = 64, kDecodeWarps = kThreads / 32;
 
 __global__ void decode_partial_kernel(AttentionParams p, int64_t hkv, int64_t ks, int64_t vs, int64_t chunks,
                                       float* partial) {
@@ -156,6 +157,7 @@ __global__ void decode_partial_kernel(AttentionParams p, int64_t hkv, int64_t ks
   for (int64_t s = s_begin + warp; s < s_end; s += kDecodeWarps) {
     const float* k = kbase + s * ks;
     float dot = 0.0f;
+#pragma unroll 6
     for (int64_t d = lane; d < p.Dqk; d += 32) dot += qs[d] * k[d];
     for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
     if (lane == 0) sc[s - s_begin] = dot * p.scale;
@@ -174,6 +176,7 @@ __global__ void decode_partial_kernel(AttentionParams p, int64_t hkv, int64_t ks
   const float l = block_sum(local_sum, reduce);  // ends with a barrier: every sc[j] is written
   for (int64_t d = threadIdx.x; d < p.Dv; d += kThreads) {
     float acc = 0.0f;
+#pragma unroll 8
     for (int j = 0; j < n; ++j) acc += sc[j] * vbase[(s_begin + j) * vs + d];
     part[2 + d] = acc;
   }
