@@ -447,7 +447,7 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-constexpr int kMmaFwdQ = 16 * kMmaWarps, kMmaFwdK = 64;
+constexpr int kMmaFwdQ = 16 * kMmaWarps, kMmaFwdK = 32;  // 92 KB of shared memory at 192/128: two blocks per SM
 
 __global__ void __launch_bounds__(kMmaThreads)
     mma_fwd_kernel(AttentionParams p, Strides st, float* out, float* lse, bool vec) {
@@ -535,7 +535,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 
 // dk, dv: block = 64 keys (16 per warp), query tiles of 32. Per warp, transposed products:
 // S^T = K_w Q^T, dP^T = V_w dO^T, then dV_w += P^T dO and dK_w += dS^T Q.
-constexpr int kMmaKvK = 16 * kMmaWarps, kMmaKvQ = 32;
+constexpr int kMmaKvK = 16 * kMmaWarps, kMmaKvQ = 16;  // 105 KB at 192/128: two blocks per SM
 
 __global__ void __launch_bounds__(kMmaThreads)
     mma_bwd_kv_kernel(AttentionBackwardParams p, Strides st, const float* lse, const float* Dsum, bool vec) {
@@ -624,7 +624,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 }
 
 // dq: block = 64 queries (16 per warp), key tiles of 32: S = Q_w K^T, dP = dO_w V^T, dQ_w += dS K.
-constexpr int kMmaDqQ = 16 * kMmaWarps, kMmaDqK = 32;
+constexpr int kMmaDqQ = 16 * kMmaWarps, kMmaDqK = 16;  // 105 KB at 192/128: two blocks per SM
 
 __global__ void __launch_bounds__(kMmaThreads)
     mma_bwd_q_kernel(AttentionBackwardParams p, Strides st, const float* lse, const float* Dsum, bool vec) {
