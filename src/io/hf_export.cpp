@@ -22,6 +22,7 @@
 #include "io/npy.h"
 #include "io/safetensors_writer.h"
 #include "model/weights.h"
+#include "tokenizer/tokenizer.h"
 
 namespace dsv {
 namespace fs = std::filesystem;
@@ -148,9 +149,6 @@ void fsync_dir(const fs::path& dir) {  // best effort: makes renames inside `dir
 
 // Files copied beside the weights. The tokenizer's come from --tokenizer when given, else the source;
 // generation_config.json (sampling defaults, not a tokenizer file) from the source, else --tokenizer.
-constexpr const char* kTokenizerFiles[] = {"tokenizer.json",   "tokenizer_config.json", "special_tokens_map.json",
-                                           "tokenizer.model",  "added_tokens.json",     "chat_template.jinja",
-                                           "chat_template.json"};
 
 struct Companion {
   fs::path from;

@@ -14,6 +14,12 @@
 
 namespace dsv {
 
+// The files of a Hugging Face tokenizer directory that travel with a model's weights (training
+// outputs, checkpoints, exports copy those present).
+inline constexpr const char* kTokenizerFiles[] = {"tokenizer.json",    "tokenizer_config.json", "special_tokens_map.json",
+                                                  "tokenizer.model",   "added_tokens.json",     "chat_template.jinja",
+                                                  "chat_template.json"};
+
 class Tokenizer {
  public:
   // Reads dir/tokenizer.json and, when present, dir/tokenizer_config.json and

@@ -23,6 +23,7 @@
 #include "io/safetensors.h"
 #include "io/safetensors_writer.h"
 #include "model/config.h"
+#include "tokenizer/tokenizer.h"
 
 namespace dsv::train {
 namespace {
@@ -36,15 +37,15 @@ constexpr const char* kStateFile = "trainer_state.json";
 constexpr const char* kModelFile = "model.safetensors";
 constexpr const char* kOptimizerFile = "optimizer.safetensors";
 constexpr const char* kConfigFile = "config.json";
-constexpr const char* kTokenizerFiles[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                           "chat_template.jinja"};
 // Names of leftovers a killed save may leave in SAVE_DIR (removed by the next successful save).
 constexpr const char* kTempPrefix = ".tmp-";
 constexpr const char* kOldPrefix = ".old-";
 
 // The test hook documented in checkpoint.h.
-void kill_point(const char* stage) {
+void kill_point(const char* stage, int64_t step) {
   const char* want = std::getenv("DSV_TEST_KILL_DURING_SAVE");
+  const char* at_step = std::getenv("DSV_TEST_KILL_DURING_SAVE_STEP");
+  if (at_step && std::to_string(step) != at_step) return;
   if (want && std::strcmp(want, stage) == 0) std::raise(SIGKILL);
 }
 
@@ -331,7 +332,7 @@ std::string save_checkpoint(const std::string& save_dir, const ParamStore& store
       // Same bytes as ParamStore::save_hf, so the step directory reads as an HF checkpoint.
       write_safetensors((tmp / kModelFile).string(), weights.tensors, {{"format", "pt"}});
     }
-    kill_point("after_model");
+    kill_point("after_model", state.step);
     {
       HostTensors moments;
       add_buffer(moments, store, store.adam_m(), "exp_avg.");
@@ -345,14 +346,14 @@ std::string save_checkpoint(const std::string& save_dir, const ParamStore& store
         if (fs::exists(fs::path(tokenizer_dir) / f)) write_new_file(tmp / f, read_text(fs::path(tokenizer_dir) / f));
     write_state(tmp, state);
     fsync_dir(tmp);
-    kill_point("before_rename");
+    kill_point("before_rename", state.step);
     install_dir(tmp, final_dir, parked);
     fsync_dir(dir);
   } catch (const std::exception& e) {
     fs::remove_all(tmp, ec);
     DSV_FAIL("saving checkpoint {} failed: {}; {}", final_dir.string(), e.what(), previous);
   }
-  kill_point("before_latest");
+  kill_point("before_latest", state.step);
   // `latest`: its own temporary name, fsync, rename, fsync the directory.
   const fs::path latest_tmp = dir / fmt::format("{}latest-{}", kTempPrefix, ::getpid());
   try {

@@ -15,6 +15,7 @@
 // raises SIGKILL there, as a crash or an OOM kill would: "after_model" (model.safetensors written
 // into the temporary directory), "before_rename" (every file written and fsynced, the temporary
 // directory not yet renamed), "before_latest" (step directory in place, `latest` not yet updated).
+// With DSV_TEST_KILL_DURING_SAVE_STEP=N as well, only the save of step N is killed.
 #pragma once
 #include <cstdint>
 #include <string>

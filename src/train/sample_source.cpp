@@ -21,9 +21,12 @@ namespace {
 // (split "100,0") this is exactly TokenData's order.
 class TokenWindows final : public SampleSource {
  public:
+  // The train split keeps model.seed (over the whole file: TokenData's own order); the valid split
+  // draws its own permutation.
   TokenWindows(const TrainConfig& c, int64_t vocab, SplitShares shares, Split split)
-      : data_(c.data_tokens, c.seq_len, 1, 1, false, c.seed, vocab), shuffle_(c.shuffle), seed_(c.seed),
-        split_(split) {
+      : data_(c.data_tokens, c.seq_len, 1, 1, c.shuffle, split == Split::Train ? c.seed : c.seed ^ 0x76616c6964ull,
+              vocab),
+        shuffle_(c.shuffle), split_(split) {
     std::tie(first_, end_) = split_range(data_.num_windows(), shares, split);
     DSV_CHECK(end_ > first_, "{}: the {} split has no window of {} tokens (file: {} tokens, {} windows; data.split {})",
               c.data_tokens, split == Split::Train ? "train" : "valid", c.seq_len + 1, data_.num_tokens(),
@@ -31,19 +34,7 @@ class TokenWindows final : public SampleSource {
   }
   int64_t num_samples() const override { return end_ - first_; }
   void sample(int64_t position, int32_t* inputs, int32_t* targets) override {
-    DSV_CHECK(position >= 0, "{}: sample position {} is negative", data_.path(), position);
-    const int64_t n = num_samples(), k = position % n;
-    int64_t j = k;
-    if (shuffle_) {
-      const int64_t epoch = position / n;
-      if (epoch != cached_epoch_) {
-        // The train split over the whole file keeps TokenData's seed; the valid split draws its own.
-        perm_ = TokenData::epoch_permutation(split_ == Split::Train ? seed_ : seed_ ^ 0x76616c6964ull, epoch, n);
-        cached_epoch_ = epoch;
-      }
-      j = perm_[static_cast<size_t>(k)];
-    }
-    const int32_t* w = data_.window(first_ + j);
+    const int32_t* w = data_.window(data_.window_in(position, first_, num_samples()));
     const int64_t S = data_.seq_len();
     std::memcpy(inputs, w, static_cast<size_t>(S) * sizeof(int32_t));
     std::memcpy(targets, w + 1, static_cast<size_t>(S) * sizeof(int32_t));
@@ -57,10 +48,8 @@ class TokenWindows final : public SampleSource {
  private:
   TokenData data_;
   bool shuffle_;
-  uint64_t seed_;
   Split split_;
-  int64_t first_ = 0, end_ = 0, cached_epoch_ = -1;
-  std::vector<int64_t> perm_;
+  int64_t first_ = 0, end_ = 0;
 };
 
 }  // namespace

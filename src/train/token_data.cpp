@@ -57,16 +57,19 @@ std::vector<int64_t> TokenData::epoch_permutation(uint64_t seed, int64_t epoch, 
   return perm;
 }
 
-int64_t TokenData::window_at(int64_t position) {
+int64_t TokenData::window_in(int64_t position, int64_t first, int64_t count) {
   DSV_CHECK(position >= 0, "{}: sample position {} is negative", path(), position);
-  const int64_t k = position % num_windows_;
-  if (!shuffle_) return k;
-  const int64_t epoch = position / num_windows_;
-  if (epoch != cached_epoch_) {
-    perm_ = epoch_permutation(seed_, epoch, num_windows_);
+  DSV_CHECK(first >= 0 && count > 0 && first + count <= num_windows_, "{}: windows [{}, {}) outside [0, {})", path(),
+            first, first + count, num_windows_);
+  const int64_t k = position % count;
+  if (!shuffle_) return first + k;
+  const int64_t epoch = position / count;
+  if (epoch != cached_epoch_ || count != cached_count_) {
+    perm_ = epoch_permutation(seed_, epoch, count);
     cached_epoch_ = epoch;
+    cached_count_ = count;
   }
-  return perm_[static_cast<size_t>(k)];
+  return first + perm_[static_cast<size_t>(k)];
 }
 
 void TokenData::fill_step(int64_t step, int64_t micro_batch_index, int32_t* out) {

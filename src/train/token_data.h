@@ -32,7 +32,10 @@ class TokenData {
   // The S + 1 tokens of window j (0 <= j < num_windows()), read in place from the map.
   const int32_t* window(int64_t j) const;
   // Which window position p of the sample stream reads (see the header comment).
-  int64_t window_at(int64_t position);
+  int64_t window_at(int64_t position) { return window_in(position, 0, num_windows_); }
+  // The same rule over the windows [first, first + count) only (a train or validation split):
+  // first + (p mod count) in order, or first + perm_e[p mod count] with e = p / count.
+  int64_t window_in(int64_t position, int64_t first, int64_t count);
   // Fills `out` with the micro-batch's B windows, row-major [B, S + 1]; step is 0-based.
   void fill_step(int64_t step, int64_t micro_batch_index, int32_t* out);
 
@@ -45,7 +48,7 @@ class TokenData {
   int64_t num_tokens_ = 0, num_windows_ = 0, seq_len_ = 0, micro_batch_ = 0, grad_accum_ = 0;
   bool shuffle_ = false;
   uint64_t seed_ = 0;
-  int64_t cached_epoch_ = -1;  // the epoch whose permutation is in perm_
+  int64_t cached_epoch_ = -1, cached_count_ = -1;  // the permutation in perm_: its epoch and length
   std::vector<int64_t> perm_;
 };
 

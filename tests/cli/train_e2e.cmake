@@ -4,24 +4,7 @@
 file(REMOVE_RECURSE "${WORK}")
 file(MAKE_DIRECTORY "${WORK}")
 
-function(run)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "expected success: ${ARGN}\nrc=${rc}\n${out}\n${err}")
-  endif()
-  set(LAST_OUT "${out}${err}" PARENT_SCOPE)
-endfunction()
-
-function(expect_fail needle)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 1)
-    message(FATAL_ERROR "expected exit code 1: ${ARGN}\nrc=${rc}\n${out}\n${err}")
-  endif()
-  string(FIND "${err}" "${needle}" pos)
-  if(pos EQUAL -1)
-    message(FATAL_ERROR "expected \"${needle}\" in the error of: ${ARGN}\n${err}")
-  endif()
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/expect.cmake)
 
 # jsonl_values(<file> <key> <out-var>): "step=value" for every line that has the key.
 function(jsonl_values file key out)
@@ -41,7 +24,7 @@ set(RECIPE ${SRC}/recipes/debug.toml)
 set(TRAIN ${DSV} train --recipe ${RECIPE} --set data.shuffle=false --set output.log_interval=100)
 
 # 1. Preprocess the project-made corpus into a Megatron indexed dataset.
-run(${DSV} preprocess --input ${SRC}/data/debug/corpus.jsonl --tokenizer ${SRC}/models/tiny
+expect_ok(${DSV} preprocess --input ${SRC}/data/debug/corpus.jsonl --tokenizer ${SRC}/models/tiny
     --output-prefix ${WORK}/corpus --workers 2)
 if(NOT EXISTS ${WORK}/corpus.bin OR NOT EXISTS ${WORK}/corpus.idx)
   message(FATAL_ERROR "preprocess did not write corpus.bin / corpus.idx")
@@ -49,8 +32,8 @@ endif()
 
 # 2. The same documents as the flat token file: with the whole dataset in the train split and no
 #    shuffling, both sources give the same samples, hence the same losses.
-run(${TRAIN} --steps 3 --data-tokens ${SRC}/data/debug/tokens.bin --metrics-jsonl ${WORK}/flat.jsonl)
-run(${TRAIN} --steps 3 --set data.paths=${WORK}/corpus --metrics-jsonl ${WORK}/megatron.jsonl)
+expect_ok(${TRAIN} --steps 3 --data-tokens ${SRC}/data/debug/tokens.bin --metrics-jsonl ${WORK}/flat.jsonl)
+expect_ok(${TRAIN} --steps 3 --set data.paths=${WORK}/corpus --metrics-jsonl ${WORK}/megatron.jsonl)
 jsonl_values(${WORK}/flat.jsonl loss flat)
 jsonl_values(${WORK}/megatron.jsonl loss megatron)
 if(NOT flat STREQUAL megatron)
@@ -60,7 +43,7 @@ endif()
 # 3. An uninterrupted run with validation, checkpoints, TensorBoard.
 set(RUN ${TRAIN} --steps 12 --set data.paths=${WORK}/corpus --set data.split=95,5 --set train.eval_interval=4
     --set train.eval_iters=2 --save-interval 4)
-run(${RUN} --save ${WORK}/ckpt_full --metrics-jsonl ${WORK}/full.jsonl --out ${WORK}/full_model
+expect_ok(${RUN} --save ${WORK}/ckpt_full --metrics-jsonl ${WORK}/full.jsonl --out ${WORK}/full_model
     --set output.tensorboard=${WORK}/tb)
 file(GLOB events ${WORK}/tb/events.out.tfevents.*)
 if(NOT events)
@@ -89,7 +72,7 @@ if(NOT stale)
 endif()
 expect_killed(DSV_TEST_KILL_AFTER_STEP=6
               ${RUN} --save ${WORK}/ckpt --load ${WORK}/ckpt --metrics-jsonl ${WORK}/resumed.jsonl)
-run(${RUN} --save ${WORK}/ckpt --load ${WORK}/ckpt --metrics-jsonl ${WORK}/resumed.jsonl --out ${WORK}/resumed_model)
+expect_ok(${RUN} --save ${WORK}/ckpt --load ${WORK}/ckpt --metrics-jsonl ${WORK}/resumed.jsonl --out ${WORK}/resumed_model)
 # The three runs shared one metrics file: each resume kept the records up to its checkpoint and
 # rewrote the rest, so the file now reads exactly like the uninterrupted run's, step 1 to 12.
 foreach(key loss mtp_loss grad_norm lr val_loss)
@@ -101,15 +84,15 @@ foreach(key loss mtp_loss grad_norm lr val_loss)
 endforeach()
 
 # 5. Export the resumed run's checkpoint; its logits equal those of the uninterrupted run's weights.
-run(${DSV} export --checkpoint ${WORK}/ckpt --out ${WORK}/hf --dtype fp32)
+expect_ok(${DSV} export --checkpoint ${WORK}/ckpt --out ${WORK}/hf --dtype fp32)
 foreach(f config.json model.safetensors.index.json tokenizer.json)
   if(NOT EXISTS ${WORK}/hf/${f})
     message(FATAL_ERROR "export did not write ${f}")
   endif()
 endforeach()
 set(IDS 1,17,42,99,7,300,5,12)
-run(${DSV} logits --model ${WORK}/hf --ids ${IDS} --out ${WORK}/exported.npy --mtp-out ${WORK}/exported_mtp.npy)
-run(${DSV} logits --model ${WORK}/full_model --ids ${IDS} --out ${WORK}/full.npy --mtp-out ${WORK}/full_mtp.npy)
+expect_ok(${DSV} logits --model ${WORK}/hf --ids ${IDS} --out ${WORK}/exported.npy --mtp-out ${WORK}/exported_mtp.npy)
+expect_ok(${DSV} logits --model ${WORK}/full_model --ids ${IDS} --out ${WORK}/full.npy --mtp-out ${WORK}/full_mtp.npy)
 foreach(pair "exported.npy;full.npy" "exported_mtp.npy;full_mtp.npy")
   list(GET pair 0 a)
   list(GET pair 1 b)
@@ -121,7 +104,7 @@ foreach(pair "exported.npy;full.npy" "exported_mtp.npy;full_mtp.npy")
 endforeach()
 
 # 6. Import then export is bit-exact: exporting the export again writes the same shards.
-run(${DSV} export --checkpoint ${WORK}/hf --out ${WORK}/hf2 --dtype fp32)
+expect_ok(${DSV} export --checkpoint ${WORK}/hf --out ${WORK}/hf2 --dtype fp32)
 file(GLOB shards RELATIVE ${WORK}/hf ${WORK}/hf/*.safetensors)
 if(NOT shards)
   message(FATAL_ERROR "no safetensors shards in ${WORK}/hf")
@@ -135,7 +118,7 @@ foreach(s IN LISTS shards)
 endforeach()
 
 # 7. Plots of the run.
-run(${DSV} plot --metrics ${WORK}/full.jsonl --out ${WORK}/plots)
+expect_ok(${DSV} plot --metrics ${WORK}/full.jsonl --out ${WORK}/plots)
 foreach(f loss.png expert_load.png)
   if(NOT EXISTS ${WORK}/plots/${f})
     message(FATAL_ERROR "dsv plot did not write ${f}")
@@ -144,14 +127,14 @@ endforeach()
 
 # 8. Chat fine-tuning (recipes/debug_sft.toml): a few steps from models/tiny with validation; the
 #    result loads and generates.
-run(${DSV} train --recipe ${SRC}/recipes/debug_sft.toml --steps 4 --set train.eval_interval=2 --set train.eval_iters=2
+expect_ok(${DSV} train --recipe ${SRC}/recipes/debug_sft.toml --steps 4 --set train.eval_interval=2 --set train.eval_iters=2
     --metrics-jsonl ${WORK}/sft.jsonl --out ${WORK}/sft_model)
 jsonl_values(${WORK}/sft.jsonl val_loss sft_val)
 list(LENGTH sft_val n_val)
 if(NOT n_val EQUAL 2)
   message(FATAL_ERROR "the SFT run logged ${n_val} validation losses, expected 2 (steps 2 and 4): ${sft_val}")
 endif()
-run(${DSV} generate --model ${WORK}/sft_model --chat --prompt "What is 1 plus 2?" --max-new-tokens 8)
+expect_ok(${DSV} generate --model ${WORK}/sft_model --chat --prompt "What is 1 plus 2?" --max-new-tokens 8)
 
 # 9. Bad input: clear errors, and the checkpoint stays as it was.
 file(SHA256 ${WORK}/ckpt/latest latest_before)
@@ -161,7 +144,7 @@ math(EXPR idx_keep "${idx_size} / 2")
 execute_process(COMMAND truncate -s ${idx_keep} ${WORK}/broken/corpus.idx)
 expect_fail("corpus.idx" ${TRAIN} --steps 2 --set data.paths=${WORK}/broken/corpus)
 file(WRITE ${WORK}/short.jsonl "{\"text\": \"one two three\"}\n")
-run(${DSV} preprocess --input ${WORK}/short.jsonl --tokenizer ${SRC}/models/tiny --output-prefix ${WORK}/short)
+expect_ok(${DSV} preprocess --input ${WORK}/short.jsonl --tokenizer ${SRC}/models/tiny --output-prefix ${WORK}/short)
 expect_fail("short" ${TRAIN} --steps 2 --set data.paths=${WORK}/short)
 expect_fail("no such file" ${DSV} plot --metrics ${WORK}/none.jsonl --out ${WORK}/plots)
 file(READ ${SRC}/models/tiny/config.json tiny_config)

@@ -10,53 +10,15 @@
 
 #include "backends/cpu/cpu_ops.h"
 #include "backends/cuda/cuda_ops.h"
+#include "cuda_test_util.h"
 
 namespace dsv::ops {
 namespace {
 
-#define CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << cudaGetErrorString(expr)
+using namespace test;
+using DeviceBuffer = Dev<float>;
 
-struct DeviceBuffer {
-  float* ptr = nullptr;
-  size_t n = 0;
-  explicit DeviceBuffer(const std::vector<float>& host) : n(host.size()) {
-    EXPECT_EQ(cudaMalloc(&ptr, std::max<size_t>(n, 1) * 4), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(ptr, host.data(), n * 4, cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  std::vector<float> download() const {
-    std::vector<float> h(n);
-    EXPECT_EQ(cudaMemcpy(h.data(), ptr, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-    return h;
-  }
-};
-
-std::vector<float> randn(size_t n, uint64_t seed, float mean = 0.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(mean, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-// ||a - b|| / ||b||; fp32 ops land far below 1e-5 (rounding of reduction order only).
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return std::sqrt(num / den);
-}
-
-class CudaOps : public ::testing::Test {
- protected:
-  void SetUp() override {
-    int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) GTEST_SKIP() << "no CUDA device";
-  }
-};
+class CudaOps : public CudaTest {};
 
 TEST_F(CudaOps, DeviceIsHopper) {
   cuda::DeviceInfo info;

@@ -123,7 +123,9 @@ void expect_masks_cover_assistant_turns(const std::string& tokenizer_dir, const 
     ASSERT_EQ(runs.size(), want.size()) << "line " << ds.line(k);
     for (size_t r = 0; r < runs.size(); ++r) {
       EXPECT_EQ(tk.decode(runs[r].ids, false), want[r]) << "line " << ds.line(k) << " turn " << r;
-      if (check_prompt_token) EXPECT_EQ(runs[r].before, want_before[r]) << "line " << ds.line(k) << " turn " << r;
+      if (check_prompt_token) {
+        EXPECT_EQ(runs[r].before, want_before[r]) << "line " << ds.line(k) << " turn " << r;
+      }
     }
     turns += static_cast<int64_t>(runs.size());
   }

@@ -14,8 +14,9 @@
 #include "core/error.h"
 #include "device.h"
 #include "io/npy.h"
-#include "train/flops.h"
+#include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
+#include "train/flops.h"
 #include "train/metrics.h"
 #include "train/parallel_plan.h"
 #include "train/recipe.h"
@@ -43,8 +44,6 @@ struct TrainArgs {
               *load_opt = nullptr;
 };
 
-// The tokenizer files copied next to the trained weights (tokenizer.json is required).
-constexpr const char* kTokenizerFiles[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"};
 
 // Recipe file, then --set in order, then the dedicated flags (the most specific wins).
 train::TrainConfig resolve_config(const TrainArgs& a) {
@@ -184,15 +183,8 @@ void run_train(const TrainArgs& a) {
   train::ConsoleProgress progress(cfg.steps, cfg.log_interval);
   // Test hook (tests/cli/train_e2e.cmake): SIGKILL right after this optimizer step, before its save.
   const char* kill_after = std::getenv("DSV_TEST_KILL_AFTER_STEP");
-  // Test hook: DSV_TEST_KILL_DURING_SAVE (a stage of src/train/checkpoint.h) applies only to the save
-  // of step DSV_TEST_KILL_DURING_SAVE_STEP when that is set.
-  const char* kill_save_step = std::getenv("DSV_TEST_KILL_DURING_SAVE_STEP");
-  const std::string kill_save_stage = std::getenv("DSV_TEST_KILL_DURING_SAVE") ? std::getenv("DSV_TEST_KILL_DURING_SAVE") : "";
-  if (kill_save_step) unsetenv("DSV_TEST_KILL_DURING_SAVE");
   const auto save = [&](int64_t step) {
     progress.finish();
-    if (kill_save_step && std::to_string(step) == kill_save_step && !kill_save_stage.empty())
-      setenv("DSV_TEST_KILL_DURING_SAVE", kill_save_stage.c_str(), 1);
     const std::string dir = trainer.save_checkpoint(cfg.save_dir, cfg.tokenizer, cfg.keep_last);
     fmt::print(stderr, "dsv train: step {}: checkpoint saved to {}\n", step, dir);
   };
