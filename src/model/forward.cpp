@@ -9,13 +9,17 @@
 
 namespace dsv {
 
-KvCache::KvCache(ops::Backend backend, int64_t layers_, int64_t width_, int64_t capacity_)
-    : layers(layers_), width(width_), capacity(capacity_), length(0) {
-  for (int64_t l = 0; l < layers; ++l) rows.emplace_back(backend, static_cast<size_t>(capacity * width));
+KvCache::KvCache(ops::Backend backend, int64_t layers_, int64_t width_, int64_t capacity_, bool bf16_)
+    : layers(layers_), width(width_), capacity(capacity_), length(0), bf16(bf16_) {
+  for (int64_t l = 0; l < layers; ++l) {
+    if (bf16) rows_bf16.emplace_back(backend, static_cast<size_t>(capacity * width));
+    else rows.emplace_back(backend, static_cast<size_t>(capacity * width));
+  }
 }
 
 KvCache make_kv_cache(const Model& m, int64_t capacity) {
-  return KvCache(m.backend, m.config.num_hidden_layers, m.config.kv_lora_rank + m.config.qk_rope_head_dim, capacity);
+  return KvCache(m.backend, m.config.num_hidden_layers, m.config.kv_lora_rank + m.config.qk_rope_head_dim, capacity,
+                 has_bf16_weights(m));
 }
 
 void forward(const Model& m, const int32_t* ids, int64_t T, KvCache& cache, const ForwardOptions& opt) {
@@ -45,7 +49,7 @@ void forward(const Model& m, const int32_t* ids, int64_t T, KvCache& cache, cons
   if (!opt.logits) return;
   const int64_t first = opt.all_logits ? 0 : T - 1, rows = T - first;
   ops::Buffer<float> logits(ctx.backend, rows * V);
-  ops::linear(ctx, {.x = x.data() + first * D, .w = w.lm_head.data, .y = logits.data(), .M = rows, .N = V, .K = D});
+  ops::linear(ctx, {.x = x.data() + first * D, .w = w.lm_head.data, .w_bf16 = w.lm_head.bf16, .y = logits.data(), .M = rows, .N = V, .K = D});
   layers::emit(ctx, opt.tap, "logits", -1, logits.data(), {rows, V});
   ops::copy_to_host(ctx, opt.logits, logits.data(), static_cast<size_t>(rows * V) * sizeof(float));
 }

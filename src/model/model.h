@@ -29,7 +29,9 @@ struct Model {
   std::unique_ptr<Checkpoint> checkpoint;  // keeps the maps alive for zero-copy weights
   std::vector<float> arena;                // converted weights, one allocation
   std::vector<ops::Buffer<float>> device_storage;  // the weights on a device backend
+  std::vector<ops::Buffer<uint16_t>> bf16_storage;  // weights kept in bf16 (store_weights_bf16)
   std::vector<ops::Buffer<const float*>> expert_tables;  // see MoeWeights::gate_table
+  std::vector<ops::Buffer<const uint16_t*>> expert_tables_bf16;
 
   ops::Context context() const { return ops::Context{.backend = backend}; }
 };
@@ -40,26 +42,47 @@ std::unique_ptr<Model> load_model(const std::string& dir);
 // fills the MoE layers' expert pointer tables.
 void finish_weights(Model& m);
 // A model of `config` with random weights made directly on `backend` (no checkpoint, no host copy):
-// projections ~ N(0, init_std), norms 1, biases 0. For benchmarks and tests.
+// projections ~ N(0, init_std), norms 1, biases 0. For benchmarks and tests. With bf16_weights the
+// matrices are stored as store_weights_bf16 would leave them (made tensor by tensor: no fp32 copy).
 std::unique_ptr<Model> random_model(const ModelConfig& config, ops::Backend backend, uint64_t seed,
-                                    float init_std = 0.02f);
+                                    float init_std = 0.02f, bool bf16_weights = false);
 // The initialization rule of random_model for one tensor (by its HF name and shape), on the device
 // of `ctx`, from the counter RNG stream `seed`.
 void fill_initial_weight(const ops::Context& ctx, const std::string& hf_name, const std::vector<int64_t>& shape,
                          float* data, uint64_t seed, float init_std);
-// A copy of a loaded model's weights on another backend (fp32), through the same name table.
-std::unique_ptr<Model> to_backend(const Model& host, ops::Backend backend);
+// A copy of a loaded model's weights on another backend (fp32, or as store_weights_bf16 leaves them
+// with bf16_weights), through the same name table.
+std::unique_ptr<Model> to_backend(const Model& host, ops::Backend backend, bool bf16_weights = false);
+
+// bf16 inference storage (bf16_weights.cpp). The matrices that products read (every 2-D weight but
+// the embedding table, read one row per token, and the MoE routers, kept fp32 for exact expert
+// choices) are rounded to bf16 (nearest even); norms and biases stay fp32. Products then run as
+// ops::linear specifies for bf16 weights. For inference, not training.
+bool stored_in_bf16(const std::string& hf_name, const std::vector<int64_t>& shape);
+// Stores t.numel() fp32 values at `src` (on m's backend) as t's bf16 storage; t.data becomes null.
+void keep_as_bf16(Model& m, Tensor& t, const float* src);
+// Converts a model's weights in place (CPU models: the fp32 mapping stays alive, unused). Returns
+// the bf16 bytes stored. On a device, prefer random_model / to_backend with bf16_weights, which never
+// hold the fp32 model.
+int64_t store_weights_bf16(Model& m);
+bool has_bf16_weights(const Model& m);
 
 // MLA latent cache: per layer and token, the normalized latent (C) followed by the roped shared key
-// (R): C + R floats, the whole per-token state MLA needs.
+// (R): C + R values, the whole per-token state MLA needs. Stored fp32, or bf16 ((C + R) x 2 bytes per
+// token per layer: 1,152 B in the V2/V3 releases); attention reads bf16 rows widened to fp32.
 struct KvCache {
   int64_t layers = 0, width = 0, capacity = 0, length = 0;
-  std::vector<ops::Buffer<float>> rows;  // [layer][capacity * width], on the model's backend
+  bool bf16 = false;
+  std::vector<ops::Buffer<float>> rows;          // [layer][capacity * width] (fp32 caches)
+  std::vector<ops::Buffer<uint16_t>> rows_bf16;  // [layer][capacity * width] (bf16 caches)
 
   KvCache() = default;
-  KvCache(ops::Backend backend, int64_t layers, int64_t width, int64_t capacity);
+  KvCache(ops::Backend backend, int64_t layers, int64_t width, int64_t capacity, bool bf16 = false);
   float* row(int64_t layer, int64_t position) { return rows[layer].data() + position * width; }
+  uint16_t* row_bf16(int64_t layer, int64_t position) { return rows_bf16[layer].data() + position * width; }
+  int64_t bytes_per_token_per_layer() const { return width * (bf16 ? 2 : 4); }
 };
+// A cache for `capacity` tokens; bf16 when the model stores its weights in bf16 (bf16 inference).
 KvCache make_kv_cache(const Model& m, int64_t capacity);
 
 // How MLA attends: Auto = absorbed for single-token decode steps, expanded otherwise.

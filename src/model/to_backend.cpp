@@ -6,7 +6,7 @@
 
 namespace dsv {
 
-std::unique_ptr<Model> to_backend(const Model& host, ops::Backend backend) {
+std::unique_ptr<Model> to_backend(const Model& host, ops::Backend backend, bool bf16_weights) {
   DSV_CHECK(host.backend == ops::Backend::Cpu, "to_backend: the source model must be on the CPU");
   DSV_CHECK(ops::backend_available(backend),
             "the CUDA backend is not available in this build (configure with the cuda preset)");
@@ -26,6 +26,12 @@ std::unique_ptr<Model> to_backend(const Model& host, ops::Backend backend) {
     Tensor& dst = *to[i].target;
     dst.shape = src.shape;
     if (src.empty()) continue;  // an omitted empty tensor
+    DSV_CHECK(src.data, "to_backend: {} is stored in bf16 on the host; convert from an fp32 model", from[i].hf_name);
+    if (bf16_weights && stored_in_bf16(to[i].hf_name, dst.shape)) {
+      ops::Buffer<float> values(ctx, src.data, static_cast<size_t>(src.numel()));
+      keep_as_bf16(*m, dst, values.data());
+      continue;
+    }
     m->device_storage.emplace_back(ctx, src.data, static_cast<size_t>(src.numel()));
     dst.data = m->device_storage.back().data();
   }

@@ -39,6 +39,9 @@ struct MoeWeights {
   const float* const* gate_table = nullptr;
   const float* const* up_table = nullptr;
   const float* const* down_table = nullptr;
+  const uint16_t* const* gate_table_bf16 = nullptr;  // the same for bf16 storage
+  const uint16_t* const* up_table_bf16 = nullptr;
+  const uint16_t* const* down_table_bf16 = nullptr;
 };
 
 struct LayerWeights {

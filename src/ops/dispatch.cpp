@@ -58,7 +58,7 @@ std::string op_key(const char* name, const Params&) {
   return name;
 }
 std::string op_key(const char* name, const LinearParams& p) {
-  return fmt::format("{} (M {})", name, p.M * p.batch >= 2048 ? ">= 2048" : "< 2048");
+  return fmt::format("{}{} (M {})", name, p.w_bf16 ? " bf16" : "", p.M * p.batch >= 2048 ? ">= 2048" : "< 2048");
 }
 std::string op_key(const char* name, const LinearWeightGradParams& p) {
   return fmt::format("{} (M {})", name, p.M >= 2048 ? ">= 2048" : "< 2048");
@@ -111,7 +111,9 @@ std::string op_profile_summary() {
 }
 
 void linear(const Context& ctx, const LinearParams& p) {
-  DSV_CHECK(p.x && p.w && p.y, "linear: null pointer (x={}, w={}, y={})", (void*)p.x, (void*)p.w, (void*)p.y);
+  DSV_CHECK(p.x && p.y, "linear: null pointer (x={}, y={})", (void*)p.x, (void*)p.y);
+  DSV_CHECK((p.w != nullptr) != (p.w_bf16 != nullptr), "linear: exactly one of w (fp32) and w_bf16 expected, found {}",
+            p.w ? "both" : "neither");
   DSV_CHECK(p.M >= 0 && p.N >= 0 && p.K >= 0, "linear: negative size M={} N={} K={}", p.M, p.N, p.K);
   DSV_CHECK(p.x_stride == 0 || p.x_stride >= p.K, "linear: x_stride {} < K {}", p.x_stride, p.K);
   DSV_CHECK(p.y_stride == 0 || p.y_stride >= p.N, "linear: y_stride {} < N {}", p.y_stride, p.N);
@@ -134,7 +136,9 @@ void rope(const Context& ctx, const RopeParams& p) {
 }
 
 void attention(const Context& ctx, const AttentionParams& p) {
-  DSV_CHECK(p.q && p.k && p.v && p.out, "attention: null pointer");
+  DSV_CHECK(p.q && p.out, "attention: null pointer");
+  DSV_CHECK((p.k && p.v && !p.k_bf16 && !p.v_bf16) || (p.k_bf16 && p.v_bf16 && !p.k && !p.v),
+            "attention: k and v expected both fp32 or both bf16");
   DSV_CHECK(p.T <= p.S, "attention: {} queries but only {} keys (queries must be the last keys)", p.T, p.S);
   DSV_CHECK(p.H > 0 && p.Dqk > 0 && p.Dv > 0, "attention: bad sizes H={} Dqk={} Dv={}", p.H, p.Dqk, p.Dv);
   DSV_CHECK(p.Hkv == 0 || p.Hkv == 1 || p.Hkv == p.H, "attention: Hkv={} must be 1 or H={}", p.Hkv, p.H);
@@ -185,11 +189,19 @@ void scatter_add_rows(const Context& ctx, const RowsParams& p) {
 }
 
 void moe_experts(const Context& ctx, const MoeExpertsParams& p) {
-  DSV_CHECK(p.x && p.indices && p.weights && p.gate && p.up && p.down && p.scratch && p.out,
-            "moe_experts: null pointer");
+  const bool f32 = p.gate && p.up && p.down, bf16 = p.gate_bf16 && p.up_bf16 && p.down_bf16;
+  DSV_CHECK(p.x && p.indices && p.weights && p.scratch && p.out, "moe_experts: null pointer");
+  DSV_CHECK(f32 != bf16, "moe_experts: one complete set of weight tables expected (fp32 or bf16), found {}",
+            f32 ? "both" : "neither");
   DSV_CHECK(p.T > 0 && p.K > 0 && p.D > 0 && p.F > 0, "moe_experts: bad sizes T={} K={} D={} F={}", p.T, p.K, p.D,
             p.F);
   run(ctx, p, cpu::moe_experts, &BackendTable::moe_experts, "moe_experts");
+}
+
+void cast(const Context& ctx, const CastParams& p) {
+  DSV_CHECK((p.x && p.y) || p.n == 0, "cast: null pointer");
+  DSV_CHECK(p.n >= 0, "cast: negative size {}", p.n);
+  run(ctx, p, cpu::cast, &BackendTable::cast, "cast");
 }
 
 void fill_random(const Context& ctx, const FillRandomParams& p) {

@@ -18,9 +18,13 @@ struct Context {
 
 // y[M, N] (+)= x[M, K] . w[N, K]^T + bias[N]        (torch.nn.functional.linear)
 // With w_transposed, w is [K, N] and y = x . w (used to fold W_UK into queries for absorbed MLA).
+// Weights are fp32 (w) or bf16 (w_bf16, bit patterns; exactly one of the two is set). With bf16
+// weights every backend computes y = bf16(x) . w^T: x rounded to bf16 (nearest even), products and
+// sums in fp32, so the CPU op stays the exact spec of the tensor-core path.
 struct LinearParams {
   const float* x = nullptr;
   const float* w = nullptr;
+  const uint16_t* w_bf16 = nullptr;
   const float* bias = nullptr;  // optional
   float* y = nullptr;
   int64_t M = 0, N = 0, K = 0;
@@ -63,11 +67,14 @@ void rope(const Context& ctx, const RopeParams& p);
 // q[T, H, Dqk], k[S, Hkv, Dqk], v[S, Hkv, Dv] -> out[T, H, Dv]; query t sees keys 0 .. S - T + t.
 // Hkv = H (one K/V per head, expanded MLA) or 1 (all heads share one K/V: absorbed MLA, where k is
 // the latent cache row [C + R] and v its first C values). Token strides of k and v default to
-// Hkv * Dqk and Hkv * Dv.
+// Hkv * Dqk and Hkv * Dv. k and v are fp32, or bf16 (k_bf16 and v_bf16 instead: a bf16 latent cache);
+// scores and sums are fp32 either way.
 struct AttentionParams {
   const float* q = nullptr;
   const float* k = nullptr;
   const float* v = nullptr;
+  const uint16_t* k_bf16 = nullptr;
+  const uint16_t* v_bf16 = nullptr;
   float* out = nullptr;
   int64_t T = 0, S = 0, H = 0, Dqk = 0, Dv = 0;
   int64_t Hkv = 0;                     // 0 means H
@@ -141,7 +148,8 @@ void scatter_add_rows(const Context& ctx, const RowsParams& p);
 // T*K (token, slot) pairs p, e = indices[p], t = p / K:
 //   h[p]   = silu(x[t] . gate[e]^T) * (x[t] . up[e]^T)                       [F]
 //   out[t] = sum_k weights[t*K + k] * (h[t*K + k] . down[e]^T)   (k ascending) [D]
-// gate/up/down are tables of E pointers (on the backend) to [F, D], [F, D], [D, F] weights.
+// gate/up/down are tables of E pointers (on the backend) to [F, D], [F, D], [D, F] weights, fp32 or
+// bf16 (the *_bf16 tables; then x and h are rounded to bf16 before their products, as linear does).
 // `scratch` holds T*K*(F + D) floats. out is overwritten.
 struct MoeExpertsParams {
   const float* x = nullptr;
@@ -150,11 +158,24 @@ struct MoeExpertsParams {
   const float* const* gate = nullptr;
   const float* const* up = nullptr;
   const float* const* down = nullptr;
+  const uint16_t* const* gate_bf16 = nullptr;
+  const uint16_t* const* up_bf16 = nullptr;
+  const uint16_t* const* down_bf16 = nullptr;
   float* scratch = nullptr;
   float* out = nullptr;
   int64_t T = 0, K = 0, D = 0, F = 0;
 };
 void moe_experts(const Context& ctx, const MoeExpertsParams& p);
+
+// Conversions between fp32 and bf16 (bit patterns): y[i] = bf16(x[i]) rounded to nearest even (NaN
+// stays NaN), or y[i] = fp32(x[i]) exactly. bf16 weight storage and the bf16 latent cache use them.
+struct CastParams {
+  const void* x = nullptr;
+  void* y = nullptr;
+  int64_t n = 0;
+  bool to_bf16 = true;  // false: bf16 -> fp32
+};
+void cast(const Context& ctx, const CastParams& p);
 
 // x[i] = mean + std * N(0, 1), from a counter-based generator keyed by (seed, i): the same values on
 // every backend and thread count (random weights for benchmarks and tests).
@@ -338,6 +359,7 @@ struct BackendTable {
   void (*scatter_add_rows)(const RowsParams&, void* stream) = nullptr;
   void (*fill_random)(const FillRandomParams&, void* stream) = nullptr;
   void (*moe_experts)(const MoeExpertsParams&, void* stream) = nullptr;
+  void (*cast)(const CastParams&, void* stream) = nullptr;
   void (*linear_weight_grad)(const LinearWeightGradParams&, void* stream) = nullptr;
   void (*rmsnorm_backward)(const RmsNormBackwardParams&, void* stream) = nullptr;
   void (*attention_backward)(const AttentionBackwardParams&, void* stream) = nullptr;

@@ -34,6 +34,7 @@ struct BenchArgs {
 #else
       "cpu";
 #endif
+  std::string weights = "bf16";
   int64_t batch = 1, prompt_len = 512, gen_len = 64;
   uint64_t seed = 1;
   bool tf32 = false;
@@ -47,9 +48,18 @@ void run_bench_infer(const BenchArgs& a) {
   DSV_CHECK(context <= c.max_position_embeddings,
             "--prompt-len {} + --gen-len {} exceeds the model's context of {} tokens", a.prompt_len, a.gen_len,
             c.max_position_embeddings);
+  DSV_CHECK(a.weights == "bf16" || a.weights == "fp32", "--weights {}: expected bf16 or fp32", a.weights);
+  const bool bf16 = a.weights == "bf16";
+  const double elt = bf16 ? 2.0 : 4.0;  // bytes per stored matrix value and per cached latent value
   const int64_t V = c.vocab_size, D = c.hidden_size, L = c.num_hidden_layers, width = c.kv_lora_rank + c.qk_rope_head_dim;
-  [[maybe_unused]] const double weight_bytes = 4.0 * static_cast<double>(c.params_total());
-  [[maybe_unused]] const double cache_bytes = 4.0 * static_cast<double>(L * width * context);
+  // Kept fp32 in bf16 storage: the embedding table and the MoE routers (store_weights_bf16); norms
+  // and biases are counted as matrices (a rounding error in these totals).
+  int64_t router_params = 0;
+  for (int64_t l = 0; l < L; ++l) router_params += c.is_moe_layer(l) ? c.n_routed_experts * D : 0;
+  const double fp32_params = static_cast<double>(router_params + V * D);
+  [[maybe_unused]] const double weight_bytes = elt * (static_cast<double>(c.params_total()) - fp32_params) +
+                                               4.0 * fp32_params;
+  [[maybe_unused]] const double cache_bytes = elt * static_cast<double>(L * width * context);
   double roofline = 0;  // bytes/s
   ops::set_matmul_precision(a.tf32 ? ops::MatmulPrecision::Tf32 : ops::MatmulPrecision::Fp32);
   ops::Backend backend = ops::Backend::Cpu;
@@ -61,8 +71,8 @@ void run_bench_infer(const BenchArgs& a) {
     // Weights + cache + activations of the prefill (a generous 64 floats per token per hidden unit).
     const double needed = weight_bytes + cache_bytes + 4.0 * 64 * static_cast<double>(a.prompt_len * D);
     DSV_CHECK(needed < 0.95 * static_cast<double>(free_bytes),
-              "this run needs about {} of GPU memory (fp32 weights {}, cache {}); {} are free: refused before "
-              "any work", human_bytes(needed), human_bytes(weight_bytes), human_bytes(cache_bytes),
+              "this run needs about {} of GPU memory ({} weights {}, cache {}); {} are free: refused before "
+              "any work", human_bytes(needed), a.weights, human_bytes(weight_bytes), human_bytes(cache_bytes),
               human_bytes(static_cast<double>(free_bytes)));
     roofline = ops::cuda::measure_copy_bandwidth(size_t{1} << 30);
     backend = ops::Backend::Cuda;
@@ -72,9 +82,9 @@ void run_bench_infer(const BenchArgs& a) {
   } else {
     DSV_CHECK(a.device == "cpu", "--device {}: expected cpu or cuda", a.device);
   }
-  fmt::print(stderr, "building a random {} model ({} parameters, fp32) on {}...\n", c.model_type,
-             human_count(static_cast<double>(c.params_total())), a.device);
-  auto model = random_model(c, backend, a.seed);
+  fmt::print(stderr, "building a random {} model ({} parameters, {} weights) on {}...\n", c.model_type,
+             human_count(static_cast<double>(c.params_total())), a.weights, a.device);
+  auto model = random_model(c, backend, a.seed, 0.02f, bf16);
 
   std::vector<int32_t> prompt(static_cast<size_t>(a.prompt_len));
   for (int64_t i = 0; i < a.prompt_len; ++i)
@@ -83,10 +93,13 @@ void run_bench_infer(const BenchArgs& a) {
   using clock = std::chrono::steady_clock;
   auto seconds = [](auto t0) { return std::chrono::duration<double>(clock::now() - t0).count(); };
 
-  {  // warm-up: module load, library handles, first allocations
-    KvCache warm = make_kv_cache(*model, 8);
-    forward(*model, prompt.data(), std::min<int64_t>(8, a.prompt_len), warm, {.all_logits = false, .logits = logits.data()});
+  {  // warm-up on the timed shapes (a whole prefill and two decode steps): kernels are loaded on first
+     // use, library handles made and the allocator's cache filled before anything is timed
+    KvCache warm = make_kv_cache(*model, a.prompt_len + 2);
+    forward(*model, prompt.data(), a.prompt_len, warm, {.all_logits = false, .logits = logits.data()});
+    for (int i = 0; i < 2; ++i) forward(*model, prompt.data(), 1, warm, {.all_logits = false, .logits = logits.data()});
   }
+  ops::op_profile_reset();
   KvCache cache = make_kv_cache(*model, context);
   auto t0 = clock::now();
   forward(*model, prompt.data(), a.prompt_len, cache, {.all_logits = false, .logits = logits.data()});
@@ -107,22 +120,25 @@ void run_bench_infer(const BenchArgs& a) {
 
   // Fewest bytes one decode step must read: active weights (one embedding row, the whole head) and
   // the latent cache rows attended (mean length over the decode steps).
-  const double active = static_cast<double>(c.params_active()) - (c.tie_word_embeddings ? 0.0 : double(V * D)) + D;
+  // The embedding row and the routers are fp32; the head and every other matrix `elt` bytes a value.
+  const double active = static_cast<double>(c.params_active()) - double(V * D) - double(router_params) +
+                        (c.tie_word_embeddings ? double(V * D) : 0.0);
   const double mean_len = a.prompt_len + (a.gen_len - 1) / 2.0;
-  const double bytes_per_token = 4.0 * active + 4.0 * static_cast<double>(L * width) * mean_len;
+  const double bytes_per_token = elt * active + 4.0 * double(D + router_params) +
+                                 elt * static_cast<double>(L * width) * mean_len;
   const double decode_tps = a.gen_len / decode_s;
   const double achieved = bytes_per_token * decode_tps;
   const double per_head_cache = static_cast<double>(c.num_attention_heads * (c.qk_head_dim() + c.v_head_dim));
 
-  fmt::print("config            {} ({} layers, {} total / {} active parameters), device {}, fp32 weights\n", a.config,
-             L, human_count(double(c.params_total())), human_count(double(c.params_active())), a.device);
+  fmt::print("config            {} ({} layers, {} total / {} active parameters), device {}, {} weights\n", a.config,
+             L, human_count(double(c.params_total())), human_count(double(c.params_active())), a.device, a.weights);
   fmt::print("prefill           {} tokens in {:.2f} ms: {:.0f} tokens/s (time to first token {:.2f} ms)\n",
              a.prompt_len, prefill_s * 1e3, a.prompt_len / prefill_s, prefill_s * 1e3);
   fmt::print("decode            {} tokens in {:.2f} ms: {:.1f} tokens/s, {:.3f} ms per output token\n", a.gen_len,
              decode_s * 1e3, decode_tps, decode_s * 1e3 / a.gen_len);
-  fmt::print("kv cache          {} values per token per layer = {} B in bf16 ({} B as stored now, fp32); a per-head "
-             "cache needs {:.0f} values ({:.1f}x more)\n", width, width * 2, width * 4, per_head_cache,
-             per_head_cache / width);
+  fmt::print("kv cache          {} values per token per layer, stored {}: {} B (a per-head cache: {:.0f} values, {:.0f} "
+             "B, {:.1f}x more)\n", width, bf16 ? "bf16" : "fp32", cache.bytes_per_token_per_layer(), per_head_cache,
+             per_head_cache * elt, per_head_cache / width);
   fmt::print("decode bandwidth  {} per token -> {}/s achieved", human_bytes(bytes_per_token), human_bytes(achieved));
   if (roofline > 0)
     fmt::print(" of {}/s measured copy bandwidth ({:.1f}% of the roofline)\n", human_bytes(roofline),
@@ -135,7 +151,9 @@ void run_bench_infer(const BenchArgs& a) {
                         {"ttft_ms", prefill_s * 1e3}, {"decode_tokens_per_s", decode_tps},
                         {"tpot_ms", decode_s * 1e3 / a.gen_len}, {"bytes_per_decode_token", bytes_per_token},
                         {"achieved_bytes_per_s", achieved}, {"roofline_bytes_per_s", roofline},
-                        {"kv_values_per_token_per_layer", width}, {"weights_dtype", "fp32"},
+                        {"kv_values_per_token_per_layer", width},
+                        {"kv_bytes_per_token_per_layer", cache.bytes_per_token_per_layer()},
+                        {"weights_dtype", a.weights},
                         {"precision", a.tf32 ? "tf32" : "fp32"}};
     write_file_atomic(a.json_out, j.dump(2) + "\n");
   }
@@ -269,6 +287,9 @@ void register_bench(CLI::App& app) {
   infer->add_option("--prompt-len", a.prompt_len, "Prompt tokens (prefill)")->capture_default_str();
   infer->add_option("--gen-len", a.gen_len, "Generated tokens (decode steps)")->capture_default_str();
   infer->add_option("--device", a.device, "cuda or cpu")->capture_default_str();
+  infer->add_option("--weights", a.weights,
+                    "bf16 (matrices and latent cache in bf16, embedding and routers fp32) or fp32")
+      ->capture_default_str();
   infer->add_option("--seed", a.seed, "Seed of the random weights and prompt")->capture_default_str();
   infer->add_option("--json", a.json_out, "Also write the results as JSON");
   infer->add_flag("--tf32", a.tf32,

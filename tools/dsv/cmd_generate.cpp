@@ -19,7 +19,7 @@ namespace dsv::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model, prompt, prompt_ids, tokenizer, system, device = "cpu";
+  std::string model, prompt, prompt_ids, tokenizer, system, device = "cpu", weights = "fp32";
   bool chat = false;
   int64_t max_new_tokens = 32;
   float temperature = 0.0f, top_p = 1.0f;
@@ -35,7 +35,7 @@ void run_generate(const GenerateArgs& a) {
   DSV_CHECK(a.temperature >= 0.0f, "--temperature must be >= 0, found {}", a.temperature);
   DSV_CHECK(a.top_p > 0.0f && a.top_p <= 1.0f, "--top-p must be in (0, 1], found {}", a.top_p);
   DSV_CHECK(!a.chat || !a.prompt.empty(), "--chat wraps --prompt TEXT as a user message; give --prompt");
-  auto model = load_model_on(a.model, a.device);
+  auto model = load_model_on(a.model, a.device, a.weights);
   const bool text_mode = !a.prompt.empty();
   std::optional<Tokenizer> tok;
   std::vector<int32_t> prompt;
@@ -106,7 +106,8 @@ void register_generate(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", a.seed, "Random seed for sampling")->capture_default_str();
   cmd->add_flag("--ignore-eos", a.ignore_eos, "Keep generating after the end-of-sequence token");
-  cmd->add_option("--device", a.device, "cpu, or cuda (builds of the cuda preset; fp32 reference kernels for now)")->capture_default_str();
+  cmd->add_option("--device", a.device, "cpu, or cuda (builds of the cuda preset)")->capture_default_str();
+  cmd->add_option("--weights", a.weights, kWeightsHelp)->capture_default_str();
   cmd->callback([] { run_generate(a); });
 }
 

@@ -14,12 +14,12 @@ namespace dsv::cli {
 namespace {
 
 struct LogitsArgs {
-  std::string model, ids, out, mtp_out, dump_dir, device = "cpu";
+  std::string model, ids, out, mtp_out, dump_dir, device = "cpu", weights = "fp32";
 };
 
 void run_logits(const LogitsArgs& a) {
   const std::vector<int32_t> ids = parse_id_list(a.ids, "--ids");
-  auto model = load_model_on(a.model, a.device);
+  auto model = load_model_on(a.model, a.device, a.weights);
   const ModelConfig& c = model->config;
   const int64_t T = static_cast<int64_t>(ids.size());
   DSV_CHECK(T <= c.max_position_embeddings, "--ids: {} tokens exceed the model's context of {}", T,
@@ -65,7 +65,8 @@ void register_logits(CLI::App& app) {
   cmd->add_option("--dump", a.dump_dir,
                   "Write every named intermediate (q, kv_latent, attn_out, router_logits, ffn_out, layer_out, ...) "
                   "as DIR/<name>.<layer>.npy, to diff against a PyTorch reference");
-  cmd->add_option("--device", a.device, "cpu, or cuda (builds of the cuda preset; fp32 reference kernels for now)")->capture_default_str();
+  cmd->add_option("--device", a.device, "cpu, or cuda (builds of the cuda preset)")->capture_default_str();
+  cmd->add_option("--weights", a.weights, kWeightsHelp)->capture_default_str();
   cmd->callback([] { run_logits(a); });
 }
 

@@ -19,12 +19,17 @@ void ensure_cuda_backend() {
 #endif
 }
 
-std::unique_ptr<Model> load_model_on(const std::string& dir, const std::string& device) {
+std::unique_ptr<Model> load_model_on(const std::string& dir, const std::string& device, const std::string& weights) {
   DSV_CHECK(device == "cpu" || device == "cuda", "--device {}: expected \"cpu\" or \"cuda\"", device);
+  DSV_CHECK(weights == "fp32" || weights == "bf16", "--weights {}: expected \"fp32\" or \"bf16\"", weights);
   if (device == "cuda") ensure_cuda_backend();  // fail before the (long) load
   auto model = load_model(dir);
-  if (device == "cpu") return model;
-  return to_backend(*model, ops::Backend::Cuda);
+  const bool bf16 = weights == "bf16";
+  if (device == "cpu") {
+    if (bf16) store_weights_bf16(*model);
+    return model;
+  }
+  return to_backend(*model, ops::Backend::Cuda, bf16);
 }
 
 }  // namespace dsv::cli

@@ -7,8 +7,13 @@
 
 namespace dsv::cli {
 
-// Loads the model and moves it to "cpu" or "cuda" (registering the CUDA backend on first use).
-std::unique_ptr<Model> load_model_on(const std::string& dir, const std::string& device);
+// Loads the model and moves it to "cpu" or "cuda" (registering the CUDA backend on first use), with
+// weights "fp32" or "bf16" (store_weights_bf16: bf16 matrices and latent cache).
+std::unique_ptr<Model> load_model_on(const std::string& dir, const std::string& device,
+                                     const std::string& weights = "fp32");
+// The --weights option of generate and logits.
+inline constexpr const char* kWeightsHelp =
+    "fp32 (exact), or bf16: matrices and the latent cache in bf16 (embedding, routers, norms fp32)";
 // Registers the CUDA backend once (throws when this build has no CUDA or no device is visible).
 void ensure_cuda_backend();
 

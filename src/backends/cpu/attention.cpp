@@ -3,10 +3,15 @@
 #include <vector>
 
 #include "backends/cpu/cpu_ops.h"
+#include "core/dtype.h"
 
 namespace dsv::ops::cpu {
+namespace {
+float widen(float v) { return v; }
+float widen(uint16_t v) { return bf16_to_f32(v); }
 
-void attention(const AttentionParams& p) {
+template <typename KV>
+void attention_impl(const AttentionParams& p, const KV* keys, const KV* values) {
   const int64_t past = p.S - p.T, Hkv = p.Hkv ? p.Hkv : p.H;
   const int64_t ks = p.k_stride ? p.k_stride : Hkv * p.Dqk, vs = p.v_stride ? p.v_stride : Hkv * p.Dv;
   std::vector<float> scores(static_cast<size_t>(p.S));
@@ -16,9 +21,9 @@ void attention(const AttentionParams& p) {
       const float* q = p.q + (t * p.H + h) * p.Dqk;
       float max_score = -std::numeric_limits<float>::infinity();
       for (int64_t s = 0; s < visible; ++s) {
-        const float* k = p.k + s * ks + (h % Hkv) * p.Dqk;
+        const KV* k = keys + s * ks + (h % Hkv) * p.Dqk;
         float dot = 0.0f;
-        for (int64_t d = 0; d < p.Dqk; ++d) dot += q[d] * k[d];
+        for (int64_t d = 0; d < p.Dqk; ++d) dot += q[d] * widen(k[d]);
         scores[s] = dot * p.scale;
         max_score = std::max(max_score, scores[s]);
       }
@@ -32,11 +37,17 @@ void attention(const AttentionParams& p) {
       for (int64_t d = 0; d < p.Dv; ++d) out[d] = 0.0f;
       for (int64_t s = 0; s < visible; ++s) {
         const float w = scores[s] * inv;
-        const float* v = p.v + s * vs + (h % Hkv) * p.Dv;
-        for (int64_t d = 0; d < p.Dv; ++d) out[d] += w * v[d];
+        const KV* v = values + s * vs + (h % Hkv) * p.Dv;
+        for (int64_t d = 0; d < p.Dv; ++d) out[d] += w * widen(v[d]);
       }
     }
   }
+}
+}  // namespace
+
+void attention(const AttentionParams& p) {
+  if (p.k_bf16) return attention_impl(p, p.k_bf16, p.v_bf16);
+  attention_impl(p, p.k, p.v);
 }
 
 }  // namespace dsv::ops::cpu

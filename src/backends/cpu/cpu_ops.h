@@ -18,6 +18,7 @@ void gather_rows(const RowsParams& p);
 void scatter_add_rows(const RowsParams& p);
 void fill_random(const FillRandomParams& p);
 void moe_experts(const MoeExpertsParams& p);
+void cast(const CastParams& p);
 
 // Training ops.
 void linear_weight_grad(const LinearWeightGradParams& p);

@@ -56,9 +56,12 @@ void reset_peak_memory();
 // Call once before using the CUDA backend (the CLI and the GPU tests do).
 void register_cuda_backend();
 
-// fp32 linear through cuBLASLt (TF32 off: exact fp32 products, the CPU op's twin). Host code in
-// linear.cpp; the handle is created once per thread.
+// linear through cuBLASLt (fp32 weights: TF32 off gives exact fp32 products, the CPU op's twin; bf16
+// weights: bf16 tensor cores). Host code in linear.cpp; the handle is created once per thread.
 cudaError_t linear(const LinearParams& p, cudaStream_t stream);
+// bf16-weight products by GEMV kernels, 8 rows of x per pass (linear_bf16.cu): decode-sized M.
+cudaError_t linear_bf16_rows(const LinearParams& p, cudaStream_t stream);
+cudaError_t cast(const CastParams& p, cudaStream_t stream);
 
 // ---- Training ops (twins of the CPU reference ops; same Params, device pointers). ----
 // Unless noted, results do not depend on launch timing (fixed reduction orders, no atomics).

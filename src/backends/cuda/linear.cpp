@@ -1,7 +1,10 @@
-// fp32 linear through cuBLASLt: y[M, N] (+)= x[M, K] . w[N, K]^T (+ bias), row-major. cuBLASLt is
+// linear through cuBLASLt: y[M, N] (+)= x[M, K] . w[N, K]^T (+ bias), row-major. cuBLASLt is
 // column-major, so we compute y^T[N, M] = w[N, K] . x^T: A = w (transposed view), B = x.
+// bf16 weights: up to kGemvMaxRows rows go to the GEMV kernels (linear_bf16.cu); more rows are cast
+// to a bf16 scratch and multiplied on bf16 tensor cores with fp32 accumulation and output.
 #include <cublasLt.h>
 
+#include <cstdio>
 #include <utility>
 
 #include "backends/cuda/cuda_ops.h"
@@ -43,12 +46,29 @@ cublasComputeType_t compute_type() {
 
 cudaError_t add_bias(const LinearParams& p, cudaStream_t stream);  // bias.cu
 
+namespace {
+// Decode-sized products read bf16 weights once in the GEMV kernels; above this, tensor cores win.
+constexpr int64_t kGemvMaxRows = 8;
+}  // namespace
+
 cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   const int64_t xs = p.x_stride ? p.x_stride : p.K, ys = p.y_stride ? p.y_stride : p.N;
+  const bool bf16 = p.w_bf16 != nullptr;
+  if (bf16 && (p.M <= kGemvMaxRows || p.K == 0)) return linear_bf16_rows(p, stream);
+  void* x_bf16 = nullptr;  // bf16(x) over the span of x the product reads, same strides
+  if (bf16) {
+    const int64_t span = (p.batch - 1) * p.x_batch_stride + (p.M - 1) * xs + p.K;
+    x_bf16 = cached_allocate(static_cast<size_t>(span) * 2);
+    if (!x_bf16) return cudaErrorMemoryAllocation;
+    const cudaError_t e = cast({.x = p.x, .y = x_bf16, .n = span, .to_bf16 = true}, stream);
+    if (e != cudaSuccess) return e;
+  }
+  const cudaDataType_t in_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cublasComputeType_t compute = bf16 ? CUBLAS_COMPUTE_32F : compute_type();
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  if (cublasLtMatmulDescCreate(&op, compute_type(), CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
+  if (cublasLtMatmulDescCreate(&op, compute, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
   // Row-major w[N, K] is column-major [K, N] (ld K): transpose it. Row-major w[K, N]
   // (w_transposed) is column-major [N, K] (ld N): use it as is.
   const cublasOperation_t transa = p.w_transposed ? CUBLAS_OP_N : CUBLAS_OP_T, transb = CUBLAS_OP_N;
@@ -56,9 +76,9 @@ cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
   cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof transb);
   // Column-major views: w is [K, N] with ld K (transposed -> [N, K]); x^T is [K, M] with ld xs;
   // y^T is [N, M] with ld ys.
-  if (p.w_transposed) cublasLtMatrixLayoutCreate(&a, CUDA_R_32F, p.N, p.K, p.N);
-  else cublasLtMatrixLayoutCreate(&a, CUDA_R_32F, p.K, p.N, p.K);
-  cublasLtMatrixLayoutCreate(&b, CUDA_R_32F, p.K, p.M, xs);
+  if (p.w_transposed) cublasLtMatrixLayoutCreate(&a, in_type, p.N, p.K, p.N);
+  else cublasLtMatrixLayoutCreate(&a, in_type, p.K, p.N, p.K);
+  cublasLtMatrixLayoutCreate(&b, in_type, p.K, p.M, xs);
   cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, p.N, p.M, ys);
   if (p.batch > 1) {  // strided batch: one launch for all heads
     const int32_t count = static_cast<int32_t>(p.batch);
@@ -69,12 +89,24 @@ cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
     }
   }
   const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
+  const void* w = bf16 ? static_cast<const void*>(p.w_bf16) : p.w;
+  const void* x = bf16 ? x_bf16 : p.x;
   const cublasStatus_t status =
-      cublasLtMatmul(lt_handle(), op, &alpha, p.w, a, p.x, b, &beta, p.y, c, p.y, c, nullptr, lt().workspace, workspace_bytes(), stream);
+      cublasLtMatmul(lt_handle(), op, &alpha, w, a, x, b, &beta, p.y, c, p.y, c, nullptr, lt().workspace, workspace_bytes(), stream);
   cublasLtMatrixLayoutDestroy(a);
   cublasLtMatrixLayoutDestroy(b);
   cublasLtMatrixLayoutDestroy(c);
   cublasLtMatmulDescDestroy(op);
+  if (x_bf16) cached_release(x_bf16);  // stream-ordered reuse (one stream)
+  // Shapes the bf16 tensor-core kernels refuse (odd strides) take the GEMV kernels, 8 rows a pass.
+  if (bf16 && status == CUBLAS_STATUS_NOT_SUPPORTED) {
+    static bool warned = false;  // slow for many rows: say so once
+    if (!warned) std::fprintf(stderr, "warning: cuBLASLt has no bf16 kernel for a %ldx%ldx%ld product (batch %ld); "
+                                      "using the GEMV kernels\n", static_cast<long>(p.M), static_cast<long>(p.N),
+                              static_cast<long>(p.K), static_cast<long>(p.batch));
+    warned = true;
+    return linear_bf16_rows(p, stream);
+  }
   if (status != CUBLAS_STATUS_SUCCESS) return cudaErrorUnknown;
   if (!p.bias) return cudaSuccess;
   for (int64_t i = 0; i < p.batch; ++i) {  // biases are rare here (attention_bias): a loop is fine

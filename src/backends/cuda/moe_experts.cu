@@ -1,17 +1,14 @@
 // Routed experts for few tokens (decode): GEMV-shaped kernels reading each selected expert's weights
 // once per (token, slot) pair through device pointer tables, so the routing never leaves the GPU.
-// Memory-bound: each warp streams one weight row with 16-byte loads when rows are 4-aligned.
+// Memory-bound: each warp streams one weight row with 16-byte loads when rows are 4-aligned (fp32)
+// or 8-aligned (bf16 tables, through lane_dots_bf16).
+#include "backends/cuda/bf16_dot.cuh"
 #include "backends/cuda/cuda_ops.h"
 
 namespace dsv::ops::cuda {
 namespace {
 
 constexpr int kWarps = 8;
-
-__device__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // dot(a, b) over n by one warp; vectorized when both are 16-byte aligned and n % 4 == 0.
 __device__ float warp_dot(const float* a, const float* b, int64_t n) {
@@ -53,6 +50,32 @@ __global__ void experts_down_kernel(MoeExpertsParams p) {
   if (threadIdx.x % 32 == 0) p.scratch[p.T * p.K * p.F + pair * p.D + d] = v;
 }
 
+// The same two products with bf16 weights: x and h rounded to bf16 before the products.
+__global__ void experts_up_bf16_kernel(MoeExpertsParams p) {
+  const int64_t pair = blockIdx.y;
+  const int64_t f = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (f >= p.F) return;
+  const int32_t e = p.indices[pair];
+  const float* x = p.x + (pair / p.K) * p.D;
+  const uint16_t* rows[2] = {p.gate_bf16[e] + f * p.D, p.up_bf16[e] + f * p.D};
+  float acc[1][2] = {};
+  lane_dots_bf16<1, 2>(x, p.D, rows, p.D, acc);
+  const float gs = warp_sum(acc[0][0]), us = warp_sum(acc[0][1]);
+  if (threadIdx.x % 32 == 0) p.scratch[pair * p.F + f] = (gs / (1.0f + __expf(-gs))) * us;
+}
+
+__global__ void experts_down_bf16_kernel(MoeExpertsParams p) {
+  const int64_t pair = blockIdx.y;
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (d >= p.D) return;
+  const int32_t e = p.indices[pair];
+  const uint16_t* rows[1] = {p.down_bf16[e] + d * p.F};
+  float acc[1][1] = {};
+  lane_dots_bf16<1, 1>(p.scratch + pair * p.F, p.F, rows, p.F, acc);
+  const float v = warp_sum(acc[0][0]);
+  if (threadIdx.x % 32 == 0) p.scratch[p.T * p.K * p.F + pair * p.D + d] = v;
+}
+
 // out[t, d] = sum_k weights[t, k] * y[t*K + k, d], k ascending (deterministic, no atomics).
 __global__ void experts_combine_kernel(MoeExpertsParams p) {
   const float* y = p.scratch + p.T * p.K * p.F;
@@ -69,8 +92,15 @@ __global__ void experts_combine_kernel(MoeExpertsParams p) {
 
 cudaError_t moe_experts(const MoeExpertsParams& p, cudaStream_t s) {
   const unsigned pairs = static_cast<unsigned>(p.T * p.K);
-  experts_up_kernel<<<dim3(static_cast<unsigned>((p.F + kWarps - 1) / kWarps), pairs), kWarps * 32, 0, s>>>(p);
-  experts_down_kernel<<<dim3(static_cast<unsigned>((p.D + kWarps - 1) / kWarps), pairs), kWarps * 32, 0, s>>>(p);
+  const dim3 up_grid(static_cast<unsigned>((p.F + kWarps - 1) / kWarps), pairs);
+  const dim3 down_grid(static_cast<unsigned>((p.D + kWarps - 1) / kWarps), pairs);
+  if (p.gate_bf16) {
+    experts_up_bf16_kernel<<<up_grid, kWarps * 32, 0, s>>>(p);
+    experts_down_bf16_kernel<<<down_grid, kWarps * 32, 0, s>>>(p);
+  } else {
+    experts_up_kernel<<<up_grid, kWarps * 32, 0, s>>>(p);
+    experts_down_kernel<<<down_grid, kWarps * 32, 0, s>>>(p);
+  }
   const int64_t n = p.T * p.D, blocks = (n + 255) / 256;
   experts_combine_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(p);
   return cudaGetLastError();

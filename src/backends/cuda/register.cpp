@@ -25,7 +25,8 @@ void register_cuda_backend() {
   t.rope = [](const RopeParams& p, void* s) { check(rope(p, as_stream(s)), "rope"); };
   // TF32 products (train.tf32): attention on tensor cores too, where the shapes allow.
   t.attention = [](const AttentionParams& p, void* s) {
-    if (matmul_precision() == MatmulPrecision::Tf32 && flash_attention_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S))
+    if (matmul_precision() == MatmulPrecision::Tf32 && !p.k_bf16 &&
+        flash_attention_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S))
       return check(flash_attention(p, as_stream(s)), "flash_attention");
     check(attention(p, as_stream(s)), "attention");
   };
@@ -40,6 +41,7 @@ void register_cuda_backend() {
   };
   t.fill_random = [](const FillRandomParams& p, void* s) { check(fill_random(p, as_stream(s)), "fill_random"); };
   t.moe_experts = [](const MoeExpertsParams& p, void* s) { check(moe_experts(p, as_stream(s)), "moe_experts"); };
+  t.cast = [](const CastParams& p, void* s) { check(cast(p, as_stream(s)), "cast"); };
   t.linear_weight_grad = [](const LinearWeightGradParams& p, void* s) {
     check(linear_weight_grad(p, as_stream(s)), "linear_weight_grad");
   };

@@ -22,43 +22,49 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
   ops::Buffer<float> q(be, T * H * Dqk);
   if (Q > 0) {
     ops::Buffer<float> q_latent(be, T * Q);
-    ops::linear(ctx, {.x = x, .w = w.q_a_proj.data, .bias = w.q_a_proj_bias.data, .y = q_latent.data(), .M = T,
+    ops::linear(ctx, {.x = x, .w = w.q_a_proj.data, .w_bf16 = w.q_a_proj.bf16, .bias = w.q_a_proj_bias.data, .y = q_latent.data(), .M = T,
                       .N = Q, .K = D});
     ops::rmsnorm(ctx, {.x = q_latent.data(), .weight = w.q_a_layernorm.data, .y = q_latent.data(), .rows = T,
                        .dim = Q, .eps = static_cast<float>(kLatentNormEps)});
-    ops::linear(ctx, {.x = q_latent.data(), .w = w.q_b_proj.data, .y = q.data(), .M = T, .N = H * Dqk, .K = Q});
+    ops::linear(ctx, {.x = q_latent.data(), .w = w.q_b_proj.data, .w_bf16 = w.q_b_proj.bf16, .y = q.data(), .M = T, .N = H * Dqk, .K = Q});
   } else {
-    ops::linear(ctx, {.x = x, .w = w.q_proj.data, .y = q.data(), .M = T, .N = H * Dqk, .K = D});
+    ops::linear(ctx, {.x = x, .w = w.q_proj.data, .w_bf16 = w.q_proj.bf16, .y = q.data(), .M = T, .N = H * Dqk, .K = D});
   }
 
-  // Compressed KV: kv_a[T, C + R] = latent | shared rope key, written straight into the cache rows;
-  // normalize the latent, rope the key.
-  const int64_t base = cache.length;
+  // Compressed KV: kv_a[T, C + R] = latent | shared rope key, written straight into fp32 cache rows
+  // (or into fp32 rows then rounded into a bf16 cache); normalize the latent, rope the key.
+  const int64_t base = cache.length, width = cache.width;
   DSV_CHECK(base + T <= cache.capacity, "KV cache full: {} + {} tokens exceed its capacity of {}", base, T,
             cache.capacity);
-  float* cache_rows = cache.row(cache_layer, base);
-  ops::linear(ctx, {.x = x, .w = w.kv_a_proj.data, .bias = w.kv_a_proj_bias.data, .y = cache_rows, .M = T,
-                    .N = C + R, .K = D, .y_stride = cache.width});
+  ops::Buffer<float> fresh(be, cache.bf16 ? T * width : 0);
+  float* cache_rows = cache.bf16 ? fresh.data() : cache.row(cache_layer, base);
+  ops::linear(ctx, {.x = x, .w = w.kv_a_proj.data, .w_bf16 = w.kv_a_proj.bf16, .bias = w.kv_a_proj_bias.data,
+                    .y = cache_rows, .M = T, .N = C + R, .K = D, .y_stride = width});
   ops::rmsnorm(ctx, {.x = cache_rows, .weight = w.kv_a_layernorm.data, .y = cache_rows, .rows = T, .dim = C,
-                     .x_stride = cache.width, .y_stride = cache.width, .eps = static_cast<float>(kLatentNormEps)});
+                     .x_stride = width, .y_stride = width, .eps = static_cast<float>(kLatentNormEps)});
   ops::rope(ctx, {.x = q.data(), .cos = rope.cos.data(), .sin = rope.sin.data(), .tokens = T, .heads = H,
                   .rope_dim = R, .token_stride = H * Dqk, .head_stride = Dqk, .offset = Dn, .layout = c.rope_layout});
   ops::rope(ctx, {.x = cache_rows, .cos = rope.cos.data(), .sin = rope.sin.data(), .tokens = T, .heads = 1,
-                  .rope_dim = R, .token_stride = cache.width, .head_stride = cache.width, .offset = C,
-                  .layout = c.rope_layout});
+                  .rope_dim = R, .token_stride = width, .head_stride = width, .offset = C, .layout = c.rope_layout});
   emit(ctx, tap, "q", layer, q.data(), {T, H, Dqk});
   emit(ctx, tap, "kv_latent", layer, cache_rows, {T, C + R});
+  if (cache.bf16)
+    ops::cast(ctx, {.x = cache_rows, .y = cache.row_bf16(cache_layer, base), .n = T * width, .to_bf16 = true});
 
   const int64_t S = base + T;
   const float scale = static_cast<float>(c.softmax_scale());
-  const float* rows = cache.row(cache_layer, 0);
   ops::Buffer<float> attn(be, T * H * Dv);
   const bool absorbed = mode == MlaMode::Absorbed || (mode == MlaMode::Auto && T == 1);
+  // Expanded attention re-makes keys from fp32 rows: a bf16 cache is widened (all S rows, as stored).
+  ops::Buffer<float> widened(be, cache.bf16 && !absorbed ? S * width : 0);
+  if (widened.size())
+    ops::cast(ctx, {.x = cache.row_bf16(cache_layer, 0), .y = widened.data(), .n = S * width, .to_bf16 = false});
+  const float* rows = cache.bf16 ? widened.data() : cache.row(cache_layer, 0);
   if (!absorbed) {
     // Expanded: kv[S, H, Dn + Dv] = latent . kv_b^T, then k[S, H, Dn + R] = [k_nope ; shared k_rope]
     // and v[S, H, Dv].
     ops::Buffer<float> kv(be, S * H * (Dn + Dv)), k(be, S * H * Dqk), v(be, S * H * Dv);
-    ops::linear(ctx, {.x = rows, .w = w.kv_b_proj.data, .y = kv.data(), .M = S, .N = H * (Dn + Dv), .K = C,
+    ops::linear(ctx, {.x = rows, .w = w.kv_b_proj.data, .w_bf16 = w.kv_b_proj.bf16, .y = kv.data(), .M = S, .N = H * (Dn + Dv), .K = C,
                       .x_stride = cache.width});
     if (Dn > 0)
       ops::copy2d(ctx, {.src = kv.data(), .dst = k.data(), .rows = S * H, .cols = Dn, .src_stride = Dn + Dv,
@@ -78,7 +84,7 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
     //   out[t, h]   = W_UV[h] o_lat[t, h]                                  [Dv]
     ops::Buffer<float> q_lat(be, T * H * (C + R)), o_lat(be, T * H * C);
     if (Dn > 0)  // per head: q_lat[:, h, :C] = q_nope[:, h] . W_UK[h], W_UK[h] = kv_b rows [h(Dn+Dv), +Dn) as [Dn, C]
-      ops::linear(ctx, {.x = q.data(), .w = w.kv_b_proj.data, .y = q_lat.data(), .M = T, .N = C, .K = Dn,
+      ops::linear(ctx, {.x = q.data(), .w = w.kv_b_proj.data, .w_bf16 = w.kv_b_proj.bf16, .y = q_lat.data(), .M = T, .N = C, .K = Dn,
                         .x_stride = H * Dqk, .y_stride = H * (C + R), .w_transposed = true, .batch = H,
                         .x_batch_stride = Dqk, .w_batch_stride = (Dn + Dv) * C, .y_batch_stride = C + R});
     else
@@ -86,16 +92,17 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
                         .dst_stride = C + R});
     ops::copy2d(ctx, {.src = q.data() + Dn, .dst = q_lat.data() + C, .rows = T * H, .cols = R, .src_stride = Dqk,
                       .dst_stride = C + R});
-    ops::attention(ctx, {.q = q_lat.data(), .k = rows, .v = rows, .out = o_lat.data(), .T = T, .S = S, .H = H,
-                         .Dqk = C + R, .Dv = C, .Hkv = 1, .k_stride = cache.width, .v_stride = cache.width,
-                         .scale = scale});
+    const uint16_t* rows_bf16 = cache.bf16 ? cache.row_bf16(cache_layer, 0) : nullptr;
+    ops::attention(ctx, {.q = q_lat.data(), .k = rows, .v = rows, .k_bf16 = rows_bf16, .v_bf16 = rows_bf16,
+                         .out = o_lat.data(), .T = T, .S = S, .H = H, .Dqk = C + R, .Dv = C, .Hkv = 1,
+                         .k_stride = width, .v_stride = width, .scale = scale});
     // per head: out[:, h] = o_lat[:, h] . W_UV[h]^T, W_UV[h] = kv_b rows [h(Dn+Dv) + Dn, +Dv) as [Dv, C]
-    ops::linear(ctx, {.x = o_lat.data(), .w = w.kv_b_proj.data + Dn * C, .y = attn.data(), .M = T, .N = Dv, .K = C,
+    ops::linear(ctx, {.x = o_lat.data(), .w = w.kv_b_proj.f32_at(Dn * C), .w_bf16 = w.kv_b_proj.bf16_at(Dn * C), .y = attn.data(), .M = T, .N = Dv, .K = C,
                       .x_stride = H * C, .y_stride = H * Dv, .batch = H, .x_batch_stride = C,
                       .w_batch_stride = (Dn + Dv) * C, .y_batch_stride = Dv});
   }
   emit(ctx, tap, "attn_heads", layer, attn.data(), {T, H, Dv});
-  ops::linear(ctx, {.x = attn.data(), .w = w.o_proj.data, .bias = w.o_proj_bias.data, .y = out, .M = T, .N = D,
+  ops::linear(ctx, {.x = attn.data(), .w = w.o_proj.data, .w_bf16 = w.o_proj.bf16, .bias = w.o_proj_bias.data, .y = out, .M = T, .N = D,
                     .K = H * Dv});
 }
 

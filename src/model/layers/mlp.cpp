@@ -8,10 +8,10 @@ void mlp(const ops::Context& ctx, const ModelConfig& c, const MlpWeights& w, con
          bool accumulate) {
   const int64_t D = c.hidden_size, F = w.gate_proj.dim(0);
   ops::Buffer<float> gate(ctx.backend, T * F), up(ctx.backend, T * F);
-  ops::linear(ctx, {.x = x, .w = w.gate_proj.data, .bias = w.gate_bias.data, .y = gate.data(), .M = T, .N = F, .K = D});
-  ops::linear(ctx, {.x = x, .w = w.up_proj.data, .bias = w.up_bias.data, .y = up.data(), .M = T, .N = F, .K = D});
+  ops::linear(ctx, {.x = x, .w = w.gate_proj.data, .w_bf16 = w.gate_proj.bf16, .bias = w.gate_bias.data, .y = gate.data(), .M = T, .N = F, .K = D});
+  ops::linear(ctx, {.x = x, .w = w.up_proj.data, .w_bf16 = w.up_proj.bf16, .bias = w.up_bias.data, .y = up.data(), .M = T, .N = F, .K = D});
   ops::swiglu(ctx, {.gate = gate.data(), .up = up.data(), .out = gate.data(), .n = T * F});
-  ops::linear(ctx, {.x = gate.data(), .w = w.down_proj.data, .bias = w.down_bias.data, .y = out, .M = T, .N = D,
+  ops::linear(ctx, {.x = gate.data(), .w = w.down_proj.data, .w_bf16 = w.down_proj.bf16, .bias = w.down_bias.data, .y = out, .M = T, .N = D,
                     .K = F, .accumulate = accumulate});
 }
 

@@ -30,12 +30,13 @@ void moe(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, con
                    .routed_scaling_factor = static_cast<float>(c.routed_scaling_factor)});
   emit(ctx, tap, "router_logits", layer, logits.data(), {T, E});
 
-  if (T <= kFusedMaxTokens && w.gate_table) {
+  if (T <= kFusedMaxTokens && (w.gate_table || w.gate_table_bf16)) {
     // Few tokens (decode): every (token, slot) pair reads its expert's weights on the device.
     const int64_t F = c.moe_intermediate_size;
     ops::Buffer<float> scratch(be, T * K * (F + D));
     ops::moe_experts(ctx, {.x = x, .indices = indices.data(), .weights = weights.data(), .gate = w.gate_table,
-                           .up = w.up_table, .down = w.down_table, .scratch = scratch.data(), .out = out, .T = T,
+                           .up = w.up_table, .down = w.down_table, .gate_bf16 = w.gate_table_bf16,
+                           .up_bf16 = w.up_table_bf16, .down_bf16 = w.down_table_bf16, .scratch = scratch.data(), .out = out, .T = T,
                            .K = K, .D = D, .F = F});
   } else {
     routed_by_expert(ctx, c, w, x, T, indices, weights, out);

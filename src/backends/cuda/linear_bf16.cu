@@ -1,0 +1,115 @@
+// bf16-weight products for few rows (decode): y[m, n] (+)= bf16(x[m]) . w[n] (+ bias[n]), one warp
+// per output column n, up to 8 rows of x per pass, fp32 accumulation. Memory-bound by design: the
+// weights are read once per pass at close to the copy bandwidth. Also the fp32 <-> bf16 casts.
+// linear.cpp sends larger products to cuBLASLt (bf16 tensor cores).
+#include "backends/cuda/bf16_dot.cuh"
+#include "backends/cuda/cuda_ops.h"
+
+namespace dsv::ops::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kRowsPerWarp = 4;  // weight rows per warp: each x chunk is read once for all of them
+constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
+
+// w[N, K] row-major. Grid: (ceil(N / kRowsPerBlock), batch); rows [m0, m0 + M) of x.
+template <int M>
+__global__ void gemv_bf16_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t m0) {
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x / 32) * kRowsPerWarp;
+  if (n0 >= p.N) return;
+  const int64_t b = blockIdx.y;
+  const float* x = p.x + b * p.x_batch_stride + m0 * xs;
+  const uint16_t* w = p.w_bf16 + b * p.w_batch_stride;
+  const uint16_t* rows[kRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) rows[r] = w + (n0 + r < p.N ? n0 + r : n0) * p.K;  // past N: re-read n0
+  float acc[M][kRowsPerWarp] = {};
+  lane_dots_bf16<M, kRowsPerWarp>(x, xs, rows, p.K, acc);
+  float* y = p.y + b * p.y_batch_stride + m0 * ys;
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t n = n0 + r;
+    const float bias = p.bias && n < p.N ? p.bias[b * p.bias_batch_stride + n] : 0.0f;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const float v = warp_sum(acc[m][r]) + bias;
+      if (threadIdx.x % 32 == 0 && n < p.N) y[m * ys + n] = p.accumulate ? y[m * ys + n] + v : v;
+    }
+  }
+}
+
+// w[K, N] row-major (w_transposed): one thread per (n, up to 8 rows), k sequential, coalesced over n.
+template <int M>
+__global__ void gemv_bf16_transposed_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t m0) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= p.N) return;
+  const int64_t b = blockIdx.y;
+  const float* x = p.x + b * p.x_batch_stride + m0 * xs;
+  const uint16_t* w = p.w_bf16 + b * p.w_batch_stride + n;
+  float acc[M] = {};
+  for (int64_t k = 0; k < p.K; ++k) {
+    const float wk = __uint_as_float(static_cast<uint32_t>(__ldg(w + k * p.N)) << 16);
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[m] += round_bf16(__ldg(x + m * xs + k)) * wk;
+  }
+  float* y = p.y + b * p.y_batch_stride + m0 * ys + n;
+  const float bias = p.bias ? p.bias[b * p.bias_batch_stride + n] : 0.0f;
+#pragma unroll
+  for (int m = 0; m < M; ++m) y[m * ys] = p.accumulate ? y[m * ys] + acc[m] + bias : acc[m] + bias;
+}
+
+template <int M>
+void launch_rows(const LinearParams& p, int64_t xs, int64_t ys, int64_t m0, cudaStream_t s) {
+  const unsigned batch = static_cast<unsigned>(p.batch);
+  if (p.w_transposed) {
+    gemv_bf16_transposed_kernel<M><<<dim3(static_cast<unsigned>((p.N + 127) / 128), batch), 128, 0, s>>>(p, xs, ys, m0);
+  } else {
+    gemv_bf16_kernel<M><<<dim3(static_cast<unsigned>((p.N + kRowsPerBlock - 1) / kRowsPerBlock), batch), kWarps * 32,
+                          0, s>>>(p, xs, ys, m0);
+  }
+}
+
+__global__ void cast_to_bf16_kernel(const float* __restrict__ x, __nv_bfloat16* __restrict__ y, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = __float2bfloat16_rn(x[i]);
+}
+
+__global__ void cast_to_f32_kernel(const uint16_t* __restrict__ x, float* __restrict__ y, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = __uint_as_float(static_cast<uint32_t>(x[i]) << 16);
+}
+
+}  // namespace
+
+cudaError_t linear_bf16_rows(const LinearParams& p, cudaStream_t stream) {
+  if (p.M == 0 || p.N == 0) return cudaSuccess;
+  const int64_t xs = p.x_stride ? p.x_stride : p.K, ys = p.y_stride ? p.y_stride : p.N;
+  int64_t m0 = 0;
+  for (; m0 + 8 <= p.M; m0 += 8) launch_rows<8>(p, xs, ys, m0, stream);
+  switch (p.M - m0) {
+    case 0: break;
+    case 1: launch_rows<1>(p, xs, ys, m0, stream); break;
+    case 2: launch_rows<2>(p, xs, ys, m0, stream); break;
+    case 3: launch_rows<3>(p, xs, ys, m0, stream); break;
+    case 4: launch_rows<4>(p, xs, ys, m0, stream); break;
+    case 5: launch_rows<5>(p, xs, ys, m0, stream); break;
+    case 6: launch_rows<6>(p, xs, ys, m0, stream); break;
+    default: launch_rows<7>(p, xs, ys, m0, stream); break;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t cast(const CastParams& p, cudaStream_t stream) {
+  if (p.n == 0) return cudaSuccess;
+  const int64_t blocks = (p.n + 255) / 256;
+  const unsigned grid = static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16);
+  if (p.to_bf16)
+    cast_to_bf16_kernel<<<grid, 256, 0, stream>>>(static_cast<const float*>(p.x), static_cast<__nv_bfloat16*>(p.y), p.n);
+  else
+    cast_to_f32_kernel<<<grid, 256, 0, stream>>>(static_cast<const uint16_t*>(p.x), static_cast<float*>(p.y), p.n);
+  return cudaGetLastError();
+}
+
+}  // namespace dsv::ops::cuda

@@ -1,0 +1,155 @@
+// bf16 inference ops on the GPU against their CPU twins: bf16-weight linear (GEMV kernels for few
+// rows, bf16 tensor cores for more, batched and transposed forms), routed experts with bf16 tables,
+// attention over a bf16 latent cache (decode split-key and prefill kernels), and the casts.
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <vector>
+
+#include "backends/cpu/cpu_ops.h"
+#include "backends/cuda/cuda_ops.h"
+#include "core/dtype.h"
+#include "cuda_test_util.h"
+
+namespace dsv::ops {
+namespace {
+
+using namespace test;
+
+class CudaBf16 : public CudaTest {};
+
+std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = f32_to_bf16(v[i]);
+  return out;
+}
+
+TEST_F(CudaBf16, CastMatchesCpuBitForBit) {
+  auto x = randn(100003, 1, 0.0f, 1e3f);
+  x[0] = NAN;
+  x[1] = INFINITY;
+  x[2] = 3.4e38f;
+  x[3] = 1.0f + 1.0f / 256;
+  std::vector<uint16_t> want(x.size());
+  cpu::cast({.x = x.data(), .y = want.data(), .n = static_cast<int64_t>(x.size()), .to_bf16 = true});
+  Dev<float> dx(x);
+  Dev<uint16_t> dh(std::vector<uint16_t>(x.size(), 0));
+  Dev<float> back(nans(x.size()));
+  CUDA_OK(cuda::cast({.x = dx.ptr, .y = dh.ptr, .n = static_cast<int64_t>(x.size()), .to_bf16 = true}, 0));
+  CUDA_OK(cuda::cast({.x = dh.ptr, .y = back.ptr, .n = static_cast<int64_t>(x.size()), .to_bf16 = false}, 0));
+  CUDA_OK(cudaDeviceSynchronize());
+  const auto got = dh.download();
+  for (size_t i = 1; i < x.size(); ++i) ASSERT_EQ(got[i], want[i]) << i;
+  EXPECT_TRUE(std::isnan(back.download()[0]));
+  EXPECT_EQ(back.download()[5], bf16_to_f32(want[5]));
+}
+
+TEST_F(CudaBf16, LinearMatchesCpu) {
+  struct Case { int64_t M, N, K, batch; bool transposed, bias, accumulate; int64_t x_pad; };
+  for (const Case& c : {Case{1, 2048, 2048, 1, false, false, false, 0},  // decode GEMV
+                        Case{1, 577, 1536, 1, false, true, true, 4},     // odd N, strided x
+                        Case{3, 40, 13, 1, false, true, false, 1},       // K % 8 != 0: scalar lanes
+                        Case{8, 300, 264, 1, false, false, true, 0},     // a full GEMV pass
+                        Case{11, 129, 96, 1, false, true, false, 0},     // tensor cores
+                        Case{257, 384, 512, 1, false, false, true, 8},   // prefill-sized
+                        Case{1, 512, 128, 16, true, false, false, 64},   // q . W_UK per head (decode)
+                        Case{20, 512, 128, 4, true, false, false, 64},   // the same, prefill
+                        Case{1, 128, 512, 16, false, false, false, 0},   // o . W_UV^T per head
+                        Case{9, 24, 40, 3, false, true, true, 0}}) {
+    SCOPED_TRACE(testing::Message() << c.M << "x" << c.N << "x" << c.K << " batch " << c.batch
+                                    << (c.transposed ? " transposed" : ""));
+    const int64_t xs = c.K + c.x_pad, xbs = c.M * xs, wbs = c.N * c.K, ybs = c.M * c.N;
+    const auto x = randn(c.batch * xbs, 1 + c.M), b = randn(c.batch * c.N, 3);
+    const auto w = to_bf16(randn(c.batch * wbs, 2 + c.N));
+    auto want = randn(c.batch * ybs, 4);
+    Dev<float> dx(x), db(b), dy(want);
+    Dev<uint16_t> dw(w);
+    LinearParams p{.x = x.data(), .w_bf16 = w.data(), .bias = c.bias ? b.data() : nullptr, .y = want.data(),
+                   .M = c.M, .N = c.N, .K = c.K, .x_stride = xs, .accumulate = c.accumulate,
+                   .w_transposed = c.transposed, .batch = c.batch, .x_batch_stride = xbs, .w_batch_stride = wbs,
+                   .y_batch_stride = ybs, .bias_batch_stride = c.N};
+    cpu::linear(p);
+    p.x = dx.ptr;
+    p.w_bf16 = dw.ptr;
+    p.bias = c.bias ? db.ptr : nullptr;
+    p.y = dy.ptr;
+    CUDA_OK(cuda::linear(p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LE(rel_l2(dy.download(), want), 1e-5);  // the same rounded operands, fp32 sums in another order
+  }
+}
+
+TEST_F(CudaBf16, MoeExpertsMatchCpu) {
+  struct Case { int64_t T, K, E, D, F; };
+  for (const Case& c : {Case{1, 6, 64, 2048, 1408}, Case{3, 8, 16, 96, 40}, Case{2, 2, 3, 13, 7}}) {
+    SCOPED_TRACE(testing::Message() << "T" << c.T << " K" << c.K << " D" << c.D << " F" << c.F);
+    std::vector<std::vector<uint16_t>> mats;  // gate, up, down per expert
+    for (int64_t e = 0; e < c.E; ++e) {
+      mats.push_back(to_bf16(randn(c.F * c.D, 100 + e, 0.0f, 0.05f)));
+      mats.push_back(to_bf16(randn(c.F * c.D, 200 + e, 0.0f, 0.05f)));
+      mats.push_back(to_bf16(randn(c.D * c.F, 300 + e, 0.0f, 0.05f)));
+    }
+    const auto x = randn(c.T * c.D, 7), w = randn(c.T * c.K, 8);
+    std::vector<int32_t> idx(c.T * c.K);
+    for (size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int32_t>((i * 7 + 3) % c.E);
+    std::vector<const uint16_t*> hg, hu, hd, dg, du, dd;
+    std::vector<std::unique_ptr<Dev<uint16_t>>> keep;
+    for (int64_t e = 0; e < c.E; ++e) {
+      hg.push_back(mats[3 * e].data());
+      hu.push_back(mats[3 * e + 1].data());
+      hd.push_back(mats[3 * e + 2].data());
+      for (int j = 0; j < 3; ++j) keep.push_back(std::make_unique<Dev<uint16_t>>(mats[3 * e + j]));
+      dg.push_back(keep[3 * e]->ptr);
+      du.push_back(keep[3 * e + 1]->ptr);
+      dd.push_back(keep[3 * e + 2]->ptr);
+    }
+    std::vector<float> scratch(c.T * c.K * (c.F + c.D)), want(c.T * c.D);
+    MoeExpertsParams p{.x = x.data(), .indices = idx.data(), .weights = w.data(), .gate_bf16 = hg.data(),
+                       .up_bf16 = hu.data(), .down_bf16 = hd.data(), .scratch = scratch.data(), .out = want.data(),
+                       .T = c.T, .K = c.K, .D = c.D, .F = c.F};
+    cpu::moe_experts(p);
+    Dev<const uint16_t*> tg(dg), tu(du), td(dd);
+    Dev<int32_t> didx(idx);
+    Dev<float> dx(x), dw(w), dscratch(scratch), dout(nans(want.size()));
+    p.x = dx.ptr;
+    p.indices = didx.ptr;
+    p.weights = dw.ptr;
+    p.gate_bf16 = tg.ptr;
+    p.up_bf16 = tu.ptr;
+    p.down_bf16 = td.ptr;
+    p.scratch = dscratch.ptr;
+    p.out = dout.ptr;
+    CUDA_OK(cuda::moe_experts(p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LE(rel_l2(dout.download(), want), 1e-5);
+  }
+}
+
+TEST_F(CudaBf16, AbsorbedAttentionOverBf16CacheMatchesCpu) {
+  // q_lat [T, H, C + R] over latent rows [S, C + R] (k) whose first C values are v, as MLA decodes.
+  struct Case { int64_t T, S, H, C, R; };
+  for (const Case& c : {Case{1, 700, 16, 512, 64}, Case{1, 40, 4, 32, 8}, Case{5, 300, 3, 24, 8},
+                        Case{64, 64, 2, 16, 8}}) {
+    SCOPED_TRACE(testing::Message() << "T" << c.T << " S" << c.S << " H" << c.H);
+    const int64_t W = c.C + c.R;
+    const auto q = randn(c.T * c.H * W, 11, 0.0f, 0.1f);
+    const auto rows = to_bf16(randn(c.S * W, 12));
+    std::vector<float> want(c.T * c.H * c.C);
+    AttentionParams p{.q = q.data(), .k_bf16 = rows.data(), .v_bf16 = rows.data(), .out = want.data(), .T = c.T,
+                      .S = c.S, .H = c.H, .Dqk = W, .Dv = c.C, .Hkv = 1, .k_stride = W, .v_stride = W,
+                      .scale = 0.07f};
+    cpu::attention(p);
+    Dev<float> dq(q), dout(nans(want.size()));
+    Dev<uint16_t> drows(rows);
+    p.q = dq.ptr;
+    p.k_bf16 = drows.ptr;
+    p.v_bf16 = drows.ptr;
+    p.out = dout.ptr;
+    CUDA_OK(cuda::attention(p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LE(rel_l2(dout.download(), want), 1e-5);
+  }
+}
+
+}  // namespace
+}  // namespace dsv::ops
