@@ -28,6 +28,12 @@ if(NOT l_size EQUAL 2176)
   message(FATAL_ERROR "logits.npy has ${l_size} bytes, expected 2176")
 endif()
 expect_ok(${DSV} generate --model ${FIXTURE} --prompt-ids 3,4,5 --max-new-tokens 5 --temperature 0.7 --top-p 0.9 --seed 1)
+# bf16 inference (matrices and latent cache in bf16) on the CPU; a bad --weights is refused.
+expect_ok(${DSV} generate --model ${FIXTURE} --prompt-ids 3,4,5 --max-new-tokens 5 --weights bf16)
+expect_ok(${DSV} logits --model ${FIXTURE} --ids 3,4,5 --out ${WORK}/logits_bf16.npy --weights bf16)
+expect_fail("--weights f16: expected" ${DSV} generate --model ${FIXTURE} --prompt-ids 3 --weights f16)
+expect_fail("--weights int8: expected bf16 or fp32" ${DSV} bench infer --config ${SRC}/models/tiny/config.json
+            --device cpu --weights int8)
 
 expect_ok(${DSV} bench infer --config ${SRC}/models/tiny/config.json --prompt-len 8 --gen-len 2 --device cpu
           --json ${WORK}/bench.json)
