@@ -30,6 +30,9 @@ inline uint16_t f32_to_bf16(float f) {
   return static_cast<uint16_t>((bits + rounding) >> 16);
 }
 
+// The fp32 value of f rounded to bf16 (what a bf16 product input holds).
+inline float round_to_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+
 float f16_to_f32(uint16_t h);
 // OCP FP8 E4M3 (fn variant: no infinities, 0x7f/0xff are NaN), as torch.float8_e4m3fn.
 float e4m3_to_f32(uint8_t v);

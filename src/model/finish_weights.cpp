@@ -1,40 +1,37 @@
+#include <array>
+#include <vector>
+
 #include "model/model.h"
 
 namespace dsv {
 namespace {
+// Device tables of the experts' gate, up and down pointers, read from the Tensor member `storage`
+// (data or bf16); the tables live in `keep`.
+template <typename T>
+std::array<const T* const*, 3> tables(Model& m, const std::vector<MlpWeights>& experts, const T* Tensor::*storage,
+                                      std::vector<ops::Buffer<const T*>>& keep) {
+  std::array<const T* const*, 3> out{};
+  size_t i = 0;
+  for (Tensor MlpWeights::*matrix : {&MlpWeights::gate_proj, &MlpWeights::up_proj, &MlpWeights::down_proj}) {
+    std::vector<const T*> pointers;
+    for (const MlpWeights& e : experts) pointers.push_back(e.*matrix.*storage);
+    keep.emplace_back(m.context(), pointers.data(), pointers.size());
+    out[i++] = keep.back().data();
+  }
+  return out;
+}
+
 void build(Model& m, MoeWeights& moe) {
   moe.gate_table = moe.up_table = moe.down_table = nullptr;
   moe.gate_table_bf16 = moe.up_table_bf16 = moe.down_table_bf16 = nullptr;
   if (moe.experts.empty()) return;
-  const ops::Context ctx = m.context();
   if (moe.experts[0].gate_proj.bf16) {
-    std::vector<const uint16_t*> gate, up, down;
-    for (const MlpWeights& e : moe.experts) {
-      gate.push_back(e.gate_proj.bf16);
-      up.push_back(e.up_proj.bf16);
-      down.push_back(e.down_proj.bf16);
-    }
-    auto& t = m.expert_tables_bf16;
-    t.emplace_back(ctx, gate.data(), gate.size());
-    moe.gate_table_bf16 = t.back().data();
-    t.emplace_back(ctx, up.data(), up.size());
-    moe.up_table_bf16 = t.back().data();
-    t.emplace_back(ctx, down.data(), down.size());
-    moe.down_table_bf16 = t.back().data();
-    return;
+    const auto t = tables(m, moe.experts, &Tensor::bf16, m.expert_tables_bf16);
+    moe.gate_table_bf16 = t[0], moe.up_table_bf16 = t[1], moe.down_table_bf16 = t[2];
+  } else {
+    const auto t = tables(m, moe.experts, &Tensor::data, m.expert_tables);
+    moe.gate_table = t[0], moe.up_table = t[1], moe.down_table = t[2];
   }
-  std::vector<const float*> gate, up, down;
-  for (const MlpWeights& e : moe.experts) {
-    gate.push_back(e.gate_proj.data);
-    up.push_back(e.up_proj.data);
-    down.push_back(e.down_proj.data);
-  }
-  m.expert_tables.emplace_back(ctx, gate.data(), gate.size());
-  moe.gate_table = m.expert_tables.back().data();
-  m.expert_tables.emplace_back(ctx, up.data(), up.size());
-  moe.up_table = m.expert_tables.back().data();
-  m.expert_tables.emplace_back(ctx, down.data(), down.size());
-  moe.down_table = m.expert_tables.back().data();
 }
 }  // namespace
 

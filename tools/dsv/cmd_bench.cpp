@@ -48,8 +48,7 @@ void run_bench_infer(const BenchArgs& a) {
   DSV_CHECK(context <= c.max_position_embeddings,
             "--prompt-len {} + --gen-len {} exceeds the model's context of {} tokens", a.prompt_len, a.gen_len,
             c.max_position_embeddings);
-  DSV_CHECK(a.weights == "bf16" || a.weights == "fp32", "--weights {}: expected bf16 or fp32", a.weights);
-  const bool bf16 = a.weights == "bf16";
+  const bool bf16 = bf16_weights_option(a.weights);
   const double elt = bf16 ? 2.0 : 4.0;  // bytes per stored matrix value and per cached latent value
   const int64_t V = c.vocab_size, D = c.hidden_size, L = c.num_hidden_layers, width = c.kv_lora_rank + c.qk_rope_head_dim;
   // Kept fp32 in bf16 storage: the embedding table and the MoE routers (store_weights_bf16); norms
@@ -287,9 +286,7 @@ void register_bench(CLI::App& app) {
   infer->add_option("--prompt-len", a.prompt_len, "Prompt tokens (prefill)")->capture_default_str();
   infer->add_option("--gen-len", a.gen_len, "Generated tokens (decode steps)")->capture_default_str();
   infer->add_option("--device", a.device, "cuda or cpu")->capture_default_str();
-  infer->add_option("--weights", a.weights,
-                    "bf16 (matrices and latent cache in bf16, embedding and routers fp32) or fp32")
-      ->capture_default_str();
+  infer->add_option("--weights", a.weights, kWeightsHelp)->capture_default_str();
   infer->add_option("--seed", a.seed, "Seed of the random weights and prompt")->capture_default_str();
   infer->add_option("--json", a.json_out, "Also write the results as JSON");
   infer->add_flag("--tf32", a.tf32,

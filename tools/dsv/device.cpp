@@ -19,12 +19,16 @@ void ensure_cuda_backend() {
 #endif
 }
 
+bool bf16_weights_option(const std::string& weights) {
+  DSV_CHECK(weights == "fp32" || weights == "bf16", "--weights {}: expected bf16 or fp32", weights);
+  return weights == "bf16";
+}
+
 std::unique_ptr<Model> load_model_on(const std::string& dir, const std::string& device, const std::string& weights) {
   DSV_CHECK(device == "cpu" || device == "cuda", "--device {}: expected \"cpu\" or \"cuda\"", device);
-  DSV_CHECK(weights == "fp32" || weights == "bf16", "--weights {}: expected \"fp32\" or \"bf16\"", weights);
+  const bool bf16 = bf16_weights_option(weights);
   if (device == "cuda") ensure_cuda_backend();  // fail before the (long) load
   auto model = load_model(dir);
-  const bool bf16 = weights == "bf16";
   if (device == "cpu") {
     if (bf16) store_weights_bf16(*model);
     return model;

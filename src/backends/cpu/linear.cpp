@@ -35,7 +35,7 @@ void linear_bf16_one(const LinearParams& p) {
   const int64_t xs = p.x_stride ? p.x_stride : p.K;
   std::vector<float> x(static_cast<size_t>(p.M * p.K)), w(static_cast<size_t>(p.N * p.K));
   for (int64_t m = 0; m < p.M; ++m)
-    for (int64_t k = 0; k < p.K; ++k) x[m * p.K + k] = bf16_to_f32(f32_to_bf16(p.x[m * xs + k]));
+    for (int64_t k = 0; k < p.K; ++k) x[m * p.K + k] = round_to_bf16(p.x[m * xs + k]);
   for (size_t i = 0; i < w.size(); ++i) w[i] = bf16_to_f32(p.w_bf16[i]);
   LinearParams f = p;
   f.x = x.data();

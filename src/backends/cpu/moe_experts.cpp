@@ -7,9 +7,6 @@
 #include "core/dtype.h"
 
 namespace dsv::ops::cpu {
-namespace {
-float round_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
-}  // namespace
 
 void moe_experts(const MoeExpertsParams& p) {
   const int64_t pairs = p.T * p.K;
@@ -25,7 +22,7 @@ void moe_experts(const MoeExpertsParams& p) {
     const int32_t e = p.indices[q];
     for (int64_t d = 0; d < p.D; ++d) {
       const float v = p.x[(q / p.K) * p.D + d];
-      x[d] = bf16 ? round_bf16(v) : v;
+      x[d] = bf16 ? round_to_bf16(v) : v;
     }
     for (int64_t f = 0; f < p.F; ++f) {
       float gs = 0.0f, us = 0.0f;
@@ -34,7 +31,7 @@ void moe_experts(const MoeExpertsParams& p) {
         us += x[d] * weight(p.up, p.up_bf16, e, f * p.D + d);
       }
       h[q * p.F + f] = (gs / (1.0f + std::exp(-gs))) * us;
-      hq[f] = bf16 ? round_bf16(h[q * p.F + f]) : h[q * p.F + f];
+      hq[f] = bf16 ? round_to_bf16(h[q * p.F + f]) : h[q * p.F + f];
     }
     for (int64_t d = 0; d < p.D; ++d) {
       float acc = 0.0f;

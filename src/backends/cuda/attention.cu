@@ -6,6 +6,7 @@
 #include <cfloat>
 #include <cmath>
 
+#include "backends/cuda/bf16_dot.cuh"
 #include "backends/cuda/cuda_ops.h"
 
 namespace dsv::ops::cuda {
@@ -14,7 +15,7 @@ namespace {
 constexpr int kThreads = 128;
 
 __device__ __forceinline__ float widen(float v) { return v; }
-__device__ __forceinline__ float widen(uint16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
+__device__ __forceinline__ float widen(uint16_t v) { return widen_bf16(v); }
 
 // Block-wide max / sum of one value per thread (kThreads threads); every thread gets the result.
 __device__ float block_max(float v, float* reduce) {

@@ -10,6 +10,8 @@
 namespace dsv::ops::cuda {
 
 __device__ __forceinline__ float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+// A bf16 bit pattern as the fp32 value it stands for (exact).
+__device__ __forceinline__ float widen_bf16(uint32_t bits) { return __uint_as_float(bits << 16); }
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -21,7 +23,7 @@ __device__ __forceinline__ void unpack8(const uint4& r, float (&w)[8]) {
   const uint32_t words[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    w[2 * i] = __uint_as_float(words[i] << 16);
+    w[2 * i] = widen_bf16(words[i]);
     w[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
   }
 }
@@ -44,7 +46,7 @@ __device__ __forceinline__ void lane_dots_bf16(const float* __restrict__ x, int6
       for (int m = 0; m < M; ++m) xk[m] = round_bf16(x[m * xs + k]);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        const float wk = __uint_as_float(static_cast<uint32_t>(w[r][k]) << 16);
+        const float wk = widen_bf16(w[r][k]);
 #pragma unroll
         for (int m = 0; m < M; ++m) acc[m][r] += xk[m] * wk;
       }

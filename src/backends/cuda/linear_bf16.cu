@@ -48,7 +48,7 @@ __global__ void gemv_bf16_transposed_kernel(LinearParams p, int64_t xs, int64_t 
   const uint16_t* w = p.w_bf16 + b * p.w_batch_stride + n;
   float acc[M] = {};
   for (int64_t k = 0; k < p.K; ++k) {
-    const float wk = __uint_as_float(static_cast<uint32_t>(__ldg(w + k * p.N)) << 16);
+    const float wk = widen_bf16(__ldg(w + k * p.N));
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m] += round_bf16(__ldg(x + m * xs + k)) * wk;
   }
@@ -78,7 +78,7 @@ __global__ void cast_to_bf16_kernel(const float* __restrict__ x, __nv_bfloat16* 
 __global__ void cast_to_f32_kernel(const uint16_t* __restrict__ x, float* __restrict__ y, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] = __uint_as_float(static_cast<uint32_t>(x[i]) << 16);
+    y[i] = widen_bf16(x[i]);
 }
 
 }  // namespace
