@@ -26,6 +26,7 @@ GenerateResult generate(const Model& m, const std::vector<int32_t>& prompt, cons
           {.all_logits = false, .logits = logits.data()});
   result.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
   t0 = clock::now();
+  BatchDecoder decoder(m, cache);  // one sequence; on CUDA its steps replay a captured graph
   for (int64_t step = 0; step < opt.max_new_tokens; ++step) {
     const int32_t id = sampler.next(logits.data(), c.vocab_size);
     result.tokens.push_back(id);
@@ -35,7 +36,7 @@ GenerateResult generate(const Model& m, const std::vector<int32_t>& prompt, cons
       break;
     }
     if (step + 1 == opt.max_new_tokens) break;
-    forward(m, &id, 1, cache, {.all_logits = false, .logits = logits.data()});
+    decoder.step(&id, logits.data());
   }
   result.decode_seconds = std::chrono::duration<double>(clock::now() - t0).count();
   return result;

@@ -1,5 +1,5 @@
-// Autoregressive generation on the CPU: one prefill over the prompt, then one token per step over
-// the latent KV cache.
+// Autoregressive generation on the model's backend: one prefill over the prompt, then one token per
+// step over the latent KV cache (BatchDecoder: on CUDA, a replayed graph per step).
 #pragma once
 #include <functional>
 #include <vector>

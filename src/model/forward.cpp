@@ -9,17 +9,22 @@
 
 namespace dsv {
 
-KvCache::KvCache(ops::Backend backend, int64_t layers_, int64_t width_, int64_t capacity_, bool bf16_)
-    : layers(layers_), width(width_), capacity(capacity_), length(0), bf16(bf16_) {
+KvCache::KvCache(ops::Backend backend, int64_t layers_, int64_t width_, int64_t capacity_, bool bf16_,
+                 int64_t sequences_)
+    : layers(layers_), width(width_), capacity(capacity_), sequences(sequences_),
+      lengths(static_cast<size_t>(sequences_), 0), bf16(bf16_) {
+  DSV_CHECK(sequences >= 1 && capacity >= 1, "KV cache: {} sequences of capacity {} (expected >= 1 each)", sequences,
+            capacity);
+  const size_t n = static_cast<size_t>(sequences * capacity * width);
   for (int64_t l = 0; l < layers; ++l) {
-    if (bf16) rows_bf16.emplace_back(backend, static_cast<size_t>(capacity * width));
-    else rows.emplace_back(backend, static_cast<size_t>(capacity * width));
+    if (bf16) rows_bf16.emplace_back(backend, n);
+    else rows.emplace_back(backend, n);
   }
 }
 
-KvCache make_kv_cache(const Model& m, int64_t capacity) {
+KvCache make_kv_cache(const Model& m, int64_t capacity, int64_t sequences) {
   return KvCache(m.backend, m.config.num_hidden_layers, m.config.kv_lora_rank + m.config.qk_rope_head_dim, capacity,
-                 has_bf16_weights(m));
+                 has_bf16_weights(m), sequences);
 }
 
 void forward(const Model& m, const int32_t* ids, int64_t T, KvCache& cache, const ForwardOptions& opt) {
@@ -38,10 +43,15 @@ void forward(const Model& m, const int32_t* ids, int64_t T, KvCache& cache, cons
   ops::embed(ctx, {.ids = token_ids.data(), .table = w.embed_tokens.data, .out = x.data(), .T = T, .D = D});
   layers::emit(ctx, opt.tap, "embed", -1, x.data(), {T, D});
 
-  const layers::RopeTable rope = layers::make_rope_table(ctx, c, cache.length, T);
+  DSV_CHECK(opt.sequence >= 0 && opt.sequence < cache.sequences, "forward: sequence {} of a cache of {}",
+            opt.sequence, cache.sequences);
+  int64_t& length = cache.lengths[opt.sequence];
+  const layers::RopeTable rope = layers::make_rope_table(ctx, c, length, T);
+  const layers::TokenSlots slots{.cos = rope.cos.data(), .sin = rope.sin.data(), .sequence = opt.sequence,
+                                 .first = length};
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-    layers::decoder_layer(ctx, c, w.layers[l], x.data(), T, cache, l, rope, opt.mla_mode, opt.tap, l);
-  cache.length += T;
+    layers::decoder_layer(ctx, c, w.layers[l], x.data(), T, cache, l, slots, opt.mla_mode, opt.tap, l);
+  length += T;
 
   layers::rmsnorm_rows(ctx, x.data(), w.norm, T, c.rms_norm_eps, x.data());
   layers::emit(ctx, opt.tap, "final_norm", -1, x.data(), {T, D});

@@ -70,20 +70,29 @@ bool has_bf16_weights(const Model& m);
 // MLA latent cache: per layer and token, the normalized latent (C) followed by the roped shared key
 // (R): C + R values, the whole per-token state MLA needs. Stored fp32, or bf16 ((C + R) x 2 bytes per
 // token per layer: 1,152 B in the V2/V3 releases); attention reads bf16 rows widened to fp32.
+// `sequences` independent sequences (batched decode) of up to `capacity` tokens each, with their own
+// lengths; sequence s owns rows [s * capacity, (s + 1) * capacity) of each layer.
 struct KvCache {
-  int64_t layers = 0, width = 0, capacity = 0, length = 0;
+  int64_t layers = 0, width = 0, capacity = 0, sequences = 1;
+  std::vector<int64_t> lengths;  // [sequences]: tokens cached
   bool bf16 = false;
-  std::vector<ops::Buffer<float>> rows;          // [layer][capacity * width] (fp32 caches)
-  std::vector<ops::Buffer<uint16_t>> rows_bf16;  // [layer][capacity * width] (bf16 caches)
+  std::vector<ops::Buffer<float>> rows;          // [layer][sequences * capacity * width] (fp32 caches)
+  std::vector<ops::Buffer<uint16_t>> rows_bf16;  // [layer][sequences * capacity * width] (bf16 caches)
 
   KvCache() = default;
-  KvCache(ops::Backend backend, int64_t layers, int64_t width, int64_t capacity, bool bf16 = false);
-  float* row(int64_t layer, int64_t position) { return rows[layer].data() + position * width; }
-  uint16_t* row_bf16(int64_t layer, int64_t position) { return rows_bf16[layer].data() + position * width; }
+  KvCache(ops::Backend backend, int64_t layers, int64_t width, int64_t capacity, bool bf16 = false,
+          int64_t sequences = 1);
+  float* row(int64_t layer, int64_t position, int64_t sequence = 0) {
+    return rows[layer].data() + (sequence * capacity + position) * width;
+  }
+  uint16_t* row_bf16(int64_t layer, int64_t position, int64_t sequence = 0) {
+    return rows_bf16[layer].data() + (sequence * capacity + position) * width;
+  }
   int64_t bytes_per_token_per_layer() const { return width * (bf16 ? 2 : 4); }
 };
-// A cache for `capacity` tokens; bf16 when the model stores its weights in bf16 (bf16 inference).
-KvCache make_kv_cache(const Model& m, int64_t capacity);
+// A cache for `sequences` sequences of up to `capacity` tokens; bf16 when the model stores its
+// weights in bf16 (bf16 inference).
+KvCache make_kv_cache(const Model& m, int64_t capacity, int64_t sequences = 1);
 
 // How MLA attends: Auto = absorbed for single-token decode steps, expanded otherwise.
 enum class MlaMode { Auto, Expanded, Absorbed };
@@ -94,10 +103,45 @@ struct ForwardOptions {
   float* final_hidden = nullptr;  // optional host [T, D]: hidden state after the final norm (MTP input)
   MlaMode mla_mode = MlaMode::Auto;
   TapFn tap;
+  int64_t sequence = 0;  // which sequence of the cache the tokens extend
 };
 
-// Runs T tokens starting at cache->length (positions cache->length ..), appends them to the cache.
+// Runs T tokens of one sequence of the cache, starting at its length (positions length ..), and
+// appends them to it.
 void forward(const Model& m, const int32_t* ids, int64_t T, KvCache& cache, const ForwardOptions& opt);
+
+// Batched decode: each step takes one new token for every sequence of a cache, each at its own
+// position (sequences of different lengths), through the model in one pass (T = B rows; absorbed
+// MLA over each sequence's own rows). Fill the sequences first with forward(.sequence = b).
+// On CUDA with use_graph, the first step runs eagerly, the second is captured as a CUDA graph and
+// every step after replays it: the per-step values (ids, rope angles, cache rows to write, key counts)
+// sit in device buffers at fixed addresses, and the graph's scratch memory in a private pool.
+class BatchDecoder {
+ public:
+  BatchDecoder(const Model& m, KvCache& cache, bool use_graph = true);
+  ~BatchDecoder();
+  BatchDecoder(const BatchDecoder&) = delete;
+  BatchDecoder& operator=(const BatchDecoder&) = delete;
+  // ids [B] (host): ids[b] is appended to sequence b at position cache.lengths[b], which then grows by
+  // one. logits [B, V] (host, optional) receives every sequence's next-token logits; greedy [B] (host,
+  // optional) their argmax (ops::argmax_rows, on the device: no [B, V] copy when logits is null).
+  void step(const int32_t* ids, float* logits, int32_t* greedy = nullptr);
+  bool graph_captured() const { return graph_ != nullptr; }
+
+ private:
+  void run_ops();  // the step's ops on ctx_ (eager or being captured)
+
+  const Model& m_;
+  KvCache& cache_;
+  ops::Context ctx_;
+  bool use_graph_ = false;
+  int64_t steps_ = 0;
+  ops::Buffer<int32_t> inputs_;  // ids [B], write_rows [B], kv_lengths [B], then cos, sin [B, R/2] (fp32 bits)
+  ops::Buffer<float> logits_;    // [B, V]
+  ops::Buffer<int32_t> greedy_;  // [B]
+  void* pool_ = nullptr;
+  void* graph_ = nullptr;
+};
 
 // Teacher-forced MTP evaluation over a whole sequence: depth k (1-based) at index i predicts
 // ids[i + k + 1] from ids[i + k] and depth k-1's hidden state at i. Returns per depth [T - k, V].

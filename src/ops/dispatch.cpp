@@ -142,6 +142,7 @@ void attention(const Context& ctx, const AttentionParams& p) {
   DSV_CHECK(p.T <= p.S, "attention: {} queries but only {} keys (queries must be the last keys)", p.T, p.S);
   DSV_CHECK(p.H > 0 && p.Dqk > 0 && p.Dv > 0, "attention: bad sizes H={} Dqk={} Dv={}", p.H, p.Dqk, p.Dv);
   DSV_CHECK(p.Hkv == 0 || p.Hkv == 1 || p.Hkv == p.H, "attention: Hkv={} must be 1 or H={}", p.Hkv, p.H);
+  DSV_CHECK(p.batch >= 1, "attention: batch must be >= 1, found {}", p.batch);
   run(ctx, p, cpu::attention, &BackendTable::attention, "attention");
 }
 
@@ -186,6 +187,20 @@ void gather_rows(const Context& ctx, const RowsParams& p) {
 void scatter_add_rows(const Context& ctx, const RowsParams& p) {
   DSV_CHECK(p.rows && p.x && p.y, "scatter_add_rows: null pointer");
   run(ctx, p, cpu::scatter_add_rows, &BackendTable::scatter_add_rows, "scatter_add_rows");
+}
+
+void store_rows(const Context& ctx, const StoreRowsParams& p) {
+  DSV_CHECK(p.rows && p.x && (p.y != nullptr) != (p.y_bf16 != nullptr),
+            "store_rows: rows, x and exactly one of y (fp32) and y_bf16 expected");
+  DSV_CHECK(p.n >= 0 && p.D >= 0 && (p.y_stride == 0 || p.y_stride >= p.D), "store_rows: bad sizes n={} D={} y_stride={}",
+            p.n, p.D, p.y_stride);
+  run(ctx, p, cpu::store_rows, &BackendTable::store_rows, "store_rows");
+}
+
+void argmax_rows(const Context& ctx, const ArgmaxParams& p) {
+  DSV_CHECK(p.x && p.out, "argmax_rows: null pointer");
+  DSV_CHECK(p.rows >= 0 && p.n >= 1 && p.n <= INT32_MAX, "argmax_rows: bad sizes rows={} n={}", p.rows, p.n);
+  run(ctx, p, cpu::argmax_rows, &BackendTable::argmax_rows, "argmax_rows");
 }
 
 void moe_experts(const Context& ctx, const MoeExpertsParams& p) {

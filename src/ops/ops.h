@@ -69,6 +69,10 @@ void rope(const Context& ctx, const RopeParams& p);
 // the latent cache row [C + R] and v its first C values). Token strides of k and v default to
 // Hkv * Dqk and Hkv * Dv. k and v are fp32, or bf16 (k_bf16 and v_bf16 instead: a bf16 latent cache);
 // scores and sums are fp32 either way.
+// Batched (batched decode, sequences of different lengths): `batch` independent problems, problem b
+// with queries q + b*T*H*Dqk, out + b*T*H*Dv and keys/values k + b*k_batch_stride, v + b*v_batch_stride;
+// with kv_lengths (int32 [batch], on the backend) problem b has kv_lengths[b] keys (1 .. S, where S is
+// then only the bound that sizes the work), so query t sees keys 0 .. kv_lengths[b] - T + t.
 struct AttentionParams {
   const float* q = nullptr;
   const float* k = nullptr;
@@ -80,6 +84,9 @@ struct AttentionParams {
   int64_t Hkv = 0;                     // 0 means H
   int64_t k_stride = 0, v_stride = 0;  // 0 means dense
   float scale = 1.0f;
+  int64_t batch = 1;
+  int64_t k_batch_stride = 0, v_batch_stride = 0;  // elements between problems' keys / values
+  const int32_t* kv_lengths = nullptr;             // [batch], or null: every problem has S keys
 };
 void attention(const Context& ctx, const AttentionParams& p);
 
@@ -144,6 +151,27 @@ struct RowsParams {
 void gather_rows(const Context& ctx, const RowsParams& p);
 void scatter_add_rows(const Context& ctx, const RowsParams& p);
 
+// y[rows[r], :] = x[r, :] for r < n, into fp32 rows (y) or bf16 rows (y_bf16: rounded to nearest even);
+// row stride of y is y_stride (0: D). rows is int32 on the backend (rows unique). Writes the new
+// latent rows of a batched decode step into each sequence's region of the cache.
+struct StoreRowsParams {
+  const int32_t* rows = nullptr;
+  const float* x = nullptr;
+  float* y = nullptr;
+  uint16_t* y_bf16 = nullptr;
+  int64_t n = 0, D = 0, y_stride = 0;
+};
+void store_rows(const Context& ctx, const StoreRowsParams& p);
+
+// out[r] = index of the largest x[r, i] (i < n), the lowest index on ties; NaNs never win (a row of
+// NaNs gives 0). Greedy choices of batched decode without copying [rows, V] logits to the host.
+struct ArgmaxParams {
+  const float* x = nullptr;
+  int32_t* out = nullptr;
+  int64_t rows = 0, n = 0;
+};
+void argmax_rows(const Context& ctx, const ArgmaxParams& p);
+
 // Routed experts for few tokens (decode), with the routing kept on the device: for each of the
 // T*K (token, slot) pairs p, e = indices[p], t = p / K:
 //   h[p]   = silu(x[t] . gate[e]^T) * (x[t] . up[e]^T)                       [F]
@@ -164,6 +192,7 @@ struct MoeExpertsParams {
   float* scratch = nullptr;
   float* out = nullptr;
   int64_t T = 0, K = 0, D = 0, F = 0;
+  int64_t E = 0;  // experts in the tables (indices < E); 0: unknown (backends then go pair by pair)
 };
 void moe_experts(const Context& ctx, const MoeExpertsParams& p);
 
@@ -376,6 +405,20 @@ struct BackendTable {
   void (*to_device)(void* dst, const void* src, size_t bytes, void* stream) = nullptr;
   void (*to_host)(void* dst, const void* src, size_t bytes, void* stream) = nullptr;  // synchronizes
   void (*synchronize)(void* stream) = nullptr;  // waits for the stream's work (op profiling)
+  void (*store_rows)(const StoreRowsParams&, void* stream) = nullptr;
+  void (*argmax_rows)(const ArgmaxParams&, void* stream) = nullptr;
+  // Step graphs (CUDA graphs): the ops issued on a stream are recorded once and replayed. Memory the
+  // ops allocate while `pool` is in use comes from that private pool, so a replay never touches
+  // memory handed out to anyone else between replays.
+  void* (*stream_create)() = nullptr;
+  void (*stream_destroy)(void* stream) = nullptr;
+  void* (*pool_create)() = nullptr;
+  void (*pool_destroy)(void* pool) = nullptr;     // synchronizes, then frees the pool's memory
+  void (*pool_use)(void* pool) = nullptr;         // null: back to the shared pool
+  void (*capture_begin)(void* stream) = nullptr;
+  void* (*capture_end)(void* stream) = nullptr;   // returns the executable graph
+  void (*graph_launch)(void* graph, void* stream) = nullptr;
+  void (*graph_destroy)(void* graph) = nullptr;
 };
 BackendTable& backend_table(Backend b);
 bool backend_available(Backend b);

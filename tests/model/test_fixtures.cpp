@@ -66,7 +66,7 @@ TEST_P(FixtureTest, IncrementalDecodeEqualsFullRecomputation) {
   forward(*m, f.ids.data(), prefill, cache, {.logits = step.data()});
   for (int64_t t = prefill; t < T; ++t)
     forward(*m, f.ids.data() + t, 1, cache, {.logits = step.data() + t * V});
-  EXPECT_EQ(cache.length, T);
+  EXPECT_EQ(cache.lengths[0], T);
   EXPECT_LE(max_rel_error(step.data(), full), 1e-5) << GetParam();
 }
 

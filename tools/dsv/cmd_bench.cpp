@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -37,14 +38,17 @@ struct BenchArgs {
   std::string weights = "bf16";
   int64_t batch = 1, prompt_len = 512, gen_len = 64;
   uint64_t seed = 1;
-  bool tf32 = false;
+  bool tf32 = false, eager = false;
 };
 
 void run_bench_infer(const BenchArgs& a) {
   const ModelConfig c = load_model_config_file(a.config, "--config " + a.config);
-  DSV_CHECK(a.batch == 1, "--batch {}: batched decode is not implemented yet (issue 4); use --batch 1", a.batch);
+  DSV_CHECK(a.batch >= 1 && a.batch <= 4096, "--batch {}: expected 1 .. 4096 sequences", a.batch);
   DSV_CHECK(a.prompt_len >= 1 && a.gen_len >= 1, "--prompt-len and --gen-len must be >= 1");
   const int64_t context = a.prompt_len + a.gen_len;
+  // Each sequence's cache also holds the two untimed warm-up steps of the decoder (eager, capture).
+  constexpr int64_t kWarmSteps = 2;
+  const int64_t capacity = context + kWarmSteps, B = a.batch;
   DSV_CHECK(context <= c.max_position_embeddings,
             "--prompt-len {} + --gen-len {} exceeds the model's context of {} tokens", a.prompt_len, a.gen_len,
             c.max_position_embeddings);
@@ -58,7 +62,7 @@ void run_bench_infer(const BenchArgs& a) {
   const double fp32_params = static_cast<double>(router_params + V * D);
   [[maybe_unused]] const double weight_bytes = elt * (static_cast<double>(c.params_total()) - fp32_params) +
                                                4.0 * fp32_params;
-  [[maybe_unused]] const double cache_bytes = elt * static_cast<double>(L * width * context);
+  [[maybe_unused]] const double cache_bytes = elt * static_cast<double>(L * width * capacity * B);
   double roofline = 0;  // bytes/s
   ops::set_matmul_precision(a.tf32 ? ops::MatmulPrecision::Tf32 : ops::MatmulPrecision::Fp32);
   ops::Backend backend = ops::Backend::Cpu;
@@ -67,12 +71,15 @@ void run_bench_infer(const BenchArgs& a) {
     ensure_cuda_backend();
     size_t free_bytes = 0, total_bytes = 0;
     cudaMemGetInfo(&free_bytes, &total_bytes);
-    // Weights + cache + activations of the prefill (a generous 64 floats per token per hidden unit).
-    const double needed = weight_bytes + cache_bytes + 4.0 * 64 * static_cast<double>(a.prompt_len * D);
+    // Weights + cache + activations of one prefill (a generous 64 floats per token per hidden unit;
+    // sequences are prefilled one at a time) + logits and expert scratch of a decode step.
+    const double step_bytes = 4.0 * static_cast<double>(B) *
+                              (2.0 * V + c.num_experts_per_tok * (c.moe_intermediate_size + D) + 64.0 * D);
+    const double needed = weight_bytes + cache_bytes + 4.0 * 64 * static_cast<double>(a.prompt_len * D) + step_bytes;
     DSV_CHECK(needed < 0.95 * static_cast<double>(free_bytes),
-              "this run needs about {} of GPU memory ({} weights {}, cache {}); {} are free: refused before "
-              "any work", human_bytes(needed), a.weights, human_bytes(weight_bytes), human_bytes(cache_bytes),
-              human_bytes(static_cast<double>(free_bytes)));
+              "this run needs about {} of GPU memory ({} weights {}, cache of {} x {} tokens {}); {} are free: "
+              "refused before any work", human_bytes(needed), a.weights, human_bytes(weight_bytes), B, capacity,
+              human_bytes(cache_bytes), human_bytes(static_cast<double>(free_bytes)));
     roofline = ops::cuda::measure_copy_bandwidth(size_t{1} << 30);
     backend = ops::Backend::Cuda;
 #else
@@ -85,60 +92,80 @@ void run_bench_infer(const BenchArgs& a) {
              human_count(static_cast<double>(c.params_total())), a.weights, a.device);
   auto model = random_model(c, backend, a.seed, 0.02f, bf16);
 
-  std::vector<int32_t> prompt(static_cast<size_t>(a.prompt_len));
-  for (int64_t i = 0; i < a.prompt_len; ++i)
-    prompt[i] = static_cast<int32_t>(ops::splitmix64(a.seed + i) % static_cast<uint64_t>(V));
-  std::vector<float> logits(static_cast<size_t>(V));
+  // One random prompt per sequence.
+  std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(B), std::vector<int32_t>(static_cast<size_t>(a.prompt_len)));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < a.prompt_len; ++i)
+      prompts[b][i] = static_cast<int32_t>(ops::splitmix64(a.seed + b * 1000003 + i) % static_cast<uint64_t>(V));
+  std::vector<float> logits(static_cast<size_t>(B * V));
   using clock = std::chrono::steady_clock;
   auto seconds = [](auto t0) { return std::chrono::duration<double>(clock::now() - t0).count(); };
 
-  {  // warm-up on the timed shapes (a whole prefill and two decode steps): kernels are loaded on first
-     // use, library handles made and the allocator's cache filled before anything is timed
-    KvCache warm = make_kv_cache(*model, a.prompt_len + 2);
-    forward(*model, prompt.data(), a.prompt_len, warm, {.all_logits = false, .logits = logits.data()});
-    for (int i = 0; i < 2; ++i) forward(*model, prompt.data(), 1, warm, {.all_logits = false, .logits = logits.data()});
+  {  // warm-up on the timed prefill shape: kernels are loaded on first use, library handles made and the
+     // allocator's cache filled before anything is timed (the decoder warms up on its own cache below)
+    KvCache warm = make_kv_cache(*model, a.prompt_len);
+    forward(*model, prompts[0].data(), a.prompt_len, warm, {.all_logits = false, .logits = logits.data()});
   }
   ops::op_profile_reset();
-  KvCache cache = make_kv_cache(*model, context);
+  KvCache cache = make_kv_cache(*model, capacity, B);
+  std::vector<int32_t> next(static_cast<size_t>(B));
+  double ttft_s = 0;
   auto t0 = clock::now();
-  forward(*model, prompt.data(), a.prompt_len, cache, {.all_logits = false, .logits = logits.data()});
-  int32_t next = argmax(logits.data(), V);  // forward() returned logits on the host: the device is done
+  for (int64_t b = 0; b < B; ++b) {  // one prefill per sequence (forward() returns logits on the host: done)
+    forward(*model, prompts[b].data(), a.prompt_len, cache, {.all_logits = false, .logits = logits.data(), .sequence = b});
+    next[b] = argmax(logits.data(), V);
+    if (b == 0) ttft_s = seconds(t0);
+  }
   const double prefill_s = seconds(t0);
   if (ops::op_profile_enabled())
     fmt::print(stderr, "# op profile of the prefill (DSV_OP_PROFILE: synchronized ops)\n{}", ops::op_profile_summary());
+  BatchDecoder decoder(*model, cache, /*use_graph=*/!a.eager);
+  std::vector<int32_t> chosen(static_cast<size_t>(B));
+  auto decode_step = [&] {  // greedy on the device: only B ids come back
+    decoder.step(next.data(), nullptr, chosen.data());
+    next.swap(chosen);
+  };
+  for (int64_t w = 0; w < kWarmSteps; ++w) decode_step();  // eager step, then the graph's capture
   ops::op_profile_reset();
   t0 = clock::now();
-  for (int64_t g = 0; g < a.gen_len; ++g) {
-    forward(*model, &next, 1, cache, {.all_logits = false, .logits = logits.data()});
-    next = argmax(logits.data(), V);
-  }
+  for (int64_t g = 0; g < a.gen_len; ++g) decode_step();
   const double decode_s = seconds(t0);
   if (ops::op_profile_enabled())
     fmt::print(stderr, "# op profile of the {} decode steps (DSV_OP_PROFILE: synchronized ops)\n{}", a.gen_len,
                ops::op_profile_summary());
 
-  // Fewest bytes one decode step must read: active weights (one embedding row, the whole head) and
-  // the latent cache rows attended (mean length over the decode steps).
-  // The embedding row and the routers are fp32; the head and every other matrix `elt` bytes a value.
+  // Fewest bytes one decode step must read: the weights it uses (embedding rows, the whole head, the
+  // experts B tokens reach: under uniform routing E (1 - (1 - K/E)^B) of each MoE layer's E) and the
+  // latent cache rows attended (mean length over the timed steps), for all B sequences.
+  // The embedding rows and the routers are fp32; the head and every other matrix `elt` bytes a value.
+  const double E = static_cast<double>(c.n_routed_experts), K = static_cast<double>(c.num_experts_per_tok);
+  const double expert_params = 3.0 * static_cast<double>(D * c.moe_intermediate_size);
+  int64_t moe_layers = 0;
+  for (int64_t l = 0; l < L; ++l) moe_layers += c.is_moe_layer(l);
+  const double experts_reached = E > 0 ? E * (1.0 - std::pow(1.0 - K / E, static_cast<double>(B))) : 0.0;
   const double active = static_cast<double>(c.params_active()) - double(V * D) - double(router_params) +
-                        (c.tie_word_embeddings ? double(V * D) : 0.0);
-  const double mean_len = a.prompt_len + (a.gen_len - 1) / 2.0;
-  const double bytes_per_token = elt * active + 4.0 * double(D + router_params) +
-                                 elt * static_cast<double>(L * width) * mean_len;
-  const double decode_tps = a.gen_len / decode_s;
-  const double achieved = bytes_per_token * decode_tps;
+                        (c.tie_word_embeddings ? double(V * D) : 0.0) +
+                        double(moe_layers) * (experts_reached - K) * expert_params;
+  const double mean_len = a.prompt_len + kWarmSteps + (a.gen_len - 1) / 2.0;
+  const double bytes_per_step = elt * active + 4.0 * double(B * D + router_params) +
+                                elt * static_cast<double>(L * width) * mean_len * static_cast<double>(B);
+  const double step_s = decode_s / a.gen_len;
+  const double decode_tps = static_cast<double>(B) * a.gen_len / decode_s;
+  const double achieved = bytes_per_step / step_s;
   const double per_head_cache = static_cast<double>(c.num_attention_heads * (c.qk_head_dim() + c.v_head_dim));
+  const bool graph = decoder.graph_captured();
 
   fmt::print("config            {} ({} layers, {} total / {} active parameters), device {}, {} weights\n", a.config,
              L, human_count(double(c.params_total())), human_count(double(c.params_active())), a.device, a.weights);
-  fmt::print("prefill           {} tokens in {:.2f} ms: {:.0f} tokens/s (time to first token {:.2f} ms)\n",
-             a.prompt_len, prefill_s * 1e3, a.prompt_len / prefill_s, prefill_s * 1e3);
-  fmt::print("decode            {} tokens in {:.2f} ms: {:.1f} tokens/s, {:.3f} ms per output token\n", a.gen_len,
-             decode_s * 1e3, decode_tps, decode_s * 1e3 / a.gen_len);
+  fmt::print("prefill           {} x {} tokens in {:.2f} ms: {:.0f} tokens/s (time to first token {:.2f} ms)\n",
+             B, a.prompt_len, prefill_s * 1e3, static_cast<double>(B * a.prompt_len) / prefill_s, ttft_s * 1e3);
+  fmt::print("decode            {} steps x {} sequences in {:.2f} ms: {:.1f} tokens/s, {:.3f} ms per output token "
+             "({})\n", a.gen_len, B, decode_s * 1e3, decode_tps, step_s * 1e3,
+             graph ? "CUDA graph replays" : "eager steps");
   fmt::print("kv cache          {} values per token per layer, stored {}: {} B (a per-head cache: {:.0f} values, {:.0f} "
              "B, {:.1f}x more)\n", width, bf16 ? "bf16" : "fp32", cache.bytes_per_token_per_layer(), per_head_cache,
              per_head_cache * elt, per_head_cache / width);
-  fmt::print("decode bandwidth  {} per token -> {}/s achieved", human_bytes(bytes_per_token), human_bytes(achieved));
+  fmt::print("decode bandwidth  {} per step -> {}/s achieved", human_bytes(bytes_per_step), human_bytes(achieved));
   if (roofline > 0)
     fmt::print(" of {}/s measured copy bandwidth ({:.1f}% of the roofline)\n", human_bytes(roofline),
                100.0 * achieved / roofline);
@@ -146,9 +173,10 @@ void run_bench_infer(const BenchArgs& a) {
     fmt::print("\n");
   if (!a.json_out.empty()) {
     nlohmann::json j = {{"config", a.config}, {"device", a.device}, {"batch", a.batch}, {"prompt_len", a.prompt_len},
-                        {"gen_len", a.gen_len}, {"prefill_tokens_per_s", a.prompt_len / prefill_s},
-                        {"ttft_ms", prefill_s * 1e3}, {"decode_tokens_per_s", decode_tps},
-                        {"tpot_ms", decode_s * 1e3 / a.gen_len}, {"bytes_per_decode_token", bytes_per_token},
+                        {"gen_len", a.gen_len},
+                        {"prefill_tokens_per_s", static_cast<double>(B * a.prompt_len) / prefill_s},
+                        {"ttft_ms", ttft_s * 1e3}, {"decode_tokens_per_s", decode_tps},
+                        {"tpot_ms", step_s * 1e3}, {"bytes_per_decode_step", bytes_per_step}, {"cuda_graph", graph},
                         {"achieved_bytes_per_s", achieved}, {"roofline_bytes_per_s", roofline},
                         {"kv_values_per_token_per_layer", width},
                         {"kv_bytes_per_token_per_layer", cache.bytes_per_token_per_layer()},
@@ -282,7 +310,7 @@ void register_bench(CLI::App& app) {
   static BenchArgs a;
   auto* infer = bench->add_subcommand("infer", "Prefill and decode speed of a config on the device");
   infer->add_option("--config", a.config, "A config.json (e.g. ../shared/configs/bench/bench-16b-l4.json)")->required();
-  infer->add_option("--batch", a.batch, "Sequences decoded together (1 for now)")->capture_default_str();
+  infer->add_option("--batch", a.batch, "Sequences decoded together (each prefilled on its own)")->capture_default_str();
   infer->add_option("--prompt-len", a.prompt_len, "Prompt tokens (prefill)")->capture_default_str();
   infer->add_option("--gen-len", a.gen_len, "Generated tokens (decode steps)")->capture_default_str();
   infer->add_option("--device", a.device, "cuda or cpu")->capture_default_str();
@@ -291,6 +319,7 @@ void register_bench(CLI::App& app) {
   infer->add_option("--json", a.json_out, "Also write the results as JSON");
   infer->add_flag("--tf32", a.tf32,
                   "CUDA: matrix products and prefill attention on TF32 tensor cores (fp32 storage and accumulation)");
+  infer->add_flag("--eager", a.eager, "CUDA: launch every decode op from the host instead of replaying a CUDA graph");
   infer->callback([] { run_bench_infer(a); });
 
   static TrainBenchArgs t;

@@ -4,12 +4,14 @@
 
 #include "backends/cpu/cpu_ops.h"
 #include "core/dtype.h"
+#include "core/error.h"
 
 namespace dsv::ops::cpu {
 namespace {
 float widen(float v) { return v; }
 float widen(uint16_t v) { return bf16_to_f32(v); }
 
+// One problem: T queries over S keys.
 template <typename KV>
 void attention_impl(const AttentionParams& p, const KV* keys, const KV* values) {
   const int64_t past = p.S - p.T, Hkv = p.Hkv ? p.Hkv : p.H;
@@ -43,11 +45,26 @@ void attention_impl(const AttentionParams& p, const KV* keys, const KV* values) 
     }
   }
 }
+
+template <typename KV>
+void attention_batched(const AttentionParams& p, const KV* keys, const KV* values) {
+  for (int64_t b = 0; b < p.batch; ++b) {
+    AttentionParams one = p;
+    one.q = p.q + b * p.T * p.H * p.Dqk;
+    one.out = p.out + b * p.T * p.H * p.Dv;
+    if (p.kv_lengths) {
+      one.S = p.kv_lengths[b];
+      DSV_CHECK(one.S >= p.T && one.S <= p.S, "attention: problem {} has {} keys; expected {} .. {}", b, one.S, p.T,
+                p.S);
+    }
+    attention_impl(one, keys + b * p.k_batch_stride, values + b * p.v_batch_stride);
+  }
+}
 }  // namespace
 
 void attention(const AttentionParams& p) {
-  if (p.k_bf16) return attention_impl(p, p.k_bf16, p.v_bf16);
-  attention_impl(p, p.k, p.v);
+  if (p.k_bf16) return attention_batched(p, p.k_bf16, p.v_bf16);
+  attention_batched(p, p.k, p.v);
 }
 
 }  // namespace dsv::ops::cpu

@@ -16,6 +16,8 @@ void add(const AddParams& p);
 void copy2d(const Copy2dParams& p);
 void gather_rows(const RowsParams& p);
 void scatter_add_rows(const RowsParams& p);
+void store_rows(const StoreRowsParams& p);
+void argmax_rows(const ArgmaxParams& p);
 void fill_random(const FillRandomParams& p);
 void moe_experts(const MoeExpertsParams& p);
 void cast(const CastParams& p);

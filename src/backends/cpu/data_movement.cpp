@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "backends/cpu/cpu_ops.h"
+#include "core/dtype.h"
 
 namespace dsv::ops::cpu {
 
@@ -38,6 +39,16 @@ void scatter_add_rows(const RowsParams& p) {
     const float* x = p.x + r * p.D;
     const float scale = p.scale ? p.scale[r] : 1.0f;
     for (int64_t d = 0; d < p.D; ++d) y[d] += scale * x[d];
+  }
+}
+
+void store_rows(const StoreRowsParams& p) {
+  const int64_t ys = p.y_stride ? p.y_stride : p.D;
+  for (int64_t r = 0; r < p.n; ++r) {
+    const float* x = p.x + r * p.D;
+    if (p.y) std::memcpy(p.y + p.rows[r] * ys, x, p.D * sizeof(float));
+    else
+      for (int64_t d = 0; d < p.D; ++d) p.y_bf16[p.rows[r] * ys + d] = f32_to_bf16(x[d]);
   }
 }
 

@@ -42,13 +42,18 @@ __device__ float block_sum(float v, float* reduce) {
   return r;
 }
 
+// Problem b of a batched call: its key count and its key / value bases.
+__device__ __forceinline__ int64_t problem_keys(const AttentionParams& p, int64_t b) {
+  return p.kv_lengths ? p.kv_lengths[b] : p.S;
+}
+
 template <typename KV>
 __global__ void attention_kernel(AttentionParams p, const KV* K, const KV* V, int64_t hkv, int64_t ks, int64_t vs) {
-  const int64_t t = blockIdx.x, h = blockIdx.y;
-  const int64_t visible = p.S - p.T + t + 1;
-  const float* q = p.q + (t * p.H + h) * p.Dqk;
-  const KV* kbase = K + (h % hkv) * p.Dqk;
-  const KV* vbase = V + (h % hkv) * p.Dv;
+  const int64_t t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int64_t visible = problem_keys(p, b) - p.T + t + 1;
+  const float* q = p.q + ((b * p.T + t) * p.H + h) * p.Dqk;
+  const KV* kbase = K + b * p.k_batch_stride + (h % hkv) * p.Dqk;
+  const KV* vbase = V + b * p.v_batch_stride + (h % hkv) * p.Dv;
   // Pass 1: the row maximum (for a stable softmax).
   float local_max = -FLT_MAX;
   for (int64_t s = threadIdx.x; s < visible; s += blockDim.x) {
@@ -69,7 +74,7 @@ __global__ void attention_kernel(AttentionParams p, const KV* K, const KV* V, in
   }
   const float inv_sum = 1.0f / block_sum(local_sum, reduce);
   // Pass 3: out[d] = sum_s p_s v_s[d], threads over d, keys in order (deterministic).
-  float* out = p.out + (t * p.H + h) * p.Dv;
+  float* out = p.out + ((b * p.T + t) * p.H + h) * p.Dv;
   __shared__ float probs[kThreads];
   for (int64_t s0 = 0; s0 < visible; s0 += kThreads) {
     const int64_t s = s0 + threadIdx.x;
@@ -98,11 +103,11 @@ __global__ void attention_smem_kernel(AttentionParams p, const KV* K, const KV* 
                                       int64_t vs) {
   extern __shared__ float scores[];  // [visible]
   __shared__ float reduce[kThreads];
-  const int64_t t = blockIdx.x, h = blockIdx.y;
-  const int64_t visible = p.S - p.T + t + 1;
-  const float* q = p.q + (t * p.H + h) * p.Dqk;
-  const KV* kbase = K + (h % hkv) * p.Dqk;
-  const KV* vbase = V + (h % hkv) * p.Dv;
+  const int64_t t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int64_t visible = problem_keys(p, b) - p.T + t + 1;
+  const float* q = p.q + ((b * p.T + t) * p.H + h) * p.Dqk;
+  const KV* kbase = K + b * p.k_batch_stride + (h % hkv) * p.Dqk;
+  const KV* vbase = V + b * p.v_batch_stride + (h % hkv) * p.Dv;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = kThreads / 32;
   for (int64_t s = warp; s < visible; s += warps) {
     const KV* k = kbase + s * ks;
@@ -122,7 +127,7 @@ __global__ void attention_smem_kernel(AttentionParams p, const KV* K, const KV* 
     local_sum += e;
   }
   const float inv_sum = 1.0f / block_sum(local_sum, reduce);
-  float* out = p.out + (t * p.H + h) * p.Dv;
+  float* out = p.out + ((b * p.T + t) * p.H + h) * p.Dv;
   for (int64_t d = threadIdx.x; d < p.Dv; d += blockDim.x) {
     float acc = 0.0f;
     for (int64_t s = 0; s < visible; ++s) acc += scores[s] * widen(vbase[s * vs + d]);
@@ -135,31 +140,34 @@ __global__ void attention_smem_kernel(AttentionParams p, const KV* K, const KV* 
 constexpr int64_t kMaxSmemKeys = (200 * 1024) / 4;
 
 // ---- Split-key decode (few queries over a long cache) ----
-// One block per (chunk of kChunk keys, query, head) instead of one per (query, head): a decode step
-// has T = 1, so the per-(query, head) kernels would run H blocks on a GPU with 132 SMs. Each block
-// writes its chunk's softmax statistics (max m, sum l of exp(score - m)) and unnormalized output;
-// a second kernel merges the chunks in order (deterministic).
-// 64-key chunks: enough blocks at short contexts too, and a short dependent loop per block.
-constexpr int kChunk = 64, kDecodeWarps = kThreads / 32;
+// One block per (chunk of keys, query row) instead of one per query row: a decode step has T = 1, so
+// the per-(query, head) kernels would run H blocks on a GPU with 132 SMs. Each block writes its
+// chunk's softmax statistics (max m, sum l of exp(score - m)) and unnormalized output; a second
+// kernel merges the chunks in order (deterministic). Chunks are at least 64 keys (a short dependent
+// loop per block) and longer when there are many query rows (batched decode), so that about
+// kTargetBlocks blocks run. Grids depend only on S (a bound when kv_lengths is given): chunks past a
+// problem's keys exit at once, so one launch shape serves every step of a captured decode graph.
+constexpr int kMinChunk = 64, kDecodeWarps = kThreads / 32, kTargetBlocks = 2048, kMaxChunk = 8192;
 
 template <typename KV>
 __global__ void decode_partial_kernel(AttentionParams p, const KV* K, const KV* V, int64_t hkv, int64_t ks, int64_t vs,
-                                      int64_t chunks, float* partial) {
-  extern __shared__ float sm[];  // q [Dqk], exp(scores) [kChunk]
+                                      int64_t chunks, int64_t chunk, float* partial) {
+  extern __shared__ float sm[];  // q [Dqk], exp(scores) [chunk]
   float* qs = sm;
   float* sc = qs + p.Dqk;
   __shared__ float reduce[kThreads];
-  const int64_t c = blockIdx.x, th = blockIdx.y, t = th / p.H, h = th % p.H;
-  const int64_t visible = p.S - p.T + t + 1, s_begin = c * kChunk;
-  const int64_t s_end = visible < s_begin + kChunk ? visible : s_begin + kChunk;
-  float* part = partial + (th * chunks + c) * (p.Dv + 2);
+  // row = (b * T + t) * H + h
+  const int64_t c = blockIdx.x, row = blockIdx.y, h = row % p.H, t = (row / p.H) % p.T, b = row / (p.H * p.T);
+  const int64_t visible = problem_keys(p, b) - p.T + t + 1, s_begin = c * chunk;
+  const int64_t s_end = visible < s_begin + chunk ? visible : s_begin + chunk;
+  float* part = partial + (row * chunks + c) * (p.Dv + 2);
   if (s_begin >= s_end) {  // a chunk past this query's visible keys
     for (int64_t d = threadIdx.x; d < p.Dv + 2; d += kThreads) part[d] = d == 0 ? -INFINITY : 0.0f;
     return;
   }
-  const float* q = p.q + (t * p.H + h) * p.Dqk;
-  const KV* kbase = K + (h % hkv) * p.Dqk;
-  const KV* vbase = V + (h % hkv) * p.Dv;
+  const float* q = p.q + row * p.Dqk;
+  const KV* kbase = K + b * p.k_batch_stride + (h % hkv) * p.Dqk;
+  const KV* vbase = V + b * p.v_batch_stride + (h % hkv) * p.Dv;
   for (int64_t d = threadIdx.x; d < p.Dqk; d += kThreads) qs[d] = q[d];
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -196,14 +204,14 @@ __global__ void decode_partial_kernel(AttentionParams p, const KV* K, const KV* 
 }
 
 __global__ void decode_combine_kernel(AttentionParams p, int64_t chunks, const float* partial) {
-  const int64_t th = blockIdx.x;
-  const float* part = partial + th * chunks * (p.Dv + 2);
+  const int64_t row = blockIdx.x;
+  const float* part = partial + row * chunks * (p.Dv + 2);
   float M = -INFINITY;
   for (int64_t c = 0; c < chunks; ++c) M = fmaxf(M, part[c * (p.Dv + 2)]);
   float L = 0.0f;
   for (int64_t c = 0; c < chunks; ++c) L += expf(part[c * (p.Dv + 2)] - M) * part[c * (p.Dv + 2) + 1];
   const float inv = 1.0f / L;
-  float* out = p.out + th * p.Dv;  // out [T, H, Dv]: row th = t * H + h
+  float* out = p.out + row * p.Dv;  // out [batch, T, H, Dv]
   for (int64_t d = threadIdx.x; d < p.Dv; d += kThreads) {
     float acc = 0.0f;
     for (int64_t c = 0; c < chunks; ++c) acc += expf(part[c * (p.Dv + 2)] - M) * part[c * (p.Dv + 2) + 2 + d];
@@ -214,18 +222,22 @@ __global__ void decode_combine_kernel(AttentionParams p, int64_t chunks, const f
 template <typename KV>
 cudaError_t decode_attention(const AttentionParams& p, const KV* K, const KV* V, int64_t hkv, int64_t ks, int64_t vs,
                              cudaStream_t stream) {
-  const int64_t chunks = (p.S + kChunk - 1) / kChunk;
-  const int64_t rows = p.T * p.H;
+  const int64_t rows = p.batch * p.T * p.H;
+  const int64_t want_chunks = (kTargetBlocks + rows - 1) / rows;
+  int64_t chunk = (p.S + want_chunks - 1) / want_chunks;
+  chunk = chunk < kMinChunk ? kMinChunk : (chunk + 31) / 32 * 32;
+  chunk = chunk > kMaxChunk ? kMaxChunk : chunk;
+  const int64_t chunks = (p.S + chunk - 1) / chunk;
   float* partial = static_cast<float*>(cached_allocate(static_cast<size_t>(rows * chunks * (p.Dv + 2)) * sizeof(float)));
   if (!partial) return cudaErrorMemoryAllocation;
-  const size_t smem = static_cast<size_t>(p.Dqk + kChunk) * sizeof(float);
+  const size_t smem = static_cast<size_t>(p.Dqk + chunk) * sizeof(float);
   cudaError_t e = cudaSuccess;
   if (smem > 48 * 1024)
     e = cudaFuncSetAttribute(decode_partial_kernel<KV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(smem));
   if (e == cudaSuccess) {
     decode_partial_kernel<KV><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(rows)), kThreads, smem,
-                                stream>>>(p, K, V, hkv, ks, vs, chunks, partial);
+                                stream>>>(p, K, V, hkv, ks, vs, chunks, chunk, partial);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess) {
@@ -236,13 +248,189 @@ cudaError_t decode_attention(const AttentionParams& p, const KV* K, const KV* V,
   return e;
 }
 
+// ---- Absorbed-MLA decode: one latent row per key shared by all heads ----
+// Hkv = 1 with v the first Dv values of each key row (the latent cache) and one query per problem.
+// One block per (key split, group of kLatentHeads heads, problem) stages kLatentKeys-row tiles of the
+// cache in shared memory once for all of its heads (the per-head kernels above read every row once
+// per head): q.k with one thread per (head pair, key), an online softmax per head by one warp (a lane
+// per key), then P.V with threads over value dims and every head's sums in registers. Partials per
+// (problem, head, split) go through decode_combine_kernel. Grids depend only on S (kv_lengths read on
+// the device), so a captured decode graph replays them.
+constexpr int kLatentHeads = 16, kLatentKeys = 32, kLatentThreads = 256;
+constexpr int64_t kLatentTargetBlocks = 264;  // two per SM of an H100
+
+// Row pitch of the staged q and key rows: even (float2 reads) and = 2 mod 32 words, so the 16 lanes
+// of a half-warp reading 16 different rows at one d hit 16 different bank pairs.
+__host__ __device__ constexpr int64_t latent_pitch(int64_t Dqk) { return (Dqk + 1) / 2 * 2 + 2; }
+
+size_t latent_smem_bytes(int64_t Dqk) {
+  return static_cast<size_t>((kLatentHeads + kLatentKeys) * latent_pitch(Dqk) + kLatentHeads * kLatentKeys +
+                             3 * kLatentHeads) * sizeof(float);
+}
+
+// DV: value dims per thread (Dv <= DV * kLatentThreads).
+template <typename KV, int DV>
+__global__ void __launch_bounds__(kLatentThreads)
+    latent_decode_kernel(AttentionParams p, const KV* K, int64_t ks, int64_t splits, int64_t split_keys, float* partial) {
+  extern __shared__ float sm[];
+  const int Dqk = static_cast<int>(p.Dqk), Dv = static_cast<int>(p.Dv), pitch = static_cast<int>(latent_pitch(p.Dqk));
+  float* qs = sm;                                // [kLatentHeads][pitch]
+  float* tile = qs + kLatentHeads * pitch;       // [kLatentKeys][pitch]
+  float* probs = tile + kLatentKeys * pitch;     // [kLatentHeads][kLatentKeys]
+  float* m_run = probs + kLatentHeads * kLatentKeys;  // running max, sum and this tile's rescale per head
+  float* l_run = m_run + kLatentHeads;
+  float* alpha = l_run + kLatentHeads;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, warps = kLatentThreads / 32;
+  const int64_t c = blockIdx.x, h0 = static_cast<int64_t>(blockIdx.y) * kLatentHeads, b = blockIdx.z;
+  const int heads = static_cast<int>(p.H - h0 < kLatentHeads ? p.H - h0 : kLatentHeads);
+  const int64_t keys = problem_keys(p, b), s_begin = c * split_keys;
+  const int64_t s_end = keys < s_begin + split_keys ? keys : s_begin + split_keys;
+  if (s_begin >= s_end) {  // a split past this problem's keys
+    for (int h = 0; h < heads; ++h) {
+      float* part = partial + ((b * p.H + h0 + h) * splits + c) * (Dv + 2);
+      for (int d = tid; d < Dv + 2; d += kLatentThreads) part[d] = d == 0 ? -INFINITY : 0.0f;
+    }
+    return;
+  }
+  for (int h = warp; h < kLatentHeads; h += warps) {  // absent heads and the pad columns: zeros
+    const float* q = p.q + (b * p.H + h0 + h) * p.Dqk;
+    for (int d = lane; d < pitch; d += 32) qs[h * pitch + d] = h < heads && d < Dqk ? q[d] : 0.0f;
+  }
+  if (tid < kLatentHeads) {
+    m_run[tid] = -INFINITY;
+    l_run[tid] = 0.0f;
+  }
+  float acc[kLatentHeads][DV] = {};
+  const KV* kb = K + b * p.k_batch_stride;
+  for (int64_t s0 = s_begin; s0 < s_end; s0 += kLatentKeys) {
+    const int n = static_cast<int>(s_end - s0 < kLatentKeys ? s_end - s0 : kLatentKeys);
+    __syncthreads();  // the previous tile's P.V is done with `tile` and `probs`
+    for (int j = warp; j < kLatentKeys; j += warps) {  // one row per warp; rows past n and pads: zeros
+      const KV* src = kb + (s0 + j) * ks;
+      for (int d = lane; d < pitch; d += 32) tile[j * pitch + d] = j < n && d < Dqk ? widen(src[d]) : 0.0f;
+    }
+    __syncthreads();
+    {  // scores of key `lane` for heads 2 warp, 2 warp + 1 (float2 reads: k conflict-free, q broadcast)
+      const int ha = 2 * warp, hb = ha + 1;
+      const float2* k = reinterpret_cast<const float2*>(tile + lane * pitch);
+      const float2* qa = reinterpret_cast<const float2*>(qs + ha * pitch);
+      const float2* qb = reinterpret_cast<const float2*>(qs + hb * pitch);
+      float sa = 0.0f, sb = 0.0f;
+#pragma unroll 8
+      for (int d2 = 0; d2 < pitch / 2; ++d2) {
+        const float2 kv = k[d2], a = qa[d2], bq = qb[d2];
+        sa += a.x * kv.x + a.y * kv.y;
+        sb += bq.x * kv.x + bq.y * kv.y;
+      }
+      probs[ha * kLatentKeys + lane] = lane < n ? sa * p.scale : -INFINITY;
+      probs[hb * kLatentKeys + lane] = lane < n ? sb * p.scale : -INFINITY;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {  // online softmax: warp w owns heads 2w, 2w + 1
+      const int h = 2 * warp + i;
+      const float v = probs[h * kLatentKeys + lane];
+      float tile_max = v;
+      for (int o = 16; o > 0; o >>= 1) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, o));
+      const float m_old = m_run[h], m_new = fmaxf(m_old, tile_max);
+      const float e = lane < n ? expf(v - m_new) : 0.0f;
+      const float sum = warp_sum(e);
+      probs[h * kLatentKeys + lane] = e;
+      __syncwarp();
+      if (lane == 0) {
+        const float a = expf(m_old - m_new);  // 0 on the first tile (m_old = -inf)
+        alpha[h] = a;
+        l_run[h] = l_run[h] * a + sum;
+        m_run[h] = m_new;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int h = 0; h < kLatentHeads; ++h) {
+      const float a = alpha[h];
+#pragma unroll
+      for (int i = 0; i < DV; ++i) acc[h][i] *= a;
+    }
+    // P.V four keys at a time (rows past n are zeros with zero weight).
+    for (int j = 0; j < kLatentKeys; j += 4) {
+      float v[4][DV];
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+        for (int i = 0; i < DV; ++i) {
+          const int d = tid + i * kLatentThreads;
+          v[jj][i] = d < Dv ? tile[(j + jj) * pitch + d] : 0.0f;
+        }
+#pragma unroll
+      for (int h = 0; h < kLatentHeads; ++h) {
+        const float4 pj = *reinterpret_cast<const float4*>(probs + h * kLatentKeys + j);
+#pragma unroll
+        for (int i = 0; i < DV; ++i) acc[h][i] += pj.x * v[0][i] + pj.y * v[1][i] + pj.z * v[2][i] + pj.w * v[3][i];
+      }
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < kLatentHeads; ++h) {
+    if (h >= heads) break;
+    float* part = partial + ((b * p.H + h0 + h) * splits + c) * (Dv + 2);
+#pragma unroll
+    for (int i = 0; i < DV; ++i) {
+      const int d = tid + i * kLatentThreads;
+      if (d < Dv) part[2 + d] = acc[h][i];
+    }
+    if (tid == 0) {
+      part[0] = m_run[h];
+      part[1] = l_run[h];
+    }
+  }
+}
+
+// Whether latent_decode_kernel serves this call: shared K/V rows (one head), v inside k, one query.
+bool latent_decode_applies(const AttentionParams& p, const void* K, const void* V, int64_t hkv, int64_t ks,
+                           int64_t vs) {
+  return hkv == 1 && p.T == 1 && K == V && ks == vs && p.Dv <= p.Dqk &&
+         p.Dv <= static_cast<int64_t>(kLatentThreads) * 4 && latent_smem_bytes(p.Dqk) <= 200 * 1024 &&
+         p.batch * ((p.H + kLatentHeads - 1) / kLatentHeads) <= 65535;
+}
+
+template <typename KV>
+cudaError_t latent_decode_attention(const AttentionParams& p, const KV* K, int64_t ks, cudaStream_t stream) {
+  const int64_t groups = (p.H + kLatentHeads - 1) / kLatentHeads, tiles = (p.S + kLatentKeys - 1) / kLatentKeys;
+  int64_t splits = (kLatentTargetBlocks + p.batch * groups - 1) / (p.batch * groups);
+  splits = splits < 1 ? 1 : (splits > tiles ? tiles : splits);
+  const int64_t split_keys = (tiles + splits - 1) / splits * kLatentKeys;
+  splits = (p.S + split_keys - 1) / split_keys;
+  const int64_t rows = p.batch * p.H;
+  float* partial = static_cast<float*>(cached_allocate(static_cast<size_t>(rows * splits * (p.Dv + 2)) * sizeof(float)));
+  if (!partial) return cudaErrorMemoryAllocation;
+  const size_t smem = latent_smem_bytes(p.Dqk);
+  auto kernel = p.Dv <= 2 * kLatentThreads ? latent_decode_kernel<KV, 2> : latent_decode_kernel<KV, 4>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (e == cudaSuccess) {
+    kernel<<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(groups), static_cast<unsigned>(p.batch)),
+             kLatentThreads, smem, stream>>>(p, K, ks, splits, split_keys, partial);
+    e = cudaGetLastError();
+  }
+  if (e == cudaSuccess) {
+    decode_combine_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(p, splits, partial);
+    e = cudaGetLastError();
+  }
+  cached_release(partial);  // reused only by later work on the same stream
+  return e;
+}
+
 template <typename KV>
 cudaError_t attention_typed(const AttentionParams& p, const KV* K, const KV* V, cudaStream_t stream) {
   const int64_t hkv = p.Hkv ? p.Hkv : p.H;
   const int64_t ks = p.k_stride ? p.k_stride : hkv * p.Dqk, vs = p.v_stride ? p.v_stride : hkv * p.Dv;
-  // Few query rows over many keys (decode steps): split the keys across blocks.
-  if (p.T * p.H < 256 && p.S > kChunk && p.T * p.H <= 65535) return decode_attention(p, K, V, hkv, ks, vs, stream);
-  const dim3 grid(static_cast<unsigned>(p.T), static_cast<unsigned>(p.H));
+  // Few query rows per problem over many keys (decode steps, batched or not): split the keys across
+  // blocks. Per-problem key counts (kv_lengths) always take this path: its grid depends only on S.
+  if (latent_decode_applies(p, K, V, hkv, ks, vs) && (p.kv_lengths || p.S > kMinChunk))
+    return latent_decode_attention(p, K, ks, stream);
+  const int64_t rows = p.batch * p.T * p.H;
+  if (rows <= 65535 && (p.kv_lengths || (p.T * p.H < 256 && p.S > kMinChunk)))
+    return decode_attention(p, K, V, hkv, ks, vs, stream);
+  const dim3 grid(static_cast<unsigned>(p.T), static_cast<unsigned>(p.H), static_cast<unsigned>(p.batch));
   if (p.S <= kMaxSmemKeys) {
     const size_t smem = static_cast<size_t>(p.S) * sizeof(float);
     if (smem > 48 * 1024) {

@@ -28,22 +28,24 @@ __device__ __forceinline__ void unpack8(const uint4& r, float (&w)[8]) {
   }
 }
 
-// acc[m][r] += sum_k bf16(x[m * xs + k]) * w[r][k] for m < M rows of x, r < R weight rows, k < K,
-// accumulated per lane (the caller reduces over the warp). Each x chunk is loaded and rounded once
-// for all R weight rows, so activation reads stay well below the weight stream. Vectorized (16-byte
-// loads, 2R in flight per lane) when the w rows and x rows are 16-byte aligned and K % 8 == 0.
+// acc[m][r] += sum_k bf16(x[m][k]) * w[r][k] for M rows of x (each its own pointer), R weight rows,
+// k < K, accumulated per lane (the caller reduces over the warp). Each x chunk is loaded and rounded
+// once for all R weight rows, so activation reads stay well below the weight stream. Vectorized
+// (16-byte loads, 2R in flight per lane) when all rows are 16-byte aligned and K % 8 == 0.
 template <int M, int R>
-__device__ __forceinline__ void lane_dots_bf16(const float* __restrict__ x, int64_t xs, const uint16_t* const (&w)[R],
-                                               int64_t K, float (&acc)[M][R]) {
+__device__ __forceinline__ void lane_dots_bf16_rows(const float* const (&x)[M], const uint16_t* const (&w)[R],
+                                                    int64_t K, float (&acc)[M][R]) {
   const int lane = threadIdx.x % 32;
-  bool vec = K % 8 == 0 && xs % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  bool vec = K % 8 == 0;
+#pragma unroll
+  for (int m = 0; m < M; ++m) vec = vec && reinterpret_cast<uintptr_t>(x[m]) % 16 == 0;
 #pragma unroll
   for (int r = 0; r < R; ++r) vec = vec && reinterpret_cast<uintptr_t>(w[r]) % 16 == 0;
   if (!vec) {
     for (int64_t k = lane; k < K; k += 32) {
       float xk[M];
 #pragma unroll
-      for (int m = 0; m < M; ++m) xk[m] = round_bf16(x[m * xs + k]);
+      for (int m = 0; m < M; ++m) xk[m] = round_bf16(x[m][k]);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         const float wk = widen_bf16(w[r][k]);
@@ -57,7 +59,7 @@ __device__ __forceinline__ void lane_dots_bf16(const float* __restrict__ x, int6
   auto consume = [&](const uint4 (&raw)[R], int64_t c) {
 #pragma unroll
     for (int m = 0; m < M; ++m) {
-      const float4* xm = reinterpret_cast<const float4*>(x + m * xs) + 2 * c;
+      const float4* xm = reinterpret_cast<const float4*>(x[m]) + 2 * c;
       const float4 a = __ldg(xm), b = __ldg(xm + 1);
       const float xv[8] = {round_bf16(a.x), round_bf16(a.y), round_bf16(a.z), round_bf16(a.w),
                            round_bf16(b.x), round_bf16(b.y), round_bf16(b.z), round_bf16(b.w)};
@@ -89,6 +91,16 @@ __device__ __forceinline__ void lane_dots_bf16(const float* __restrict__ x, int6
     for (int r = 0; r < R; ++r) r0[r] = __ldg(reinterpret_cast<const uint4*>(w[r]) + c);
     consume(r0, c);
   }
+}
+
+// The same for M rows of x at a fixed stride xs (x[m * xs + k]).
+template <int M, int R>
+__device__ __forceinline__ void lane_dots_bf16(const float* __restrict__ x, int64_t xs, const uint16_t* const (&w)[R],
+                                               int64_t K, float (&acc)[M][R]) {
+  const float* rows[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) rows[m] = x + m * xs;
+  lane_dots_bf16_rows<M, R>(rows, w, K, acc);
 }
 
 }  // namespace dsv::ops::cuda

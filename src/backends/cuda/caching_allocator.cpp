@@ -1,8 +1,9 @@
 // Device memory for ops::Buffer: freed blocks are kept and reused instead of going back to the
 // driver, because cudaMalloc is slow and cudaFree synchronizes the device, and the model code makes
-// short-lived buffers in every layer. All work runs on one stream, so a block released after its
-// last use can be handed out again in stream order. Sizes are rounded (512 B, or 2 MiB above
-// 1 MiB) so that repeated shapes hit the cache.
+// short-lived buffers in every layer. Work runs on the legacy default stream or on blocking streams
+// (a decode graph's), which the legacy stream orders with, so a block released after its last use can
+// be handed out again in stream order. Sizes are rounded (512 B, or 2 MiB above
+// 1 MiB) so that repeated shapes hit the cache. Captured graphs get private pools (see cuda_ops.h).
 #include <cuda_runtime.h>
 
 #include <map>
@@ -14,10 +15,22 @@
 namespace dsv::ops::cuda {
 namespace {
 
+// Free blocks of one pool: the shared one, or a captured graph's private one.
+struct Pool {
+  std::multimap<size_t, void*> free_blocks;  // size -> block
+};
+
+struct Block {
+  size_t size = 0;
+  Pool* pool = nullptr;  // where the block returns when released
+};
+
+thread_local Pool* active_private_pool = nullptr;
+
 struct CachingAllocator {
   std::mutex mu;
-  std::unordered_map<void*, size_t> size_of;  // every block we hold
-  std::multimap<size_t, void*> free_blocks;   // size -> block
+  Pool shared;
+  std::unordered_map<void*, Block> blocks;  // every block we hold
   size_t in_use = 0, peak_in_use = 0, held = 0;  // bytes handed out now / at most / from the driver
 
   void note_use(size_t size) {
@@ -32,25 +45,26 @@ struct CachingAllocator {
 
   void* allocate(size_t bytes) {
     const size_t size = round_up(bytes);
+    Pool* pool = active_private_pool ? active_private_pool : &shared;
     std::lock_guard<std::mutex> lock(mu);
     // Reuse a free block of this size, or one at most twice as large.
-    auto it = free_blocks.lower_bound(size);
-    if (it != free_blocks.end() && it->first <= 2 * size) {
+    auto it = pool->free_blocks.lower_bound(size);
+    if (it != pool->free_blocks.end() && it->first <= 2 * size) {
       void* p = it->second;
       note_use(it->first);
-      free_blocks.erase(it);
+      pool->free_blocks.erase(it);
       return p;
     }
     void* p = nullptr;
     if (cudaMalloc(&p, size) != cudaSuccess) {
-      cudaGetLastError();  // clear the error, give the cache back to the driver, retry once
+      cudaGetLastError();  // clear the error, give the shared cache back to the driver, retry once
       release_cached_locked();
       if (cudaMalloc(&p, size) != cudaSuccess) {
         cudaGetLastError();
         return nullptr;
       }
     }
-    size_of[p] = size;
+    blocks[p] = Block{size, pool};
     held += size;
     note_use(size);
     return p;
@@ -58,20 +72,36 @@ struct CachingAllocator {
 
   void release(void* p) {
     std::lock_guard<std::mutex> lock(mu);
-    auto it = size_of.find(p);
-    if (it == size_of.end()) return;
-    in_use -= it->second;
-    free_blocks.emplace(it->second, p);
+    auto it = blocks.find(p);
+    if (it == blocks.end()) return;
+    in_use -= it->second.size;
+    it->second.pool->free_blocks.emplace(it->second.size, p);
   }
 
   void release_cached_locked() {
     cudaDeviceSynchronize();
-    for (auto& [size, p] : free_blocks) {
+    for (auto& [size, p] : shared.free_blocks) {
       cudaFree(p);
       held -= size;
-      size_of.erase(p);
+      blocks.erase(p);
     }
-    free_blocks.clear();
+    shared.free_blocks.clear();
+  }
+
+  // Frees every block of a private pool (all must have been released).
+  void destroy(Pool* pool) {
+    cudaDeviceSynchronize();
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto it = blocks.begin(); it != blocks.end();) {
+      if (it->second.pool != pool) {
+        ++it;
+        continue;
+      }
+      cudaFree(it->first);
+      held -= it->second.size;
+      it = blocks.erase(it);
+    }
+    delete pool;
   }
 };
 
@@ -84,6 +114,12 @@ CachingAllocator& allocator() {
 
 void* cached_allocate(size_t bytes) { return allocator().allocate(bytes); }
 void cached_release(void* p) { allocator().release(p); }
+
+void* pool_create() { return new Pool(); }
+void pool_destroy(void* pool) {
+  if (pool) allocator().destroy(static_cast<Pool*>(pool));
+}
+void pool_use(void* pool) { active_private_pool = static_cast<Pool*>(pool); }
 
 AllocatorStats allocator_stats() {
   CachingAllocator& a = allocator();

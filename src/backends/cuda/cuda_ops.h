@@ -37,6 +37,9 @@ cudaError_t add(const AddParams& p, cudaStream_t stream);
 cudaError_t copy2d(const Copy2dParams& p, cudaStream_t stream);
 cudaError_t gather_rows(const RowsParams& p, cudaStream_t stream);
 cudaError_t scatter_add_rows(const RowsParams& p, cudaStream_t stream);
+cudaError_t store_rows(const StoreRowsParams& p, cudaStream_t stream);
+// One block per row.
+cudaError_t argmax_rows(const ArgmaxParams& p, cudaStream_t stream);
 cudaError_t fill_random(const FillRandomParams& p, cudaStream_t stream);
 cudaError_t moe_experts(const MoeExpertsParams& p, cudaStream_t stream);
 // Device-to-device copy bandwidth in bytes/s (bytes read + written), measured with events over
@@ -46,6 +49,12 @@ double measure_copy_bandwidth(size_t bytes);
 // The device allocator behind ops::Buffer on CUDA (caching_allocator.cpp).
 void* cached_allocate(size_t bytes);
 void cached_release(void* p);
+// Private pools for captured graphs: while a pool is in use (on this thread), cached_allocate takes
+// blocks from it (or the driver) and they return to it; the shared pool never sees them, so memory a
+// graph replays into is never handed to anyone else. Destroying a pool synchronizes and frees it.
+void* pool_create();
+void pool_destroy(void* pool);
+void pool_use(void* pool);  // null: the shared pool
 struct AllocatorStats {
   size_t in_use = 0, peak_in_use = 0, held = 0;  // bytes in live buffers now, at most since reset, cached
 };

@@ -1,4 +1,6 @@
 // Data movement kernels, twins of backends/cpu/data_movement.cpp. Grid-stride loops over elements.
+#include <cuda_bf16.h>
+
 #include "backends/cuda/cuda_ops.h"
 
 namespace dsv::ops::cuda {
@@ -39,8 +41,21 @@ __global__ void scatter_add_rows_kernel(RowsParams p) {  // rows are unique with
   }
 }
 
+__global__ void store_rows_kernel(StoreRowsParams p, int64_t ys) {  // rows are unique: no races
+  GRID_STRIDE(i, p.n * p.D) {
+    const int64_t dst = static_cast<int64_t>(p.rows[i / p.D]) * ys + i % p.D;
+    if (p.y) p.y[dst] = p.x[i];
+    else reinterpret_cast<__nv_bfloat16*>(p.y_bf16)[dst] = __float2bfloat16_rn(p.x[i]);
+  }
+}
+
 }  // namespace
 
+cudaError_t store_rows(const StoreRowsParams& p, cudaStream_t s) {
+  if (p.n * p.D == 0) return cudaSuccess;
+  store_rows_kernel<<<blocks_for(p.n * p.D), kThreads, 0, s>>>(p, p.y_stride ? p.y_stride : p.D);
+  return cudaGetLastError();
+}
 cudaError_t embed(const EmbedParams& p, cudaStream_t s) {
   embed_kernel<<<blocks_for(p.T * p.D), kThreads, 0, s>>>(p);
   return cudaGetLastError();

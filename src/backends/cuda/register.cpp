@@ -25,7 +25,7 @@ void register_cuda_backend() {
   t.rope = [](const RopeParams& p, void* s) { check(rope(p, as_stream(s)), "rope"); };
   // TF32 products (train.tf32): attention on tensor cores too, where the shapes allow.
   t.attention = [](const AttentionParams& p, void* s) {
-    if (matmul_precision() == MatmulPrecision::Tf32 && !p.k_bf16 &&
+    if (matmul_precision() == MatmulPrecision::Tf32 && !p.k_bf16 && p.batch == 1 && !p.kv_lengths &&
         flash_attention_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S))
       return check(flash_attention(p, as_stream(s)), "flash_attention");
     check(attention(p, as_stream(s)), "attention");
@@ -79,6 +79,37 @@ void register_cuda_backend() {
     check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
   };
   t.synchronize = [](void* s) { check(cudaStreamSynchronize(as_stream(s)), "synchronize"); };
+  t.store_rows = [](const StoreRowsParams& p, void* s) { check(store_rows(p, as_stream(s)), "store_rows"); };
+  t.argmax_rows = [](const ArgmaxParams& p, void* s) { check(argmax_rows(p, as_stream(s)), "argmax_rows"); };
+  // Blocking streams (cudaStreamCreate): the legacy default stream, which the synchronous copies use,
+  // orders with them, so uploads before and downloads after a replay need no extra events.
+  t.stream_create = []() -> void* {
+    cudaStream_t s = nullptr;
+    check(cudaStreamCreate(&s), "stream create");
+    return s;
+  };
+  t.stream_destroy = [](void* s) { check(cudaStreamDestroy(as_stream(s)), "stream destroy"); };
+  t.pool_create = []() { return cuda::pool_create(); };
+  t.pool_destroy = [](void* pool) { cuda::pool_destroy(pool); };
+  t.pool_use = [](void* pool) { cuda::pool_use(pool); };
+  // Relaxed mode: a first use of a shape may still call cudaMalloc or set kernel attributes while
+  // capturing; nothing captured synchronizes.
+  t.capture_begin = [](void* s) {
+    check(cudaStreamBeginCapture(as_stream(s), cudaStreamCaptureModeRelaxed), "graph capture begin");
+  };
+  t.capture_end = [](void* s) -> void* {
+    cudaGraph_t graph = nullptr;
+    check(cudaStreamEndCapture(as_stream(s), &graph), "graph capture end");
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    check(e, "graph instantiate");
+    return exec;
+  };
+  t.graph_launch = [](void* g, void* s) {
+    check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(g), as_stream(s)), "graph launch");
+  };
+  t.graph_destroy = [](void* g) { check(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(g)), "graph destroy"); };
 }
 
 double measure_copy_bandwidth(size_t bytes) {

@@ -4,12 +4,12 @@
 namespace dsv::layers {
 
 void decoder_layer(const ops::Context& ctx, const ModelConfig& c, const LayerWeights& w, float* x, int64_t T,
-                   KvCache& cache, int64_t cache_layer, const RopeTable& rope, MlaMode mode, const TapFn& tap,
+                   KvCache& cache, int64_t cache_layer, const TokenSlots& slots, MlaMode mode, const TapFn& tap,
                    int64_t layer) {
   const int64_t D = c.hidden_size;
   ops::Buffer<float> normed(ctx.backend, T * D), delta(ctx.backend, T * D);
   rmsnorm_rows(ctx, x, w.input_layernorm, T, c.rms_norm_eps, normed.data());
-  mla(ctx, c, w.attn, normed.data(), T, cache, cache_layer, rope, mode, delta.data(), tap, layer);
+  mla(ctx, c, w.attn, normed.data(), T, cache, cache_layer, slots, mode, delta.data(), tap, layer);
   emit(ctx, tap, "attn_out", layer, delta.data(), {T, D});
   ops::add(ctx, {.x = delta.data(), .y = x, .n = T * D});
   rmsnorm_rows(ctx, x, w.post_attention_layernorm, T, c.rms_norm_eps, normed.data());

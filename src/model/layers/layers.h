@@ -22,10 +22,27 @@ RopeTable make_rope_table(const ops::Context& ctx, const ModelConfig& c, int64_t
 RopeTable make_rope_table(const ops::Context& ctx, const ModelConfig& c, const std::vector<int64_t>& positions,
                           bool negate_sin = false);
 
-// MLA: appends the T new latent rows to cache layer `cache_layer` at cache.length and attends over
-// cache rows [0, cache.length + T).
+// The same angles on the host: cos/sin [positions.size(), R/2].
+void rope_angles(const ModelConfig& c, const std::vector<int64_t>& positions, float* cos, float* sin,
+                 bool negate_sin = false);
+
+// Where the T rows of one pass sit in the latent cache, and their rope angles (cos/sin [T, R/2] on the
+// backend). Either one sequence (prefill, or a step of one sequence): rows at positions first ..
+// first + T - 1 of sequence `sequence`, causal over its positions [0, first + T). Or a batched decode
+// step (write_rows set): row t is the next token of sequence t, stored at row write_rows[t] of the
+// layer's rows (t * capacity + its position) and attending over kv_lengths[t] rows of sequence t;
+// both int32 [T] on the backend, read when the ops run (so a captured graph replays with new values).
+struct TokenSlots {
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  int64_t sequence = 0, first = 0;
+  const int32_t* write_rows = nullptr;
+  const int32_t* kv_lengths = nullptr;
+};
+
+// MLA: stores the T new latent rows in cache layer `cache_layer` and attends (see TokenSlots).
 void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, const float* x, int64_t T,
-         KvCache& cache, int64_t cache_layer, const RopeTable& rope, MlaMode mode, float* out, const TapFn& tap,
+         KvCache& cache, int64_t cache_layer, const TokenSlots& slots, MlaMode mode, float* out, const TapFn& tap,
          int64_t layer);
 
 void mlp(const ops::Context& ctx, const ModelConfig& c, const MlpWeights& w, const float* x, int64_t T, float* out,
@@ -36,7 +53,7 @@ void moe(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, con
 
 // x[T, D] is the residual stream, updated in place: x += attn(norm(x)); x += ffn(norm(x)).
 void decoder_layer(const ops::Context& ctx, const ModelConfig& c, const LayerWeights& w, float* x, int64_t T,
-                   KvCache& cache, int64_t cache_layer, const RopeTable& rope, MlaMode mode, const TapFn& tap,
+                   KvCache& cache, int64_t cache_layer, const TokenSlots& slots, MlaMode mode, const TapFn& tap,
                    int64_t layer);
 
 void rmsnorm_rows(const ops::Context& ctx, const float* x, const Tensor& weight, int64_t rows, double eps, float* y,

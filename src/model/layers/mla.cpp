@@ -12,7 +12,7 @@ namespace dsv::layers {
 constexpr double kLatentNormEps = 1e-6;
 
 void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, const float* x, int64_t T,
-         KvCache& cache, int64_t cache_layer, const RopeTable& rope, MlaMode mode, float* out, const TapFn& tap,
+         KvCache& cache, int64_t cache_layer, const TokenSlots& slots, MlaMode mode, float* out, const TapFn& tap,
          int64_t layer) {
   const int64_t D = c.hidden_size, H = c.num_attention_heads, Q = c.q_lora_rank, C = c.kv_lora_rank,
                 R = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim, Dv = c.v_head_dim, Dqk = Dn + R;
@@ -32,34 +32,42 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
   }
 
   // Compressed KV: kv_a[T, C + R] = latent | shared rope key, written straight into fp32 cache rows
-  // (or into fp32 rows then rounded into a bf16 cache); normalize the latent, rope the key.
-  const int64_t base = cache.length, width = cache.width;
-  DSV_CHECK(base + T <= cache.capacity, "KV cache full: {} + {} tokens exceed its capacity of {}", base, T,
+  // (one sequence), or into fresh fp32 rows then stored (rounded into a bf16 cache, or scattered to
+  // each sequence's next row in a batched step); normalize the latent, rope the key.
+  const bool batched = slots.write_rows != nullptr;
+  const int64_t base = slots.first, seq = slots.sequence, width = cache.width;
+  DSV_CHECK(seq >= 0 && seq < cache.sequences, "KV cache: sequence {} of {}", seq, cache.sequences);
+  DSV_CHECK(batched || base + T <= cache.capacity, "KV cache full: {} + {} tokens exceed its capacity of {}", base, T,
             cache.capacity);
-  ops::Buffer<float> fresh(be, cache.bf16 ? T * width : 0);
-  float* cache_rows = cache.bf16 ? fresh.data() : cache.row(cache_layer, base);
+  DSV_CHECK(!batched || (T <= cache.sequences && mode != MlaMode::Expanded),
+            "batched decode: {} rows for {} cached sequences, absorbed attention only", T, cache.sequences);
+  ops::Buffer<float> fresh(be, cache.bf16 || batched ? T * width : 0);
+  float* cache_rows = fresh.size() ? fresh.data() : cache.row(cache_layer, base, seq);
   ops::linear(ctx, {.x = x, .w = w.kv_a_proj.data, .w_bf16 = w.kv_a_proj.bf16, .bias = w.kv_a_proj_bias.data,
                     .y = cache_rows, .M = T, .N = C + R, .K = D, .y_stride = width});
   ops::rmsnorm(ctx, {.x = cache_rows, .weight = w.kv_a_layernorm.data, .y = cache_rows, .rows = T, .dim = C,
                      .x_stride = width, .y_stride = width, .eps = static_cast<float>(kLatentNormEps)});
-  ops::rope(ctx, {.x = q.data(), .cos = rope.cos.data(), .sin = rope.sin.data(), .tokens = T, .heads = H,
+  ops::rope(ctx, {.x = q.data(), .cos = slots.cos, .sin = slots.sin, .tokens = T, .heads = H,
                   .rope_dim = R, .token_stride = H * Dqk, .head_stride = Dqk, .offset = Dn, .layout = c.rope_layout});
-  ops::rope(ctx, {.x = cache_rows, .cos = rope.cos.data(), .sin = rope.sin.data(), .tokens = T, .heads = 1,
+  ops::rope(ctx, {.x = cache_rows, .cos = slots.cos, .sin = slots.sin, .tokens = T, .heads = 1,
                   .rope_dim = R, .token_stride = width, .head_stride = width, .offset = C, .layout = c.rope_layout});
   emit(ctx, tap, "q", layer, q.data(), {T, H, Dqk});
   emit(ctx, tap, "kv_latent", layer, cache_rows, {T, C + R});
-  if (cache.bf16)
-    ops::cast(ctx, {.x = cache_rows, .y = cache.row_bf16(cache_layer, base), .n = T * width, .to_bf16 = true});
+  if (batched)
+    ops::store_rows(ctx, {.rows = slots.write_rows, .x = cache_rows, .y = cache.bf16 ? nullptr : cache.row(cache_layer, 0),
+                          .y_bf16 = cache.bf16 ? cache.row_bf16(cache_layer, 0) : nullptr, .n = T, .D = width});
+  else if (cache.bf16)
+    ops::cast(ctx, {.x = cache_rows, .y = cache.row_bf16(cache_layer, base, seq), .n = T * width, .to_bf16 = true});
 
   const int64_t S = base + T;
   const float scale = static_cast<float>(c.softmax_scale());
   ops::Buffer<float> attn(be, T * H * Dv);
-  const bool absorbed = mode == MlaMode::Absorbed || (mode == MlaMode::Auto && T == 1);
+  const bool absorbed = batched || mode == MlaMode::Absorbed || (mode == MlaMode::Auto && T == 1);
   // Expanded attention re-makes keys from fp32 rows: a bf16 cache is widened (all S rows, as stored).
   ops::Buffer<float> widened(be, cache.bf16 && !absorbed ? S * width : 0);
   if (widened.size())
-    ops::cast(ctx, {.x = cache.row_bf16(cache_layer, 0), .y = widened.data(), .n = S * width, .to_bf16 = false});
-  const float* rows = cache.bf16 ? widened.data() : cache.row(cache_layer, 0);
+    ops::cast(ctx, {.x = cache.row_bf16(cache_layer, 0, seq), .y = widened.data(), .n = S * width, .to_bf16 = false});
+  const float* rows = cache.bf16 ? widened.data() : cache.row(cache_layer, 0, seq);
   if (!absorbed) {
     // Expanded: kv[S, H, Dn + Dv] = latent . kv_b^T, then k[S, H, Dn + R] = [k_nope ; shared k_rope]
     // and v[S, H, Dv].
@@ -92,10 +100,14 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
                         .dst_stride = C + R});
     ops::copy2d(ctx, {.src = q.data() + Dn, .dst = q_lat.data() + C, .rows = T * H, .cols = R, .src_stride = Dqk,
                       .dst_stride = C + R});
-    const uint16_t* rows_bf16 = cache.bf16 ? cache.row_bf16(cache_layer, 0) : nullptr;
+    const uint16_t* rows_bf16 = cache.bf16 ? cache.row_bf16(cache_layer, 0, seq) : nullptr;
+    // Batched: T problems of one query each, over their own sequence's rows (kv_lengths of them).
+    const int64_t stride = cache.capacity * width;
     ops::attention(ctx, {.q = q_lat.data(), .k = rows, .v = rows, .k_bf16 = rows_bf16, .v_bf16 = rows_bf16,
-                         .out = o_lat.data(), .T = T, .S = S, .H = H, .Dqk = C + R, .Dv = C, .Hkv = 1,
-                         .k_stride = width, .v_stride = width, .scale = scale});
+                         .out = o_lat.data(), .T = batched ? 1 : T, .S = batched ? cache.capacity : S, .H = H,
+                         .Dqk = C + R, .Dv = C, .Hkv = 1, .k_stride = width, .v_stride = width, .scale = scale,
+                         .batch = batched ? T : 1, .k_batch_stride = batched ? stride : 0,
+                         .v_batch_stride = batched ? stride : 0, .kv_lengths = slots.kv_lengths});
     // per head: out[:, h] = o_lat[:, h] . W_UV[h]^T, W_UV[h] = kv_b rows [h(Dn+Dv) + Dn, +Dv) as [Dv, C]
     ops::linear(ctx, {.x = o_lat.data(), .w = w.kv_b_proj.f32_at(Dn * C), .w_bf16 = w.kv_b_proj.bf16_at(Dn * C), .y = attn.data(), .M = T, .N = Dv, .K = C,
                       .x_stride = H * C, .y_stride = H * Dv, .batch = H, .x_batch_stride = C,

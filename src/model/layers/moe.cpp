@@ -1,7 +1,9 @@
 // DeepSeekMoE: routed experts (top-K per token, weighted) plus always-on shared experts.
-// Routing runs on the backend. For a few tokens (decode) the experts run per (token, slot) pair on
-// the device (ops::moe_experts); for more, the assignment is read back to group tokens per expert so
-// each expert runs one matrix product over its tokens (a device-side grouped GEMM is issue 4).
+// Routing runs on the backend. For up to kDeviceMaxTokens tokens (decode steps, batched decode) the
+// experts run on the device through ops::moe_experts (on CUDA grouped by expert: each active expert's
+// weights are read once per step), so a step never waits for the host and can be captured as a graph.
+// For more (prefill), the assignment is read back to group tokens per expert so each expert runs one
+// tensor-core matrix product over its tokens (a device-side grouped GEMM is still to come: issue 4).
 #include <vector>
 
 #include "model/layers/layers.h"
@@ -9,8 +11,10 @@
 
 namespace dsv::layers {
 namespace {
-// Up to this many tokens, routed experts run per (token, slot) pair without leaving the device.
-constexpr int64_t kFusedMaxTokens = 4;
+// Up to this many tokens, routed experts run without leaving the device (GEMV-shaped kernels: above
+// this, tensor-core products per expert are faster even with the host round trip).
+// On the CPU, where there is no device to stay on, only single steps go pair by pair (as before).
+constexpr int64_t kDeviceMaxTokens = 128, kCpuPairMaxTokens = 4;
 void routed_by_expert(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, const float* x, int64_t T,
                       const ops::Buffer<int32_t>& indices, const ops::Buffer<float>& weights, float* out);
 }  // namespace
@@ -30,14 +34,14 @@ void moe(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, con
                    .routed_scaling_factor = static_cast<float>(c.routed_scaling_factor)});
   emit(ctx, tap, "router_logits", layer, logits.data(), {T, E});
 
-  if (T <= kFusedMaxTokens && (w.gate_table || w.gate_table_bf16)) {
-    // Few tokens (decode): every (token, slot) pair reads its expert's weights on the device.
+  const int64_t pair_max = ctx.backend == ops::Backend::Cpu ? kCpuPairMaxTokens : kDeviceMaxTokens;
+  if (T <= pair_max && (w.gate_table || w.gate_table_bf16)) {
     const int64_t F = c.moe_intermediate_size;
     ops::Buffer<float> scratch(be, T * K * (F + D));
     ops::moe_experts(ctx, {.x = x, .indices = indices.data(), .weights = weights.data(), .gate = w.gate_table,
                            .up = w.up_table, .down = w.down_table, .gate_bf16 = w.gate_table_bf16,
                            .up_bf16 = w.up_table_bf16, .down_bf16 = w.down_table_bf16, .scratch = scratch.data(), .out = out, .T = T,
-                           .K = K, .D = D, .F = F});
+                           .K = K, .D = D, .F = F, .E = E});
   } else {
     routed_by_expert(ctx, c, w, x, T, indices, weights, out);
   }

@@ -37,7 +37,8 @@ std::vector<std::vector<float>> mtp_logits(const Model& m, const int32_t* ids, i
     ops::linear(ctx, {.x = cat.data(), .w = mw.eh_proj.data, .w_bf16 = mw.eh_proj.bf16, .y = x.data(), .M = n, .N = D, .K = 2 * D});
     KvCache cache(be, 1, c.kv_lora_rank + c.qk_rope_head_dim, n);
     const layers::RopeTable rope = layers::make_rope_table(ctx, c, k, n);
-    layers::decoder_layer(ctx, c, mw.block, x.data(), n, cache, 0, rope, MlaMode::Auto, tap, layer);
+    layers::decoder_layer(ctx, c, mw.block, x.data(), n, cache, 0, {.cos = rope.cos.data(), .sin = rope.sin.data()},
+                          MlaMode::Auto, tap, layer);
     layers::rmsnorm_rows(ctx, x.data(), mw.shared_head_norm, n, c.rms_norm_eps, x.data());
     ops::Buffer<float> logits(be, n * V);
     ops::linear(ctx, {.x = x.data(), .w = w.lm_head.data, .w_bf16 = w.lm_head.bf16, .y = logits.data(), .M = n, .N = V, .K = D});

@@ -10,12 +10,11 @@ RopeTable make_rope_table(const ops::Context& ctx, const ModelConfig& c, int64_t
   return make_rope_table(ctx, c, positions);
 }
 
-RopeTable make_rope_table(const ops::Context& ctx, const ModelConfig& c, const std::vector<int64_t>& positions,
-                          bool negate_sin) {
+void rope_angles(const ModelConfig& c, const std::vector<int64_t>& positions, float* cos, float* sin,
+                 bool negate_sin) {
   const int64_t half = c.qk_rope_head_dim / 2, T = static_cast<int64_t>(positions.size());
   const std::vector<float> inv_freq = c.rope_inv_freq();
   const float attention_factor = static_cast<float>(c.rope_attention_factor());
-  std::vector<float> cos(static_cast<size_t>(T * half)), sin(static_cast<size_t>(T * half));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < half; ++i) {
       // fp32 angle as transformers computes it (inv_freq @ position_ids in float32).
@@ -23,6 +22,13 @@ RopeTable make_rope_table(const ops::Context& ctx, const ModelConfig& c, const s
       cos[t * half + i] = std::cos(angle) * attention_factor;
       sin[t * half + i] = (negate_sin ? -std::sin(angle) : std::sin(angle)) * attention_factor;
     }
+}
+
+RopeTable make_rope_table(const ops::Context& ctx, const ModelConfig& c, const std::vector<int64_t>& positions,
+                          bool negate_sin) {
+  const int64_t half = c.qk_rope_head_dim / 2, T = static_cast<int64_t>(positions.size());
+  std::vector<float> cos(static_cast<size_t>(T * half)), sin(static_cast<size_t>(T * half));
+  rope_angles(c, positions, cos.data(), sin.data(), negate_sin);
   return RopeTable{.tokens = T, .half = half, .cos = ops::Buffer<float>(ctx, cos.data(), cos.size()),
                    .sin = ops::Buffer<float>(ctx, sin.data(), sin.size())};
 }

@@ -1,0 +1,120 @@
+// Batched decode steps (BatchDecoder in model.h): one token for each sequence of a cache per step,
+// optionally replayed as a CUDA graph. The step's ops are the forward pass of forward.cpp with T = B
+// rows, absorbed MLA, and per-row cache slots taken from device buffers.
+#include <bit>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "model/layers/layers.h"
+#include "model/model.h"
+#include "ops/ops.h"
+
+namespace dsv {
+
+BatchDecoder::BatchDecoder(const Model& m, KvCache& cache, bool use_graph)
+    : m_(m), cache_(cache), ctx_(m.context()) {
+  const ModelConfig& c = m.config;
+  DSV_CHECK(cache.layers == c.num_hidden_layers && cache.width == c.kv_lora_rank + c.qk_rope_head_dim,
+            "BatchDecoder: cache of {} layers x {} values, model needs {} x {}", cache.layers, cache.width,
+            c.num_hidden_layers, c.kv_lora_rank + c.qk_rope_head_dim);
+  const int64_t B = cache.sequences, half = c.qk_rope_head_dim / 2;
+  inputs_ = ops::Buffer<int32_t>(ctx_.backend, static_cast<size_t>(3 * B + 2 * B * half));
+  logits_ = ops::Buffer<float>(ctx_.backend, static_cast<size_t>(B * c.vocab_size));
+  greedy_ = ops::Buffer<int32_t>(ctx_.backend, static_cast<size_t>(B));
+  if (ctx_.backend != ops::Backend::Cpu) {
+    const ops::BackendTable& t = ops::backend_table(ctx_.backend);
+    // Graphs need every op to stay on the device; op profiling synchronizes around each op instead.
+    use_graph_ = use_graph && t.capture_begin && !ops::op_profile_enabled();
+    if (t.stream_create) ctx_.stream = t.stream_create();
+    if (use_graph_) pool_ = t.pool_create();
+  }
+}
+
+BatchDecoder::~BatchDecoder() {
+  if (ctx_.backend == ops::Backend::Cpu) return;
+  const ops::BackendTable& t = ops::backend_table(ctx_.backend);
+  if (ctx_.stream) t.synchronize(ctx_.stream);
+  if (graph_) t.graph_destroy(graph_);
+  if (pool_) t.pool_destroy(pool_);
+  if (ctx_.stream) t.stream_destroy(ctx_.stream);
+}
+
+void BatchDecoder::run_ops() {
+  const ModelConfig& c = m_.config;
+  const Weights& w = m_.weights;
+  const int64_t B = cache_.sequences, D = c.hidden_size, V = c.vocab_size, half = c.qk_rope_head_dim / 2;
+  const int32_t* ids = inputs_.data();
+  const float* cos = reinterpret_cast<const float*>(inputs_.data() + 3 * B);
+  const layers::TokenSlots slots{.cos = cos, .sin = cos + B * half, .write_rows = ids + B, .kv_lengths = ids + 2 * B};
+  ops::Buffer<float> x(ctx_.backend, B * D);
+  ops::embed(ctx_, {.ids = ids, .table = w.embed_tokens.data, .out = x.data(), .T = B, .D = D});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    layers::decoder_layer(ctx_, c, w.layers[l], x.data(), B, cache_, l, slots, MlaMode::Absorbed, {}, l);
+  layers::rmsnorm_rows(ctx_, x.data(), w.norm, B, c.rms_norm_eps, x.data());
+  ops::linear(ctx_, {.x = x.data(), .w = w.lm_head.data, .w_bf16 = w.lm_head.bf16, .y = logits_.data(), .M = B, .N = V,
+                     .K = D});
+  ops::argmax_rows(ctx_, {.x = logits_.data(), .out = greedy_.data(), .rows = B, .n = V});
+}
+
+void BatchDecoder::step(const int32_t* ids, float* logits, int32_t* greedy) {
+  const ModelConfig& c = m_.config;
+  const int64_t B = cache_.sequences, V = c.vocab_size, half = c.qk_rope_head_dim / 2;
+  // The step's inputs, uploaded in one copy: ids, the row each new latent goes to, key counts, angles.
+  std::vector<int32_t> host(static_cast<size_t>(3 * B + 2 * B * half));
+  std::vector<int64_t> positions(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    DSV_CHECK(ids[b] >= 0 && ids[b] < V, "token id {} of sequence {} is outside the vocabulary [0, {})", ids[b], b, V);
+    const int64_t position = cache_.lengths[b];
+    DSV_CHECK(position < cache_.capacity, "KV cache full: sequence {} holds {} tokens, its capacity", b, position);
+    positions[b] = position;
+    host[b] = ids[b];
+    host[B + b] = static_cast<int32_t>(b * cache_.capacity + position);
+    host[2 * B + b] = static_cast<int32_t>(position + 1);
+  }
+  std::vector<float> angles(static_cast<size_t>(2 * B * half));
+  layers::rope_angles(c, positions, angles.data(), angles.data() + B * half);
+  std::memcpy(host.data() + 3 * B, angles.data(), angles.size() * sizeof(float));
+  ops::copy_to_backend(ctx_, inputs_.data(), host.data(), host.size() * sizeof(int32_t));
+
+  if (!use_graph_) {
+    run_ops();
+  } else {
+    const ops::BackendTable& t = ops::backend_table(ctx_.backend);
+    if (!graph_ && steps_ == 0) {  // eager: loads kernels and fills the private pool with this step's blocks
+      t.pool_use(pool_);
+      try {
+        run_ops();
+      } catch (...) {
+        t.pool_use(nullptr);
+        throw;
+      }
+      t.pool_use(nullptr);
+    } else {
+      if (!graph_) {
+        t.pool_use(pool_);
+        t.capture_begin(ctx_.stream);
+        try {
+          run_ops();
+        } catch (...) {
+          try {
+            t.graph_destroy(t.capture_end(ctx_.stream));
+          } catch (...) {
+          }
+          t.pool_use(nullptr);
+          throw;
+        }
+        graph_ = t.capture_end(ctx_.stream);
+        t.pool_use(nullptr);
+      }
+      t.graph_launch(graph_, ctx_.stream);
+    }
+  }
+  // The copies back order after the step's stream (see register.cpp) on CUDA.
+  if (logits) ops::copy_to_host(ctx_, logits, logits_.data(), static_cast<size_t>(B * V) * sizeof(float));
+  if (greedy) ops::copy_to_host(ctx_, greedy, greedy_.data(), static_cast<size_t>(B) * sizeof(int32_t));
+  for (int64_t b = 0; b < B; ++b) ++cache_.lengths[b];
+  ++steps_;
+}
+
+}  // namespace dsv

@@ -1,0 +1,149 @@
+// Batched decode (BatchDecoder) on the CPU, the spec of the CUDA graph path: B sequences of different
+// lengths decoded together give each sequence the logits it gets when decoded alone.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/error.h"
+#include "model/model.h"
+#include "ops/ops.h"
+#include "fixture_util.h"
+
+namespace dsv {
+namespace {
+
+using test::fixture_names;
+using test::open_fixture;
+
+// Prompts of different lengths: slices of the fixture's ids, so every sequence is a real text.
+std::vector<std::vector<int32_t>> prompts_of(const std::vector<int32_t>& ids) {
+  const size_t n = ids.size();
+  return {std::vector<int32_t>(ids.begin(), ids.begin() + static_cast<long>(std::min<size_t>(n, 2))),
+          std::vector<int32_t>(ids.begin(), ids.end()),
+          std::vector<int32_t>(ids.begin() + 1, ids.begin() + static_cast<long>(std::max<size_t>(2, n / 2)))};
+}
+
+// Decodes `steps` greedy tokens for each prompt: alone (forward, one token at a time) and together
+// (BatchDecoder); returns the largest per-sequence relative difference of the logits.
+double batched_vs_alone(const Model& m, const std::vector<std::vector<int32_t>>& prompts, int64_t steps) {
+  const int64_t B = static_cast<int64_t>(prompts.size()), V = m.config.vocab_size;
+  int64_t capacity = 0;
+  for (const auto& p : prompts) capacity = std::max(capacity, static_cast<int64_t>(p.size()) + steps);
+  KvCache batch = make_kv_cache(m, capacity, B);
+  std::vector<KvCache> alone;
+  std::vector<int32_t> next(static_cast<size_t>(B));
+  std::vector<float> logits(static_cast<size_t>(V));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t P = static_cast<int64_t>(prompts[b].size());
+    alone.push_back(make_kv_cache(m, capacity));
+    forward(m, prompts[b].data(), P, alone.back(), {.all_logits = false, .logits = logits.data()});
+    forward(m, prompts[b].data(), P, batch, {.all_logits = false, .logits = logits.data(), .sequence = b});
+    next[b] = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    EXPECT_EQ(batch.lengths[b], P);
+  }
+  BatchDecoder decoder(m, batch);
+  std::vector<float> together(static_cast<size_t>(B * V));
+  std::vector<int32_t> greedy(static_cast<size_t>(B));
+  double worst = 0;
+  for (int64_t s = 0; s < steps; ++s) {
+    decoder.step(next.data(), together.data(), greedy.data());
+    for (int64_t b = 0; b < B; ++b) {
+      EXPECT_EQ(greedy[b], std::max_element(together.begin() + b * V, together.begin() + (b + 1) * V) -
+                               (together.begin() + b * V));
+      forward(m, &next[b], 1, alone[b], {.all_logits = false, .logits = logits.data()});
+      const std::vector<float> one(together.begin() + b * V, together.begin() + (b + 1) * V);
+      worst = std::max(worst, test::max_rel_error(one.data(), logits));
+      next[b] = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      EXPECT_EQ(batch.lengths[b], alone[b].lengths[0]);
+    }
+  }
+  return worst;
+}
+
+class BatchDecode : public ::testing::TestWithParam<std::string> {};
+
+// Same operations row by row (products in fp32 or with bf16 weights, absorbed attention over each
+// sequence's own rows); only the matrix library's blocking for B rows instead of one may reorder
+// sums: measured <= 1e-6.
+TEST_P(BatchDecode, EachSequenceGetsItsAloneLogits) {
+  const auto f = open_fixture(GetParam());
+  auto m = load_model(f.dir.string());
+  const auto prompts = prompts_of(f.ids);
+  const double fp32 = batched_vs_alone(*m, prompts, 4);
+  RecordProperty("fp32_max_rel_error", std::to_string(fp32));
+  EXPECT_LE(fp32, 1e-5) << GetParam();
+  store_weights_bf16(*m);
+  const double bf16 = batched_vs_alone(*m, prompts, 4);
+  RecordProperty("bf16_max_rel_error", std::to_string(bf16));
+  EXPECT_LE(bf16, 1e-5) << GetParam();
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, BatchDecode, ::testing::ValuesIn(fixture_names()),
+                         [](const auto& info) { return info.param; });
+
+TEST(BatchDecode, RefusesAFullSequenceAndBadIds) {
+  const auto f = open_fixture(fixture_names().front());
+  auto m = load_model(f.dir.string());
+  KvCache cache = make_kv_cache(*m, 2, 2);
+  std::vector<float> logits(static_cast<size_t>(2 * m->config.vocab_size));
+  const int32_t ids[2] = {1, 2};
+  forward(*m, ids, 2, cache, {.all_logits = false, .logits = logits.data(), .sequence = 1});
+  BatchDecoder decoder(*m, cache);
+  try {
+    decoder.step(ids, logits.data());
+    FAIL() << "a full sequence was decoded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sequence 1 holds 2 tokens"), std::string::npos) << e.what();
+  }
+  const int32_t bad[2] = {1, static_cast<int32_t>(m->config.vocab_size)};
+  EXPECT_THROW(decoder.step(bad, logits.data()), Error);
+  EXPECT_EQ(cache.lengths[0], 0);  // nothing was appended by the refused steps
+}
+
+// The attention op's batched form against one call per problem.
+TEST(BatchedAttention, EqualsOneCallPerProblem) {
+  const int64_t B = 3, S = 9, H = 2, Dqk = 5, Dv = 4, ks = 7;
+  std::vector<float> q(B * H * Dqk), k(B * S * ks), out(B * H * Dv), one(H * Dv);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = std::sin(0.7f * static_cast<float>(i));
+  for (size_t i = 0; i < k.size(); ++i) k[i] = std::cos(0.3f * static_cast<float>(i));
+  const int32_t lengths[B] = {1, 9, 4};
+  ops::attention({}, {.q = q.data(), .k = k.data(), .v = k.data(), .out = out.data(), .T = 1, .S = S, .H = H,
+                      .Dqk = Dqk, .Dv = Dv, .Hkv = 1, .k_stride = ks, .v_stride = ks, .scale = 0.5f, .batch = B,
+                      .k_batch_stride = S * ks, .v_batch_stride = S * ks, .kv_lengths = lengths});
+  for (int64_t b = 0; b < B; ++b) {
+    ops::attention({}, {.q = q.data() + b * H * Dqk, .k = k.data() + b * S * ks, .v = k.data() + b * S * ks,
+                        .out = one.data(), .T = 1, .S = lengths[b], .H = H, .Dqk = Dqk, .Dv = Dv, .Hkv = 1,
+                        .k_stride = ks, .v_stride = ks, .scale = 0.5f});
+    for (int64_t i = 0; i < H * Dv; ++i) EXPECT_EQ(out[b * H * Dv + i], one[i]) << b << " " << i;
+  }
+}
+
+TEST(ArgmaxRows, FirstLargestIgnoringNaN) {
+  const float nan = std::nanf("");
+  const std::vector<float> x = {1, 3, 3, -1,  nan, 2, nan, 0,  nan, nan, nan, nan,  -5, -4, -4, -9};
+  std::vector<int32_t> out(4, -7);
+  ops::argmax_rows({}, {.x = x.data(), .out = out.data(), .rows = 4, .n = 4});
+  EXPECT_EQ(out, (std::vector<int32_t>{1, 1, 0, 1}));
+}
+
+TEST(StoreRows, WritesRowsInFp32AndBf16) {
+  const std::vector<float> x = {1.0f, 2.0f, 3.0f, 1.00390625f, -5.0f, 6.5f};
+  const int32_t rows[2] = {3, 0};
+  std::vector<float> y(4 * 4, 9.0f);
+  ops::store_rows({}, {.rows = rows, .x = x.data(), .y = y.data(), .n = 2, .D = 3, .y_stride = 4});
+  EXPECT_EQ(y[12], 1.0f);
+  EXPECT_EQ(y[14], 3.0f);
+  EXPECT_EQ(y[15], 9.0f);  // past D: untouched
+  EXPECT_EQ(y[0], 1.00390625f);
+  EXPECT_EQ(y[4], 9.0f);  // rows not named: untouched
+  std::vector<uint16_t> h(4 * 3, 0);
+  ops::store_rows({}, {.rows = rows, .x = x.data(), .y_bf16 = h.data(), .n = 2, .D = 3});
+  EXPECT_EQ(h[9], 0x3f80);  // 1.0
+  EXPECT_EQ(h[0], 0x3f80);  // 1.00390625 is a tie between 1 and 1 + 2^-7: rounds to even (1.0)
+  EXPECT_THROW(ops::store_rows({}, {.rows = rows, .x = x.data(), .n = 2, .D = 3}), Error);
+}
+
+}  // namespace
+}  // namespace dsv
