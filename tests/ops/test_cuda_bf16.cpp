@@ -54,6 +54,8 @@ TEST_F(CudaBf16, LinearMatchesCpu) {
                         Case{257, 384, 512, 1, false, false, true, 8},   // prefill-sized
                         Case{1, 512, 128, 16, true, false, false, 64},   // q . W_UK per head (decode)
                         Case{20, 512, 128, 4, true, false, false, 64},   // the same, prefill
+                        Case{5, 130, 40, 2, true, true, true, 8},        // transposed, split K, bias
+                        Case{2, 37, 24, 3, true, true, true, 0},         // transposed, odd N: per-column
                         Case{1, 128, 512, 16, false, false, false, 0},   // o . W_UV^T per head
                         Case{9, 24, 40, 3, false, true, true, 0}}) {
     SCOPED_TRACE(testing::Message() << c.M << "x" << c.N << "x" << c.K << " batch " << c.batch

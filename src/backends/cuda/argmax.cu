@@ -1,6 +1,7 @@
-// Greedy choice per row on the device (twin of backends/cpu/argmax.cpp): one block per row, each
-// thread keeps its best (value, index) over a strided slice, then a shared-memory tree keeps the larger
-// value and, on ties, the lower index; NaNs never enter.
+// Greedy choice per row on the device (twin of backends/cpu/argmax.cpp). Each row is cut into slices,
+// one block each (so a single row of a 100k vocabulary still spreads over the GPU); a thread keeps its
+// best (value, index) over a strided part of its slice, a shared-memory tree keeps the larger value
+// and, on ties, the lower index (NaNs never enter); a second kernel merges the slices of each row.
 #include "backends/cuda/cuda_ops.h"
 
 namespace dsv::ops::cuda {
@@ -13,13 +14,16 @@ __device__ __forceinline__ bool better(float v, int64_t i, float bv, int64_t bi)
   return i >= 0 && (bi < 0 || v > bv || (v == bv && i < bi));
 }
 
-__global__ void argmax_rows_kernel(ArgmaxParams p) {
+// Grid (slices, rows): slice s of row r covers [s * slice, (s + 1) * slice) ∩ [0, n).
+__global__ void argmax_slices_kernel(ArgmaxParams p, int64_t slice, float* best_values, int64_t* best_indices) {
   __shared__ float values[kThreads];
   __shared__ int64_t indices[kThreads];
-  const float* x = p.x + static_cast<int64_t>(blockIdx.x) * p.n;
+  const float* x = p.x + static_cast<int64_t>(blockIdx.y) * p.n;
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * slice, end = begin + slice < p.n ? begin + slice : p.n;
   float bv = 0.0f;
   int64_t bi = -1;
-  for (int64_t i = threadIdx.x; i < p.n; i += kThreads) {
+#pragma unroll 4
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
     const float v = x[i];
     if (!isnan(v) && better(v, i, bv, bi)) bv = v, bi = i;
   }
@@ -36,14 +40,46 @@ __global__ void argmax_rows_kernel(ArgmaxParams p) {
     }
     __syncthreads();
   }
-  if (threadIdx.x == 0) p.out[blockIdx.x] = static_cast<int32_t>(indices[0] < 0 ? 0 : indices[0]);
+  if (threadIdx.x == 0) {
+    const int64_t slot = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+    best_values[slot] = values[0];
+    best_indices[slot] = indices[0];
+  }
+}
+
+// One thread per row: the slices' winners in order (ties: the earlier slice has the lower index).
+__global__ void argmax_merge_kernel(ArgmaxParams p, int64_t slices, const float* best_values,
+                                    const int64_t* best_indices) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= p.rows) return;
+  float bv = 0.0f;
+  int64_t bi = -1;
+  for (int64_t s = 0; s < slices; ++s)
+    if (better(best_values[r * slices + s], best_indices[r * slices + s], bv, bi))
+      bv = best_values[r * slices + s], bi = best_indices[r * slices + s];
+  p.out[r] = static_cast<int32_t>(bi < 0 ? 0 : bi);
 }
 
 }  // namespace
 
 cudaError_t argmax_rows(const ArgmaxParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
-  argmax_rows_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p);
+  // About 256 blocks in all, slices of at least 4096 values.
+  int64_t slices = (256 + p.rows - 1) / p.rows, max_slices = (p.n + 4095) / 4096;
+  slices = slices < max_slices ? slices : max_slices;
+  slices = slices < 1 ? 1 : slices;
+  const int64_t slice = (p.n + slices - 1) / slices;
+  slices = (p.n + slice - 1) / slice;
+  if (p.rows > 65535) return cudaErrorInvalidValue;
+  char* scratch = static_cast<char*>(cached_allocate(static_cast<size_t>(p.rows * slices) * (sizeof(float) + sizeof(int64_t))));
+  if (!scratch) return cudaErrorMemoryAllocation;
+  int64_t* best_indices = reinterpret_cast<int64_t*>(scratch);
+  float* best_values = reinterpret_cast<float*>(scratch + p.rows * slices * sizeof(int64_t));
+  argmax_slices_kernel<<<dim3(static_cast<unsigned>(slices), static_cast<unsigned>(p.rows)), kThreads, 0, stream>>>(
+      p, slice, best_values, best_indices);
+  argmax_merge_kernel<<<static_cast<unsigned>((p.rows + 127) / 128), 128, 0, stream>>>(p, slices, best_values,
+                                                                                      best_indices);
+  cached_release(scratch);  // stream-ordered reuse
   return cudaGetLastError();
 }
 

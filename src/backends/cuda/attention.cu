@@ -268,6 +268,42 @@ size_t latent_smem_bytes(int64_t Dqk) {
                              3 * kLatentHeads) * sizeof(float);
 }
 
+__device__ __forceinline__ void unpack_words(const uint4& raw, float (&f)[8]) { unpack8(raw, f); }
+__device__ __forceinline__ void unpack_words(const uint4& raw, float (&f)[4]) {
+  f[0] = __uint_as_float(raw.x), f[1] = __uint_as_float(raw.y), f[2] = __uint_as_float(raw.z), f[3] = __uint_as_float(raw.w);
+}
+
+// dst[j * pitch + d] = src[j * stride + d] widened, for j < n rows and d < D: 16-byte loads when
+// aligned, every load of a thread issued before its stores (staging is latency-bound otherwise).
+template <typename T>
+__device__ __forceinline__ void stage_rows(const T* src, int64_t stride, int n, int D, float* dst, int pitch) {
+  constexpr int kVec = 16 / sizeof(T), kLoads = 12;
+  if (D % kVec == 0 && stride % kVec == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+    const int per_row = D / kVec, total = n * per_row;
+    for (int base = threadIdx.x; base < total; base += kLatentThreads * kLoads) {
+      uint4 raw[kLoads];
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        const int v = base + u * kLatentThreads;
+        if (v < total) raw[u] = __ldg(reinterpret_cast<const uint4*>(src + (v / per_row) * stride) + v % per_row);
+      }
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        const int v = base + u * kLatentThreads;
+        if (v >= total) break;
+        float f[kVec];
+        unpack_words(raw[u], f);
+        float2* out = reinterpret_cast<float2*>(dst + (v / per_row) * pitch + (v % per_row) * kVec);
+#pragma unroll
+        for (int i = 0; i < kVec / 2; ++i) out[i] = make_float2(f[2 * i], f[2 * i + 1]);
+      }
+    }
+    return;
+  }
+#pragma unroll 4
+  for (int i = threadIdx.x; i < n * D; i += kLatentThreads) dst[(i / D) * pitch + i % D] = widen(src[(i / D) * stride + i % D]);
+}
+
 // DV: value dims per thread (Dv <= DV * kLatentThreads).
 template <typename KV, int DV>
 __global__ void __launch_bounds__(kLatentThreads)
@@ -280,7 +316,7 @@ __global__ void __launch_bounds__(kLatentThreads)
   float* m_run = probs + kLatentHeads * kLatentKeys;  // running max, sum and this tile's rescale per head
   float* l_run = m_run + kLatentHeads;
   float* alpha = l_run + kLatentHeads;
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, warps = kLatentThreads / 32;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int64_t c = blockIdx.x, h0 = static_cast<int64_t>(blockIdx.y) * kLatentHeads, b = blockIdx.z;
   const int heads = static_cast<int>(p.H - h0 < kLatentHeads ? p.H - h0 : kLatentHeads);
   const int64_t keys = problem_keys(p, b), s_begin = c * split_keys;
@@ -292,10 +328,12 @@ __global__ void __launch_bounds__(kLatentThreads)
     }
     return;
   }
-  for (int h = warp; h < kLatentHeads; h += warps) {  // absent heads and the pad columns: zeros
-    const float* q = p.q + (b * p.H + h0 + h) * p.Dqk;
-    for (int d = lane; d < pitch; d += 32) qs[h * pitch + d] = h < heads && d < Dqk ? q[d] : 0.0f;
-  }
+  // Zeros where nothing is staged: the pad columns of q and key rows, and the rows of absent heads.
+  for (int i = tid; i < (kLatentHeads + kLatentKeys) * (pitch - Dqk); i += kLatentThreads)
+    qs[(i / (pitch - Dqk)) * pitch + Dqk + i % (pitch - Dqk)] = 0.0f;
+  for (int i = tid; i < (kLatentHeads - heads) * Dqk; i += kLatentThreads)
+    qs[(heads + i / Dqk) * pitch + i % Dqk] = 0.0f;
+  stage_rows(p.q + (b * p.H + h0) * p.Dqk, p.Dqk, heads, Dqk, qs, pitch);
   if (tid < kLatentHeads) {
     m_run[tid] = -INFINITY;
     l_run[tid] = 0.0f;
@@ -305,10 +343,9 @@ __global__ void __launch_bounds__(kLatentThreads)
   for (int64_t s0 = s_begin; s0 < s_end; s0 += kLatentKeys) {
     const int n = static_cast<int>(s_end - s0 < kLatentKeys ? s_end - s0 : kLatentKeys);
     __syncthreads();  // the previous tile's P.V is done with `tile` and `probs`
-    for (int j = warp; j < kLatentKeys; j += warps) {  // one row per warp; rows past n and pads: zeros
-      const KV* src = kb + (s0 + j) * ks;
-      for (int d = lane; d < pitch; d += 32) tile[j * pitch + d] = j < n && d < Dqk ? widen(src[d]) : 0.0f;
-    }
+    stage_rows(kb + s0 * ks, ks, n, Dqk, tile, pitch);
+    for (int i = tid; i < (kLatentKeys - n) * Dqk; i += kLatentThreads)  // rows past n: zeros (zero weight)
+      tile[(n + i / Dqk) * pitch + i % Dqk] = 0.0f;
     __syncthreads();
     {  // scores of key `lane` for heads 2 warp, 2 warp + 1 (float2 reads: k conflict-free, q broadcast)
       const int ha = 2 * warp, hb = ha + 1;

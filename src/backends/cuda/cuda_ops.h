@@ -38,7 +38,7 @@ cudaError_t copy2d(const Copy2dParams& p, cudaStream_t stream);
 cudaError_t gather_rows(const RowsParams& p, cudaStream_t stream);
 cudaError_t scatter_add_rows(const RowsParams& p, cudaStream_t stream);
 cudaError_t store_rows(const StoreRowsParams& p, cudaStream_t stream);
-// One block per row.
+// Slices of each row over blocks, then a merge per row; rows <= 65535.
 cudaError_t argmax_rows(const ArgmaxParams& p, cudaStream_t stream);
 cudaError_t fill_random(const FillRandomParams& p, cudaStream_t stream);
 cudaError_t moe_experts(const MoeExpertsParams& p, cudaStream_t stream);

@@ -58,10 +58,63 @@ __global__ void gemv_bf16_transposed_kernel(LinearParams p, int64_t xs, int64_t 
   for (int m = 0; m < M; ++m) y[m * ys] = p.accumulate ? y[m * ys] + acc[m] + bias : acc[m] + bias;
 }
 
+// The same with the K sum split over kSlices warps and two columns per lane (32-bit loads of bf16
+// pairs: 128 B per warp per k), partial sums added in slice order (deterministic). Needs N even and
+// 4-byte aligned weight rows; 64 columns per block.
+constexpr int kSlices = 4;
+template <int M>
+__global__ void gemv_bf16_transposed_split_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t m0) {
+  __shared__ float partial[kSlices][M][64];
+  const int lane = threadIdx.x % 32, slice = threadIdx.x / 32;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * 64 + 2 * lane, b = blockIdx.y;
+  const float* x = p.x + b * p.x_batch_stride + m0 * xs;
+  float acc[M][2] = {};
+  if (n < p.N) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(p.w_bf16 + b * p.w_batch_stride + n);
+    const int64_t row_words = p.N / 2;
+#pragma unroll 8
+    for (int64_t k = slice; k < p.K; k += kSlices) {
+      const uint32_t pair = __ldg(w + k * row_words);
+      const float w0 = widen_bf16(pair & 0xffffu), w1 = __uint_as_float(pair & 0xffff0000u);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const float xv = round_bf16(__ldg(x + m * xs + k));
+        acc[m][0] += xv * w0;
+        acc[m][1] += xv * w1;
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    partial[slice][m][2 * lane] = acc[m][0];
+    partial[slice][m][2 * lane + 1] = acc[m][1];
+  }
+  __syncthreads();
+  if (slice != 0) return;
+  float* y = p.y + b * p.y_batch_stride + m0 * ys;
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    const int64_t col = n + c;
+    if (col >= p.N) break;
+    const float bias = p.bias ? p.bias[b * p.bias_batch_stride + col] : 0.0f;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float v = 0.0f;
+#pragma unroll
+      for (int sl = 0; sl < kSlices; ++sl) v += partial[sl][m][2 * lane + c];
+      y[m * ys + col] = p.accumulate ? y[m * ys + col] + v + bias : v + bias;
+    }
+  }
+}
+
 template <int M>
 void launch_rows(const LinearParams& p, int64_t xs, int64_t ys, int64_t m0, cudaStream_t s) {
   const unsigned batch = static_cast<unsigned>(p.batch);
-  if (p.w_transposed) {
+  const bool pairs = p.N % 2 == 0 && p.w_batch_stride % 2 == 0 && reinterpret_cast<uintptr_t>(p.w_bf16) % 4 == 0;
+  if (p.w_transposed && pairs) {
+    gemv_bf16_transposed_split_kernel<M><<<dim3(static_cast<unsigned>((p.N + 63) / 64), batch), kSlices * 32, 0, s>>>(
+        p, xs, ys, m0);
+  } else if (p.w_transposed) {
     gemv_bf16_transposed_kernel<M><<<dim3(static_cast<unsigned>((p.N + 127) / 128), batch), 128, 0, s>>>(p, xs, ys, m0);
   } else {
     gemv_bf16_kernel<M><<<dim3(static_cast<unsigned>((p.N + kRowsPerBlock - 1) / kRowsPerBlock), batch), kWarps * 32,

@@ -1,6 +1,7 @@
-// MoE routing, twin of backends/cpu/router.cpp: one block per token. Threads compute the expert
-// scores; thread 0 then ranks groups and selects the top-K serially (E <= 1024, K small), picking
-// the largest value and, among equals, the lowest index, as the CPU op does.
+// MoE routing, twin of backends/cpu/router.cpp: one warp per token. Lanes compute the expert scores
+// (softmax: a warp max, then a double denominator), each group's best two by a warp merge, and the
+// top-K by K warp-wide argmax passes that pick the largest value and, among equals, the lowest index,
+// as the CPU op does. Groups are ranked by lane 0 (n_group is small).
 #include <cfloat>
 
 #include "backends/cuda/cuda_ops.h"
@@ -9,71 +10,94 @@ namespace dsv::ops::cuda {
 namespace {
 
 constexpr int kMaxExperts = 1024;
+constexpr unsigned kAll = 0xffffffffu;
 
-__device__ int64_t argmax_unmasked(const float* v, const bool* taken, int64_t n) {
-  int64_t best = -1;
-  for (int64_t i = 0; i < n; ++i)
-    if (!taken[i] && (best < 0 || v[i] > v[best])) best = i;
-  return best;
+// (value, index) of the warp's best: larger value, then lower index; index < 0 means none.
+__device__ __forceinline__ void warp_best(float& v, int& i) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(kAll, v, o);
+    const int oi = __shfl_xor_sync(kAll, i, o);
+    if (oi >= 0 && (i < 0 || ov > v || (ov == v && oi < i))) v = ov, i = oi;
+  }
 }
 
 __global__ void route_kernel(RouterParams p) {
-  __shared__ float scores[kMaxExperts], choice[kMaxExperts];
+  __shared__ float scores[kMaxExperts], choice[kMaxExperts], group_scores[kMaxExperts];
   __shared__ bool taken[kMaxExperts], group_kept[kMaxExperts];
-  __shared__ float group_scores[kMaxExperts];
-  const int64_t t = blockIdx.x, E = p.E, K = p.K, G = p.n_group, per_group = E / (G > 0 ? G : 1);
-  const float* logits = p.logits + t * E;
+  const int lane = threadIdx.x;
+  const int E = static_cast<int>(p.E), K = static_cast<int>(p.K), G = static_cast<int>(p.n_group);
+  const int per_group = E / (G > 0 ? G : 1);
+  const float* logits = p.logits + static_cast<int64_t>(blockIdx.x) * E;
   const bool sigmoid = p.kind == RouterKind::SigmoidNoauxGroups;
-  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
-    if (sigmoid) {
+  if (sigmoid) {
+    for (int e = lane; e < E; e += 32) {
       scores[e] = 1.0f / (1.0f + expf(-logits[e]));
       choice[e] = scores[e] + p.correction_bias[e];
     }
-    taken[e] = false;
-  }
-  __syncthreads();
-  if (threadIdx.x != 0) return;
-  if (!sigmoid) {  // softmax in fp32 with a double denominator, as the CPU op
+  } else {  // softmax in fp32 with a double denominator, as the CPU op
     float max_logit = -FLT_MAX;
-    for (int64_t e = 0; e < E; ++e) max_logit = fmaxf(max_logit, logits[e]);
+    for (int e = lane; e < E; e += 32) max_logit = fmaxf(max_logit, logits[e]);
+    for (int o = 16; o > 0; o >>= 1) max_logit = fmaxf(max_logit, __shfl_xor_sync(kAll, max_logit, o));
     double denom = 0.0;
-    for (int64_t e = 0; e < E; ++e) denom += (scores[e] = expf(logits[e] - max_logit));
-    for (int64_t e = 0; e < E; ++e) choice[e] = scores[e] = static_cast<float>(scores[e] / denom);
+    for (int e = lane; e < E; e += 32) denom += (scores[e] = expf(logits[e] - max_logit));
+    for (int o = 16; o > 0; o >>= 1) denom += __shfl_xor_sync(kAll, denom, o);
+    for (int e = lane; e < E; e += 32) choice[e] = scores[e] = static_cast<float>(scores[e] / denom);
   }
+  for (int e = lane; e < E; e += 32) taken[e] = false;
+  __syncwarp();
   if (p.kind != RouterKind::SoftmaxGreedy) {
-    for (int64_t g = 0; g < G; ++g) {
+    for (int g = 0; g < G; ++g) {  // best two of the group (as a multiset), merged across lanes
       const float* c = choice + g * per_group;
       float best = -FLT_MAX, second = -FLT_MAX;
-      for (int64_t i = 0; i < per_group; ++i) {
+      for (int i = lane; i < per_group; i += 32) {
         if (c[i] > best) { second = best; best = c[i]; }
         else if (c[i] > second) second = c[i];
       }
-      group_scores[g] = sigmoid ? best + second : best;  // V3: top-2 sum; V2: group max
-      group_kept[g] = false;
+      for (int o = 16; o > 0; o >>= 1) {
+        const float ob = __shfl_xor_sync(kAll, best, o), os = __shfl_xor_sync(kAll, second, o);
+        const float hi = fmaxf(best, ob);
+        second = fmaxf(fminf(best, ob), fmaxf(second, os));
+        best = hi;
+      }
+      if (lane == 0) {
+        group_scores[g] = sigmoid ? best + second : best;  // V3: top-2 sum; V2: group max
+        group_kept[g] = false;
+      }
     }
-    for (int64_t k = 0; k < p.topk_group; ++k) {
-      int64_t best = -1;
-      for (int64_t g = 0; g < G; ++g)
-        if (!group_kept[g] && (best < 0 || group_scores[g] > group_scores[best])) best = g;
-      group_kept[best] = true;
-    }
-    for (int64_t e = 0; e < E; ++e)
+    if (lane == 0)
+      for (int k = 0; k < p.topk_group; ++k) {
+        int best = -1;
+        for (int g = 0; g < G; ++g)
+          if (!group_kept[g] && (best < 0 || group_scores[g] > group_scores[best])) best = g;
+        group_kept[best] = true;
+      }
+    __syncwarp();
+    for (int e = lane; e < E; e += 32)
       if (!group_kept[e / per_group]) choice[e] = sigmoid ? -FLT_MAX : 0.0f;  // V3 -inf, V2 0.0
+    __syncwarp();
   }
-  int32_t* idx = p.indices + t * K;
-  float* w = p.weights + t * K;
+  int32_t* idx = p.indices + static_cast<int64_t>(blockIdx.x) * K;
+  float* w = p.weights + static_cast<int64_t>(blockIdx.x) * K;
   float sum = 0.0f;
-  for (int64_t k = 0; k < K; ++k) {
-    const int64_t e = argmax_unmasked(choice, taken, E);
-    taken[e] = true;
-    idx[k] = static_cast<int32_t>(e);
-    w[k] = sigmoid ? scores[e] : choice[e];
-    sum += w[k];
+  for (int k = 0; k < K; ++k) {
+    float v = 0.0f;
+    int best = -1;
+    for (int e = lane; e < E; e += 32)
+      if (!taken[e] && (best < 0 || choice[e] > v)) v = choice[e], best = e;
+    warp_best(v, best);
+    if (lane == 0) {
+      taken[best] = true;
+      idx[k] = best;
+      w[k] = sigmoid ? scores[best] : choice[best];
+      sum += w[k];
+    }
+    __syncwarp();
   }
-  for (int64_t k = 0; k < K; ++k) {
-    if (sigmoid && p.norm_topk_prob) w[k] /= (sum + 1e-20f);
-    w[k] *= p.routed_scaling_factor;
-  }
+  if (lane == 0)
+    for (int k = 0; k < K; ++k) {
+      if (sigmoid && p.norm_topk_prob) w[k] /= (sum + 1e-20f);
+      w[k] *= p.routed_scaling_factor;
+    }
 }
 
 }  // namespace
@@ -81,7 +105,7 @@ __global__ void route_kernel(RouterParams p) {
 cudaError_t route(const RouterParams& p, cudaStream_t stream) {
   if (p.E > kMaxExperts || p.n_group > kMaxExperts) return cudaErrorInvalidValue;
   if (p.T == 0) return cudaSuccess;
-  route_kernel<<<static_cast<unsigned>(p.T), 128, 0, stream>>>(p);
+  route_kernel<<<static_cast<unsigned>(p.T), 32, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
