@@ -49,6 +49,7 @@ TEST_F(CudaBf16, LinearMatchesCpu) {
   for (const Case& c : {Case{1, 2048, 2048, 1, false, false, false, 0},  // decode GEMV
                         Case{1, 577, 1536, 1, false, true, true, 4},     // odd N, strided x
                         Case{3, 40, 13, 1, false, true, false, 1},       // K % 8 != 0: scalar lanes
+                        Case{3, 50, 777, 1, false, true, true, 0},       // split K, last slice scalar
                         Case{8, 300, 264, 1, false, false, true, 0},     // a full GEMV pass
                         Case{11, 129, 96, 1, false, true, false, 0},     // tensor cores
                         Case{257, 384, 512, 1, false, false, true, 8},   // prefill-sized

@@ -203,18 +203,29 @@ __global__ void decode_partial_kernel(AttentionParams p, const KV* K, const KV* 
   }
 }
 
+// One block per query row: chunk weights exp(m_c - M) / L computed once into shared memory, then each
+// thread's value dims summed over chunks in order (loads independent, so they overlap).
+constexpr int kMaxCombineChunks = 4096;
 __global__ void decode_combine_kernel(AttentionParams p, int64_t chunks, const float* partial) {
+  __shared__ float weight[kMaxCombineChunks];
+  __shared__ float reduce[kThreads];
   const int64_t row = blockIdx.x;
   const float* part = partial + row * chunks * (p.Dv + 2);
-  float M = -INFINITY;
-  for (int64_t c = 0; c < chunks; ++c) M = fmaxf(M, part[c * (p.Dv + 2)]);
-  float L = 0.0f;
-  for (int64_t c = 0; c < chunks; ++c) L += expf(part[c * (p.Dv + 2)] - M) * part[c * (p.Dv + 2) + 1];
-  const float inv = 1.0f / L;
+  float local_max = -INFINITY;
+  for (int64_t c = threadIdx.x; c < chunks; c += kThreads) local_max = fmaxf(local_max, part[c * (p.Dv + 2)]);
+  const float M = block_max(local_max, reduce);
+  float local_sum = 0.0f;
+  for (int64_t c = threadIdx.x; c < chunks; c += kThreads) {
+    const float w = expf(part[c * (p.Dv + 2)] - M);
+    weight[c] = w;
+    local_sum += w * part[c * (p.Dv + 2) + 1];
+  }
+  const float inv = 1.0f / block_sum(local_sum, reduce);  // ends with a barrier: weight[] is written
   float* out = p.out + row * p.Dv;  // out [batch, T, H, Dv]
   for (int64_t d = threadIdx.x; d < p.Dv; d += kThreads) {
     float acc = 0.0f;
-    for (int64_t c = 0; c < chunks; ++c) acc += expf(part[c * (p.Dv + 2)] - M) * part[c * (p.Dv + 2) + 2 + d];
+#pragma unroll 8
+    for (int64_t c = 0; c < chunks; ++c) acc += weight[c] * part[c * (p.Dv + 2) + 2 + d];
     out[d] = acc * inv;
   }
 }
@@ -228,6 +239,7 @@ cudaError_t decode_attention(const AttentionParams& p, const KV* K, const KV* V,
   chunk = chunk < kMinChunk ? kMinChunk : (chunk + 31) / 32 * 32;
   chunk = chunk > kMaxChunk ? kMaxChunk : chunk;
   const int64_t chunks = (p.S + chunk - 1) / chunk;
+  if (chunks > kMaxCombineChunks) return cudaErrorInvalidValue;
   float* partial = static_cast<float*>(cached_allocate(static_cast<size_t>(rows * chunks * (p.Dv + 2)) * sizeof(float)));
   if (!partial) return cudaErrorMemoryAllocation;
   const size_t smem = static_cast<size_t>(p.Dqk + chunk) * sizeof(float);
@@ -437,6 +449,7 @@ cudaError_t latent_decode_attention(const AttentionParams& p, const KV* K, int64
   splits = splits < 1 ? 1 : (splits > tiles ? tiles : splits);
   const int64_t split_keys = (tiles + splits - 1) / splits * kLatentKeys;
   splits = (p.S + split_keys - 1) / split_keys;
+  if (splits > kMaxCombineChunks) return cudaErrorInvalidValue;
   const int64_t rows = p.batch * p.H;
   float* partial = static_cast<float*>(cached_allocate(static_cast<size_t>(rows * splits * (p.Dv + 2)) * sizeof(float)));
   if (!partial) return cudaErrorMemoryAllocation;

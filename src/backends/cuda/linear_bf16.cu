@@ -38,6 +38,42 @@ __global__ void gemv_bf16_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t
   }
 }
 
+// The same rows with the K sum split over `slices` warps of one block (each warp one contiguous,
+// 8-aligned K range): a decode-sized product then has every load in flight at once instead of a few
+// trips per warp, which is what limits small matrices. Partial sums are added in slice order.
+constexpr int kMaxSlices = 8;
+template <int M>
+__global__ void gemv_bf16_split_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t m0, int64_t slice_k) {
+  __shared__ float partial[kMaxSlices][M][kRowsPerWarp];
+  const int slice = threadIdx.x / 32, lane = threadIdx.x % 32, slices = blockDim.x / 32;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRowsPerWarp, b = blockIdx.y;
+  const int64_t k0 = slice * slice_k, k1 = k0 + slice_k < p.K ? k0 + slice_k : p.K;
+  const float* x = p.x + b * p.x_batch_stride + m0 * xs + k0;
+  const uint16_t* w = p.w_bf16 + b * p.w_batch_stride + k0;
+  const uint16_t* rows[kRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) rows[r] = w + (n0 + r < p.N ? n0 + r : n0) * p.K;  // past N: re-read n0
+  float acc[M][kRowsPerWarp] = {};
+  if (k1 > k0) lane_dots_bf16<M, kRowsPerWarp>(x, xs, rows, k1 - k0, acc);
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const float v = warp_sum(acc[m][r]);
+      if (lane == 0) partial[slice][m][r] = v;
+    }
+  __syncthreads();
+  if (threadIdx.x >= M * kRowsPerWarp) return;
+  const int m = threadIdx.x / kRowsPerWarp, r = threadIdx.x % kRowsPerWarp;
+  const int64_t n = n0 + r;
+  if (n >= p.N) return;
+  float v = 0.0f;
+  for (int sl = 0; sl < slices; ++sl) v += partial[sl][m][r];
+  v += p.bias ? p.bias[b * p.bias_batch_stride + n] : 0.0f;
+  float* y = p.y + b * p.y_batch_stride + (m0 + m) * ys + n;
+  *y = p.accumulate ? *y + v : v;
+}
+
 // w[K, N] row-major (w_transposed): one thread per (n, up to 8 rows), k sequential, coalesced over n.
 template <int M>
 __global__ void gemv_bf16_transposed_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t m0) {
@@ -117,8 +153,16 @@ void launch_rows(const LinearParams& p, int64_t xs, int64_t ys, int64_t m0, cuda
   } else if (p.w_transposed) {
     gemv_bf16_transposed_kernel<M><<<dim3(static_cast<unsigned>((p.N + 127) / 128), batch), 128, 0, s>>>(p, xs, ys, m0);
   } else {
-    gemv_bf16_kernel<M><<<dim3(static_cast<unsigned>((p.N + kRowsPerBlock - 1) / kRowsPerBlock), batch), kWarps * 32,
-                          0, s>>>(p, xs, ys, m0);
+    // Slices of at least 256 K values (one 16-byte load per lane per row), up to kMaxSlices.
+    int64_t slices = p.K / 256;
+    slices = slices < 1 ? 1 : (slices > kMaxSlices ? kMaxSlices : slices);
+    const int64_t slice_k = ((p.K + slices - 1) / slices + 7) / 8 * 8;
+    if (slices > 1)
+      gemv_bf16_split_kernel<M><<<dim3(static_cast<unsigned>((p.N + kRowsPerWarp - 1) / kRowsPerWarp), batch),
+                                  static_cast<unsigned>(slices * 32), 0, s>>>(p, xs, ys, m0, slice_k);
+    else
+      gemv_bf16_kernel<M><<<dim3(static_cast<unsigned>((p.N + kRowsPerBlock - 1) / kRowsPerBlock), batch),
+                            kWarps * 32, 0, s>>>(p, xs, ys, m0);
   }
 }
 
