@@ -40,6 +40,12 @@ expect_ok(${DSV} bench infer --config ${SRC}/models/tiny/config.json --prompt-le
 if(NOT EXISTS ${WORK}/bench.json)
   message(FATAL_ERROR "dsv bench infer --json wrote nothing")
 endif()
+expect_ok(${DSV} bench infer --config ${SRC}/models/tiny/config.json --batch 3 --prompt-len 5 --gen-len 3 --device cpu
+          --json ${WORK}/bench_b3.json)
+file(READ ${WORK}/bench_b3.json bench_b3)
+if(NOT bench_b3 MATCHES "\"batch\": 3")
+  message(FATAL_ERROR "dsv bench infer --batch 3 did not report batch 3: ${bench_b3}")
+endif()
 
 # dsv train: the dry run of the bundled recipe, then a few real steps into ${WORK} (flags override
 # the recipe's output paths, so nothing is written into the source tree).
@@ -69,6 +75,8 @@ expect_fail("outside the vocabulary" ${DSV} train --recipe ${SRC}/recipes/debug.
 expect_fail("exceeds the model's context" ${DSV} bench infer --config ${SRC}/models/tiny/config.json
             --prompt-len 4000 --device cpu)
 expect_fail("cannot open" ${DSV} bench infer --config ${WORK}/missing.json --device cpu)
+expect_fail("--batch 0: expected 1 .. 4096 sequences" ${DSV} bench infer --config ${SRC}/models/tiny/config.json
+            --batch 0 --device cpu)
 expect_fail("cannot open" ${DSV} logits --model ${WORK}/nope --ids 1 --out ${WORK}/x.npy)
 expect_fail("is not a token id" ${DSV} logits --model ${FIXTURE} --ids 1,x --out ${WORK}/x.npy)
 expect_fail("outside the vocabulary" ${DSV} logits --model ${FIXTURE} --ids 1,100000 --out ${WORK}/x.npy)
