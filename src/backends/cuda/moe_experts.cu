@@ -138,31 +138,40 @@ struct GroupPlan {
   int32_t *counts, *offsets, *order, *slot_of, *active, *n_active;
 };
 
+constexpr int kMaxGroupedExperts = 1024;  // as the router
 __global__ void plan_kernel(const int32_t* __restrict__ indices, int64_t P, int64_t E, GroupPlan plan) {
-  __shared__ int32_t idx[kMaxGroupedPairs];
+  __shared__ int32_t idx[kMaxGroupedPairs];  // 32 KB
+  __shared__ int32_t counts[kMaxGroupedExperts], offsets[kMaxGroupedExperts], active[kMaxGroupedExperts];
+  __shared__ int32_t n_active;
   for (int64_t i = threadIdx.x; i < P; i += blockDim.x) idx[i] = indices[i];
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   for (int64_t e = warp; e < E; e += warps) {
     int count = 0;
     for (int64_t i0 = 0; i0 < P; i0 += 32) count += __popc(__ballot_sync(0xffffffffu, i0 + lane < P && idx[i0 + lane] == e));
-    if (lane == 0) plan.counts[e] = count;
+    if (lane == 0) counts[e] = count;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    int32_t offset = 0, n_active = 0;
+  if (threadIdx.x == 0) {  // prefix and active list, in shared memory (E is small)
+    int32_t offset = 0, n = 0;
     for (int64_t e = 0; e < E; ++e) {
-      plan.offsets[e] = offset;
-      offset += plan.counts[e];
-      if (plan.counts[e] > 0) plan.active[n_active++] = static_cast<int32_t>(e);
+      offsets[e] = offset;
+      offset += counts[e];
+      if (counts[e] > 0) active[n++] = static_cast<int32_t>(e);
     }
-    *plan.n_active = n_active;
+    n_active = n;
+    *plan.n_active = n;
   }
   __syncthreads();
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
+    plan.counts[e] = counts[e];
+    plan.offsets[e] = offsets[e];
+    if (e < n_active) plan.active[e] = active[e];
+  }
   const unsigned below = (1u << lane) - 1u;
   for (int64_t e = warp; e < E; e += warps) {
-    if (plan.counts[e] == 0) continue;
-    int32_t next = plan.offsets[e];
+    if (counts[e] == 0) continue;
+    int32_t next = offsets[e];
     for (int64_t i0 = 0; i0 < P; i0 += 32) {
       const bool hit = i0 + lane < P && idx[i0 + lane] == e;
       const unsigned mask = __ballot_sync(0xffffffffu, hit);
@@ -290,7 +299,7 @@ cudaError_t grouped(const MoeExpertsParams& p, const W* const* gate, const W* co
 }  // namespace
 
 cudaError_t moe_experts(const MoeExpertsParams& p, cudaStream_t s) {
-  if (p.E > 0 && p.T * p.K <= kMaxGroupedPairs) {
+  if (p.E > 0 && p.E <= kMaxGroupedExperts && p.T * p.K <= kMaxGroupedPairs) {
     if (p.gate_bf16) return grouped<uint16_t>(p, p.gate_bf16, p.up_bf16, p.down_bf16, s);
     return grouped<float>(p, p.gate, p.up, p.down, s);
   }
