@@ -24,6 +24,8 @@ __device__ __forceinline__ void warp_best(float& v, int& i) {
 __global__ void route_kernel(RouterParams p) {
   __shared__ float scores[kMaxExperts], choice[kMaxExperts], group_scores[kMaxExperts];
   __shared__ bool taken[kMaxExperts], group_kept[kMaxExperts];
+  __shared__ int chosen[kMaxExperts];
+  __shared__ float chosen_w[kMaxExperts];
   const int lane = threadIdx.x;
   const int E = static_cast<int>(p.E), K = static_cast<int>(p.K), G = static_cast<int>(p.n_group);
   const int per_group = E / (G > 0 ? G : 1);
@@ -76,8 +78,7 @@ __global__ void route_kernel(RouterParams p) {
       if (!group_kept[e / per_group]) choice[e] = sigmoid ? -FLT_MAX : 0.0f;  // V3 -inf, V2 0.0
     __syncwarp();
   }
-  int32_t* idx = p.indices + static_cast<int64_t>(blockIdx.x) * K;
-  float* w = p.weights + static_cast<int64_t>(blockIdx.x) * K;
+  // Choices and weights stay in shared memory until the end (global read-backs are slow round trips).
   float sum = 0.0f;
   for (int k = 0; k < K; ++k) {
     float v = 0.0f;
@@ -87,17 +88,21 @@ __global__ void route_kernel(RouterParams p) {
     warp_best(v, best);
     if (lane == 0) {
       taken[best] = true;
-      idx[k] = best;
-      w[k] = sigmoid ? scores[best] : choice[best];
-      sum += w[k];
+      chosen[k] = best;
+      chosen_w[k] = sigmoid ? scores[best] : choice[best];
+      sum += chosen_w[k];
     }
     __syncwarp();
   }
-  if (lane == 0)
-    for (int k = 0; k < K; ++k) {
-      if (sigmoid && p.norm_topk_prob) w[k] /= (sum + 1e-20f);
-      w[k] *= p.routed_scaling_factor;
-    }
+  sum = __shfl_sync(kAll, sum, 0);
+  int32_t* idx = p.indices + static_cast<int64_t>(blockIdx.x) * K;
+  float* w = p.weights + static_cast<int64_t>(blockIdx.x) * K;
+  for (int k = lane; k < K; k += 32) {
+    float v = chosen_w[k];
+    if (sigmoid && p.norm_topk_prob) v /= (sum + 1e-20f);
+    idx[k] = chosen[k];
+    w[k] = v * p.routed_scaling_factor;
+  }
 }
 
 }  // namespace
