@@ -32,7 +32,9 @@ std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
 TEST_F(CudaBatch, AttentionOverPerSequenceLengthsMatchesCpu) {
   struct Case { int64_t T, S, H, C, R; std::vector<int32_t> lengths; };
   for (const Case& c : {Case{1, 577, 16, 512, 64, {1, 577, 64, 65, 300}}, Case{1, 40, 3, 24, 8, {7, 40}},
-                        Case{2, 300, 4, 32, 8, {2, 299, 130}}, Case{1, 20000, 2, 16, 8, {20000, 9000}}}) {
+                        Case{2, 300, 4, 32, 8, {2, 299, 130}}, Case{1, 20000, 2, 16, 8, {20000, 9000}},
+                        // enough blocks for 16-head groups, two groups per problem
+                        Case{1, 300, 32, 64, 16, {300, 1, 33, 64, 65, 100, 200, 299, 5, 6, 7, 8, 9, 10, 11, 12}}}) {
     const int64_t B = static_cast<int64_t>(c.lengths.size()), W = c.C + c.R;
     SCOPED_TRACE(testing::Message() << "B" << B << " T" << c.T << " S" << c.S << " H" << c.H);
     const auto q = randn(B * c.T * c.H * W, 21, 0.0f, 0.1f);

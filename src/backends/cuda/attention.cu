@@ -262,22 +262,24 @@ cudaError_t decode_attention(const AttentionParams& p, const KV* K, const KV* V,
 
 // ---- Absorbed-MLA decode: one latent row per key shared by all heads ----
 // Hkv = 1 with v the first Dv values of each key row (the latent cache) and one query per problem.
-// One block per (key split, group of kLatentHeads heads, problem) stages kLatentKeys-row tiles of the
+// One block per (key split, group of HEADS heads, problem) stages kLatentKeys-row tiles of the
 // cache in shared memory once for all of its heads (the per-head kernels above read every row once
 // per head): q.k with one thread per (head pair, key), an online softmax per head by one warp (a lane
 // per key), then P.V with threads over value dims and every head's sums in registers. Partials per
 // (problem, head, split) go through decode_combine_kernel. Grids depend only on S (kv_lengths read on
 // the device), so a captured decode graph replays them.
-constexpr int kLatentHeads = 16, kLatentKeys = 32, kLatentThreads = 256;
+// HEADS = 16 heads per block, or 8 when 16-head blocks would leave most SMs idle (batch-1 decode of a
+// short cache: 16b-l4 at 512 keys ran 17 blocks).
+constexpr int kLatentKeys = 32, kLatentThreads = 256, kLatentWarps = kLatentThreads / 32;
 constexpr int64_t kLatentTargetBlocks = 264;  // two per SM of an H100
 
 // Row pitch of the staged q and key rows: even (float2 reads) and = 2 mod 32 words, so the 16 lanes
 // of a half-warp reading 16 different rows at one d hit 16 different bank pairs.
 __host__ __device__ constexpr int64_t latent_pitch(int64_t Dqk) { return (Dqk + 1) / 2 * 2 + 2; }
 
-size_t latent_smem_bytes(int64_t Dqk) {
-  return static_cast<size_t>((kLatentHeads + kLatentKeys) * latent_pitch(Dqk) + kLatentHeads * kLatentKeys +
-                             3 * kLatentHeads) * sizeof(float);
+size_t latent_smem_bytes(int64_t Dqk, int heads) {
+  return static_cast<size_t>((heads + kLatentKeys) * latent_pitch(Dqk) + heads * kLatentKeys + 3 * heads) *
+         sizeof(float);
 }
 
 __device__ __forceinline__ void unpack_words(const uint4& raw, float (&f)[8]) { unpack8(raw, f); }
@@ -316,21 +318,23 @@ __device__ __forceinline__ void stage_rows(const T* src, int64_t stride, int n, 
   for (int i = threadIdx.x; i < n * D; i += kLatentThreads) dst[(i / D) * pitch + i % D] = widen(src[(i / D) * stride + i % D]);
 }
 
-// DV: value dims per thread (Dv <= DV * kLatentThreads).
-template <typename KV, int DV>
+// DV: value dims per thread (Dv <= DV * kLatentThreads); HEADS: 16 or 8 (HEADS / 8 per warp).
+template <typename KV, int DV, int HEADS>
 __global__ void __launch_bounds__(kLatentThreads)
     latent_decode_kernel(AttentionParams p, const KV* K, int64_t ks, int64_t splits, int64_t split_keys, float* partial) {
+  static_assert(HEADS % kLatentWarps == 0, "whole heads per warp");
+  constexpr int kHeadsPerWarp = HEADS / kLatentWarps;
   extern __shared__ float sm[];
   const int Dqk = static_cast<int>(p.Dqk), Dv = static_cast<int>(p.Dv), pitch = static_cast<int>(latent_pitch(p.Dqk));
-  float* qs = sm;                                // [kLatentHeads][pitch]
-  float* tile = qs + kLatentHeads * pitch;       // [kLatentKeys][pitch]
-  float* probs = tile + kLatentKeys * pitch;     // [kLatentHeads][kLatentKeys]
-  float* m_run = probs + kLatentHeads * kLatentKeys;  // running max, sum and this tile's rescale per head
-  float* l_run = m_run + kLatentHeads;
-  float* alpha = l_run + kLatentHeads;
+  float* qs = sm;                                // [HEADS][pitch]
+  float* tile = qs + HEADS * pitch;       // [kLatentKeys][pitch]
+  float* probs = tile + kLatentKeys * pitch;     // [HEADS][kLatentKeys]
+  float* m_run = probs + HEADS * kLatentKeys;  // running max, sum and this tile's rescale per head
+  float* l_run = m_run + HEADS;
+  float* alpha = l_run + HEADS;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int64_t c = blockIdx.x, h0 = static_cast<int64_t>(blockIdx.y) * kLatentHeads, b = blockIdx.z;
-  const int heads = static_cast<int>(p.H - h0 < kLatentHeads ? p.H - h0 : kLatentHeads);
+  const int64_t c = blockIdx.x, h0 = static_cast<int64_t>(blockIdx.y) * HEADS, b = blockIdx.z;
+  const int heads = static_cast<int>(p.H - h0 < HEADS ? p.H - h0 : HEADS);
   const int64_t keys = problem_keys(p, b), s_begin = c * split_keys;
   const int64_t s_end = keys < s_begin + split_keys ? keys : s_begin + split_keys;
   if (s_begin >= s_end) {  // a split past this problem's keys
@@ -341,16 +345,16 @@ __global__ void __launch_bounds__(kLatentThreads)
     return;
   }
   // Zeros where nothing is staged: the pad columns of q and key rows, and the rows of absent heads.
-  for (int i = tid; i < (kLatentHeads + kLatentKeys) * (pitch - Dqk); i += kLatentThreads)
+  for (int i = tid; i < (HEADS + kLatentKeys) * (pitch - Dqk); i += kLatentThreads)
     qs[(i / (pitch - Dqk)) * pitch + Dqk + i % (pitch - Dqk)] = 0.0f;
-  for (int i = tid; i < (kLatentHeads - heads) * Dqk; i += kLatentThreads)
+  for (int i = tid; i < (HEADS - heads) * Dqk; i += kLatentThreads)
     qs[(heads + i / Dqk) * pitch + i % Dqk] = 0.0f;
   stage_rows(p.q + (b * p.H + h0) * p.Dqk, p.Dqk, heads, Dqk, qs, pitch);
-  if (tid < kLatentHeads) {
+  if (tid < HEADS) {
     m_run[tid] = -INFINITY;
     l_run[tid] = 0.0f;
   }
-  float acc[kLatentHeads][DV] = {};
+  float acc[HEADS][DV] = {};
   const KV* kb = K + b * p.k_batch_stride;
   for (int64_t s0 = s_begin; s0 < s_end; s0 += kLatentKeys) {
     const int n = static_cast<int>(s_end - s0 < kLatentKeys ? s_end - s0 : kLatentKeys);
@@ -359,25 +363,29 @@ __global__ void __launch_bounds__(kLatentThreads)
     for (int i = tid; i < (kLatentKeys - n) * Dqk; i += kLatentThreads)  // rows past n: zeros (zero weight)
       tile[(n + i / Dqk) * pitch + i % Dqk] = 0.0f;
     __syncthreads();
-    {  // scores of key `lane` for heads 2 warp, 2 warp + 1 (float2 reads: k conflict-free, q broadcast)
-      const int ha = 2 * warp, hb = ha + 1;
+    {  // scores of key `lane` for this warp's heads (float2 reads: k conflict-free, q broadcast)
       const float2* k = reinterpret_cast<const float2*>(tile + lane * pitch);
-      const float2* qa = reinterpret_cast<const float2*>(qs + ha * pitch);
-      const float2* qb = reinterpret_cast<const float2*>(qs + hb * pitch);
-      float sa = 0.0f, sb = 0.0f;
+      const float2* q[kHeadsPerWarp];
+#pragma unroll
+      for (int i = 0; i < kHeadsPerWarp; ++i) q[i] = reinterpret_cast<const float2*>(qs + (kHeadsPerWarp * warp + i) * pitch);
+      float sc[kHeadsPerWarp] = {};
 #pragma unroll 8
       for (int d2 = 0; d2 < pitch / 2; ++d2) {
-        const float2 kv = k[d2], a = qa[d2], bq = qb[d2];
-        sa += a.x * kv.x + a.y * kv.y;
-        sb += bq.x * kv.x + bq.y * kv.y;
+        const float2 kv = k[d2];
+#pragma unroll
+        for (int i = 0; i < kHeadsPerWarp; ++i) {
+          const float2 a = q[i][d2];
+          sc[i] += a.x * kv.x + a.y * kv.y;
+        }
       }
-      probs[ha * kLatentKeys + lane] = lane < n ? sa * p.scale : -INFINITY;
-      probs[hb * kLatentKeys + lane] = lane < n ? sb * p.scale : -INFINITY;
+#pragma unroll
+      for (int i = 0; i < kHeadsPerWarp; ++i)
+        probs[(kHeadsPerWarp * warp + i) * kLatentKeys + lane] = lane < n ? sc[i] * p.scale : -INFINITY;
     }
     __syncthreads();
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {  // online softmax: warp w owns heads 2w, 2w + 1
-      const int h = 2 * warp + i;
+    for (int i = 0; i < kHeadsPerWarp; ++i) {  // online softmax: warp w owns its heads
+      const int h = kHeadsPerWarp * warp + i;
       const float v = probs[h * kLatentKeys + lane];
       float tile_max = v;
       for (int o = 16; o > 0; o >>= 1) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, o));
@@ -395,7 +403,7 @@ __global__ void __launch_bounds__(kLatentThreads)
     }
     __syncthreads();
 #pragma unroll
-    for (int h = 0; h < kLatentHeads; ++h) {
+    for (int h = 0; h < HEADS; ++h) {
       const float a = alpha[h];
 #pragma unroll
       for (int i = 0; i < DV; ++i) acc[h][i] *= a;
@@ -411,7 +419,7 @@ __global__ void __launch_bounds__(kLatentThreads)
           v[jj][i] = d < Dv ? tile[(j + jj) * pitch + d] : 0.0f;
         }
 #pragma unroll
-      for (int h = 0; h < kLatentHeads; ++h) {
+      for (int h = 0; h < HEADS; ++h) {
         const float4 pj = *reinterpret_cast<const float4*>(probs + h * kLatentKeys + j);
 #pragma unroll
         for (int i = 0; i < DV; ++i) acc[h][i] += pj.x * v[0][i] + pj.y * v[1][i] + pj.z * v[2][i] + pj.w * v[3][i];
@@ -419,7 +427,7 @@ __global__ void __launch_bounds__(kLatentThreads)
     }
   }
 #pragma unroll
-  for (int h = 0; h < kLatentHeads; ++h) {
+  for (int h = 0; h < HEADS; ++h) {
     if (h >= heads) break;
     float* part = partial + ((b * p.H + h0 + h) * splits + c) * (Dv + 2);
 #pragma unroll
@@ -438,13 +446,15 @@ __global__ void __launch_bounds__(kLatentThreads)
 bool latent_decode_applies(const AttentionParams& p, const void* K, const void* V, int64_t hkv, int64_t ks,
                            int64_t vs) {
   return hkv == 1 && p.T == 1 && K == V && ks == vs && p.Dv <= p.Dqk &&
-         p.Dv <= static_cast<int64_t>(kLatentThreads) * 4 && latent_smem_bytes(p.Dqk) <= 200 * 1024 &&
-         p.batch * ((p.H + kLatentHeads - 1) / kLatentHeads) <= 65535;
+         p.Dv <= static_cast<int64_t>(kLatentThreads) * 4 && latent_smem_bytes(p.Dqk, 16) <= 200 * 1024 &&
+         p.batch * ((p.H + 7) / 8) <= 65535;
 }
 
 template <typename KV>
 cudaError_t latent_decode_attention(const AttentionParams& p, const KV* K, int64_t ks, cudaStream_t stream) {
-  const int64_t groups = (p.H + kLatentHeads - 1) / kLatentHeads, tiles = (p.S + kLatentKeys - 1) / kLatentKeys;
+  const int64_t tiles = (p.S + kLatentKeys - 1) / kLatentKeys;
+  const int heads = p.H <= 8 || p.batch * ((p.H + 15) / 16) * tiles < kLatentTargetBlocks / 2 ? 8 : 16;
+  const int64_t groups = (p.H + heads - 1) / heads;
   int64_t splits = (kLatentTargetBlocks + p.batch * groups - 1) / (p.batch * groups);
   splits = splits < 1 ? 1 : (splits > tiles ? tiles : splits);
   const int64_t split_keys = (tiles + splits - 1) / splits * kLatentKeys;
@@ -453,8 +463,9 @@ cudaError_t latent_decode_attention(const AttentionParams& p, const KV* K, int64
   const int64_t rows = p.batch * p.H;
   float* partial = static_cast<float*>(cached_allocate(static_cast<size_t>(rows * splits * (p.Dv + 2)) * sizeof(float)));
   if (!partial) return cudaErrorMemoryAllocation;
-  const size_t smem = latent_smem_bytes(p.Dqk);
-  auto kernel = p.Dv <= 2 * kLatentThreads ? latent_decode_kernel<KV, 2> : latent_decode_kernel<KV, 4>;
+  const size_t smem = latent_smem_bytes(p.Dqk, heads);
+  auto kernel = p.Dv <= 2 * kLatentThreads ? (heads == 8 ? latent_decode_kernel<KV, 2, 8> : latent_decode_kernel<KV, 2, 16>)
+                                           : (heads == 8 ? latent_decode_kernel<KV, 4, 8> : latent_decode_kernel<KV, 4, 16>);
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e == cudaSuccess) {
     kernel<<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(groups), static_cast<unsigned>(p.batch)),
