@@ -10,6 +10,8 @@
 #include <random>
 #include <vector>
 
+#include "core/dtype.h"
+
 // Internal linkage (one copy per test file), as the helpers were when each file had its own.
 namespace dsv::ops::test {
 namespace {
@@ -60,6 +62,13 @@ double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
     den += static_cast<double>(b[i]) * b[i];
   }
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+// bf16 bit patterns of v (nearest even), as the bf16 weights and caches store them.
+std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = f32_to_bf16(v[i]);
+  return out;
 }
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {

@@ -21,12 +21,6 @@ using namespace test;
 
 class CudaBatch : public CudaTest {};
 
-std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
-  std::vector<uint16_t> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = f32_to_bf16(v[i]);
-  return out;
-}
-
 // Absorbed-MLA shapes: B problems of T queries over each problem's own latent rows, of different
 // lengths (one key, exactly a chunk, more than a chunk, the bound), in fp32 and bf16.
 TEST_F(CudaBatch, AttentionOverPerSequenceLengthsMatchesCpu) {

@@ -18,12 +18,6 @@ using namespace test;
 
 class CudaBf16 : public CudaTest {};
 
-std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
-  std::vector<uint16_t> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = f32_to_bf16(v[i]);
-  return out;
-}
-
 TEST_F(CudaBf16, CastMatchesCpuBitForBit) {
   auto x = randn(100003, 1, 0.0f, 1e3f);
   x[0] = NAN;
