@@ -57,8 +57,9 @@ void run_bench_infer(const BenchArgs& a) {
   const int64_t V = c.vocab_size, D = c.hidden_size, L = c.num_hidden_layers, width = c.kv_lora_rank + c.qk_rope_head_dim;
   // Kept fp32 in bf16 storage: the embedding table and the MoE routers (store_weights_bf16); norms
   // and biases are counted as matrices (a rounding error in these totals).
-  int64_t router_params = 0;
-  for (int64_t l = 0; l < L; ++l) router_params += c.is_moe_layer(l) ? c.n_routed_experts * D : 0;
+  int64_t moe_layers = 0;
+  for (int64_t l = 0; l < L; ++l) moe_layers += c.is_moe_layer(l);
+  const int64_t router_params = moe_layers * c.n_routed_experts * D;
   const double fp32_params = static_cast<double>(router_params + V * D);
   [[maybe_unused]] const double weight_bytes = elt * (static_cast<double>(c.params_total()) - fp32_params) +
                                                4.0 * fp32_params;
@@ -140,8 +141,6 @@ void run_bench_infer(const BenchArgs& a) {
   // The embedding rows and the routers are fp32; the head and every other matrix `elt` bytes a value.
   const double E = static_cast<double>(c.n_routed_experts), K = static_cast<double>(c.num_experts_per_tok);
   const double expert_params = 3.0 * static_cast<double>(D * c.moe_intermediate_size);
-  int64_t moe_layers = 0;
-  for (int64_t l = 0; l < L; ++l) moe_layers += c.is_moe_layer(l);
   const double experts_reached = E > 0 ? E * (1.0 - std::pow(1.0 - K / E, static_cast<double>(B))) : 0.0;
   const double active = static_cast<double>(c.params_active()) - double(V * D) - double(router_params) +
                         (c.tie_word_embeddings ? double(V * D) : 0.0) +

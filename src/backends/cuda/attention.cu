@@ -230,6 +230,18 @@ __global__ void decode_combine_kernel(AttentionParams p, int64_t chunks, const f
   }
 }
 
+// Second stage of both split decode kernels: merges the chunks' partials (when the first stage
+// launched: e), then hands the partials buffer back (reused only by later work on the same stream).
+cudaError_t combine_partials(const AttentionParams& p, int64_t rows, int64_t chunks, float* partial, cudaError_t e,
+                             cudaStream_t stream) {
+  if (e == cudaSuccess) {
+    decode_combine_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(p, chunks, partial);
+    e = cudaGetLastError();
+  }
+  cached_release(partial);
+  return e;
+}
+
 template <typename KV>
 cudaError_t decode_attention(const AttentionParams& p, const KV* K, const KV* V, int64_t hkv, int64_t ks, int64_t vs,
                              cudaStream_t stream) {
@@ -252,12 +264,7 @@ cudaError_t decode_attention(const AttentionParams& p, const KV* K, const KV* V,
                                 stream>>>(p, K, V, hkv, ks, vs, chunks, chunk, partial);
     e = cudaGetLastError();
   }
-  if (e == cudaSuccess) {
-    decode_combine_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(p, chunks, partial);
-    e = cudaGetLastError();
-  }
-  cached_release(partial);  // reused only by later work on the same stream
-  return e;
+  return combine_partials(p, rows, chunks, partial, e, stream);
 }
 
 // ---- Absorbed-MLA decode: one latent row per key shared by all heads ----
@@ -447,7 +454,7 @@ bool latent_decode_applies(const AttentionParams& p, const void* K, const void* 
                            int64_t vs) {
   return hkv == 1 && p.T == 1 && K == V && ks == vs && p.Dv <= p.Dqk &&
          p.Dv <= static_cast<int64_t>(kLatentThreads) * 4 && latent_smem_bytes(p.Dqk, 16) <= 200 * 1024 &&
-         p.batch * ((p.H + 7) / 8) <= 65535;
+         p.batch <= 65535;  // grid.z
 }
 
 template <typename KV>
@@ -472,12 +479,7 @@ cudaError_t latent_decode_attention(const AttentionParams& p, const KV* K, int64
              kLatentThreads, smem, stream>>>(p, K, ks, splits, split_keys, partial);
     e = cudaGetLastError();
   }
-  if (e == cudaSuccess) {
-    decode_combine_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(p, splits, partial);
-    e = cudaGetLastError();
-  }
-  cached_release(partial);  // reused only by later work on the same stream
-  return e;
+  return combine_partials(p, rows, splits, partial, e, stream);
 }
 
 template <typename KV>

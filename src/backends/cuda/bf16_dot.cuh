@@ -28,6 +28,17 @@ __device__ __forceinline__ void unpack8(const uint4& r, float (&w)[8]) {
   }
 }
 
+// Whether every x row and weight row starts on a 16-byte boundary (vector loads allowed).
+template <int M, int R, typename W>
+__device__ __forceinline__ bool rows_aligned16(const float* const (&x)[M], const W* const (&w)[R]) {
+  bool aligned = true;
+#pragma unroll
+  for (int m = 0; m < M; ++m) aligned = aligned && reinterpret_cast<uintptr_t>(x[m]) % 16 == 0;
+#pragma unroll
+  for (int r = 0; r < R; ++r) aligned = aligned && reinterpret_cast<uintptr_t>(w[r]) % 16 == 0;
+  return aligned;
+}
+
 // acc[m][r] += sum_k bf16(x[m][k]) * w[r][k] for M rows of x (each its own pointer), R weight rows,
 // k < K, accumulated per lane (the caller reduces over the warp). Each x chunk is loaded and rounded
 // once for all R weight rows, so activation reads stay well below the weight stream. Vectorized
@@ -36,12 +47,7 @@ template <int M, int R>
 __device__ __forceinline__ void lane_dots_bf16_rows(const float* const (&x)[M], const uint16_t* const (&w)[R],
                                                     int64_t K, float (&acc)[M][R]) {
   const int lane = threadIdx.x % 32;
-  bool vec = K % 8 == 0;
-#pragma unroll
-  for (int m = 0; m < M; ++m) vec = vec && reinterpret_cast<uintptr_t>(x[m]) % 16 == 0;
-#pragma unroll
-  for (int r = 0; r < R; ++r) vec = vec && reinterpret_cast<uintptr_t>(w[r]) % 16 == 0;
-  if (!vec) {
+  if (K % 8 != 0 || !rows_aligned16(x, w)) {
     for (int64_t k = lane; k < K; k += 32) {
       float xk[M];
 #pragma unroll

@@ -97,12 +97,7 @@ template <int M, int R>
 __device__ __forceinline__ void lane_dots_rows(const float* const (&x)[M], const float* const (&w)[R], int64_t K,
                                                float (&acc)[M][R]) {
   const int lane = threadIdx.x % 32;
-  bool vec = K % 4 == 0;
-#pragma unroll
-  for (int m = 0; m < M; ++m) vec = vec && reinterpret_cast<uintptr_t>(x[m]) % 16 == 0;
-#pragma unroll
-  for (int r = 0; r < R; ++r) vec = vec && reinterpret_cast<uintptr_t>(w[r]) % 16 == 0;
-  if (!vec) {
+  if (K % 4 != 0 || !rows_aligned16(x, w)) {
     for (int64_t k = lane; k < K; k += 32)
 #pragma unroll
       for (int r = 0; r < R; ++r) {
