@@ -27,6 +27,22 @@ MatmulPrecision g_matmul_precision = MatmulPrecision::Fp32;
 void set_matmul_precision(MatmulPrecision p) { g_matmul_precision = p; }
 MatmulPrecision matmul_precision() { return g_matmul_precision; }
 
+namespace {
+struct WeightCopy {
+  const float* weights = nullptr;
+  const uint16_t* copy = nullptr;
+  int64_t n = 0;
+} g_weight_copy;
+}  // namespace
+void set_bf16_weight_copy(const float* weights, const uint16_t* copy, int64_t n) {
+  g_weight_copy = n > 0 ? WeightCopy{weights, copy, n} : WeightCopy{};
+}
+const uint16_t* bf16_weight_copy(const float* w, int64_t span) {
+  const WeightCopy& c = g_weight_copy;
+  if (c.n == 0 || w < c.weights || w + span > c.weights + c.n) return nullptr;
+  return c.copy + (w - c.weights);
+}
+
 bool backend_available(Backend b) { return b == Backend::Cpu || backend_table(b).linear != nullptr; }
 
 namespace {

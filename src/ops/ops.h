@@ -366,11 +366,20 @@ struct AdamWParams {
 };
 void adamw(const Context& ctx, const AdamWParams& p);
 
-// Precision of fp32 matrix products on devices: Fp32 (exact fp32 products, the default, like the CPU)
-// or Tf32 (tensor cores with 10-bit mantissa inputs, fp32 accumulation; opt-in, e.g. train.tf32).
-enum class MatmulPrecision { Fp32, Tf32 };
+// Precision of fp32 matrix products on devices: Fp32 (exact fp32 products, the default, like the CPU),
+// Tf32 (tensor cores with 10-bit mantissa inputs, fp32 accumulation; opt-in, e.g. train.tf32) or Bf16
+// (tensor cores with inputs rounded to bf16, 7-bit mantissa, fp32 accumulation and storage: what
+// autocast does; opt-in, e.g. train.bf16). Both cover the prefill/training attention too. The CPU
+// backend always computes in fp32.
+enum class MatmulPrecision { Fp32, Tf32, Bf16 };
 void set_matmul_precision(MatmulPrecision p);
 MatmulPrecision matmul_precision();
+// Bf16 products read fp32 weights through bf16 copies. Without help a device rounds a weight on every
+// call; a caller that owns a flat block of fp32 weights (the trainer's master parameters) can register
+// a bf16 copy of it that it keeps current (n = 0 unregisters). bf16_weight_copy gives the copy of
+// [w, w + span) when that range lies inside the registered block, else null.
+void set_bf16_weight_copy(const float* weights, const uint16_t* copy, int64_t n);
+const uint16_t* bf16_weight_copy(const float* w, int64_t span);
 
 // Backends other than the CPU register their entry points here (the CUDA backend does so from
 // dsv_cuda, which dsv_lib does not link against).

@@ -52,6 +52,7 @@ const std::array kFields = {
     Field{"train", "recompute", &TrainConfig::recompute},
     Field{"train", "max_bad_steps", &TrainConfig::max_bad_steps},
     Field{"train", "tf32", &TrainConfig::tf32},
+    Field{"train", "bf16", &TrainConfig::bf16},
     Field{"train", "eval_interval", &TrainConfig::eval_interval},
     Field{"train", "eval_iters", &TrainConfig::eval_iters},
     Field{"optimizer", "lr", &TrainConfig::lr},

@@ -33,6 +33,8 @@ struct TrainConfig {
   std::string recompute = "none";  // train.recompute: none | selective | full
   int64_t max_bad_steps = 3;       // train.max_bad_steps: consecutive NaN/Inf steps before stopping
   bool tf32 = false;               // train.tf32: CUDA matrix products on TF32 tensor cores (fp32 accumulate)
+  bool bf16 = false;               // train.bf16: CUDA matrix products and attention on bf16 tensor cores
+                                   // (operands rounded to bf16, fp32 accumulate; fp32 master weights)
   int64_t eval_interval = 0;       // train.eval_interval: validation loss every N steps (0 = never)
   int64_t eval_iters = 10;         // train.eval_iters: validation micro-batches per evaluation
 

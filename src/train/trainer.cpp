@@ -47,6 +47,17 @@ struct Trainer::Impl {
   int64_t mtp_depth = 0;
   int64_t steps_done = 0, adam_steps = 0, consecutive_bad = 0;
   double flops_per_token = 0.0, peak_flops = 0.0;
+  // Bf16 products (train.bf16): bf16 compute copies of the master weights, refreshed before every
+  // forward pass and registered with the ops so that products read them.
+  ops::Buffer<uint16_t> compute_copy;
+  void refresh_compute_copy() const {
+    if (compute_copy.size() == 0) return;
+    const ops::Context ctx = store->model().context();
+    ops::cast(ctx, {.x = store->params(), .y = compute_copy.data(), .n = store->total(), .to_bf16 = true});
+  }
+  ~Impl() {
+    if (compute_copy.size()) ops::set_bf16_weight_copy(nullptr, nullptr, 0);
+  }
 };
 
 Trainer::Trainer(const TrainConfig& config) : impl_(std::make_unique<Impl>()) {
@@ -65,8 +76,11 @@ Trainer::Trainer(const TrainConfig& config) : impl_(std::make_unique<Impl>()) {
             config.gpus, config.tp, config.pp, config.ep);
   DSV_CHECK(!config.bf16_moments, "optimizer.bf16_moments = true is not implemented yet (fp32 moments only)");
   // Process-wide: the trainer owns the device's matrix-product precision while it runs.
-  ops::set_matmul_precision(config.tf32 && backend == ops::Backend::Cuda ? ops::MatmulPrecision::Tf32
-                                                                        : ops::MatmulPrecision::Fp32);
+  DSV_CHECK(!(config.tf32 && config.bf16), "train.tf32 and train.bf16 are both true: choose one product precision");
+  ops::MatmulPrecision precision = ops::MatmulPrecision::Fp32;
+  if (backend == ops::Backend::Cuda && config.tf32) precision = ops::MatmulPrecision::Tf32;
+  if (backend == ops::Backend::Cuda && config.bf16) precision = ops::MatmulPrecision::Bf16;
+  ops::set_matmul_precision(precision);
   const ModelConfig mc = recipe_model_config(config);
   s.mtp_depth = resolved_mtp_depth(config, mc);
   if (!config.init_from.empty()) {
@@ -89,6 +103,10 @@ Trainer::Trainer(const TrainConfig& config) : impl_(std::make_unique<Impl>()) {
   s.valid_data = make_sample_source(config, mc, Split::Valid);
   s.flops_per_token = train_flops_per_token(mc, config.seq_len, s.mtp_depth);
   s.peak_flops = device_peak_flops(config.device);
+  if (precision == ops::MatmulPrecision::Bf16) {
+    s.compute_copy = ops::Buffer<uint16_t>(backend, static_cast<size_t>(s.store->total()));
+    ops::set_bf16_weight_copy(s.store->params(), s.compute_copy.data(), s.store->total());
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -150,6 +168,7 @@ double Trainer::evaluate() {
   PassOptions opt;  // forward only, main loss, no balance losses
   opt.forward_only = true;
   std::vector<int32_t> inputs(static_cast<size_t>(B * S)), targets(inputs.size());
+  s.refresh_compute_copy();
   double sum = 0.0;
   int64_t count = 0;
   // The same eval_iters * B samples every time, so successive evaluations are comparable.
@@ -177,6 +196,7 @@ StepMetrics Trainer::step() {
   out.step = s.steps_done + 1;
   out.lr = learning_rate(cfg, out.step);
   store.zero_grads();
+  s.refresh_compute_copy();  // the weights as the last update (or a resume) left them
   PassOptions opt = pass_options(cfg, s.mtp_depth);
   // The whole step's samples first: the losses are means over the step's loss-carrying targets.
   std::vector<int32_t> inputs(static_cast<size_t>(A * B * S)), targets(inputs.size());

@@ -72,12 +72,13 @@ TEST_P(CudaTrain, LossCurveMatchesPyTorch) {
               sci(worst).c_str());
 }
 
-// TF32 tensor-core products (train.tf32): the bar for reduced-precision GPU training is the
+// Reduced-precision tensor-core products (train.tf32, train.bf16: products and attention on TF32 or
+// bf16 tensor cores, fp32 master weights): the bar for reduced-precision GPU training is the
 // PyTorch fp32 loss within 2% at every step.
-TEST_P(CudaTrain, Tf32LossCurveWithinTwoPercent) {
-  Case c = open_case(GetParam());
+void expect_loss_curve_within_two_percent(const std::string& name, bool bf16) {
+  Case c = open_case(name);
   c.config.device = "cuda";
-  c.config.tf32 = true;
+  (bf16 ? c.config.bf16 : c.config.tf32) = true;
   std::ifstream in(c.dir / "losses.json");
   const nlohmann::json want = nlohmann::json::parse(in);
   Trainer trainer(c.config);
@@ -89,9 +90,12 @@ TEST_P(CudaTrain, Tf32LossCurveWithinTwoPercent) {
     worst = std::max(worst, rel);
   }
   ops::set_matmul_precision(ops::MatmulPrecision::Fp32);
-  std::printf("[ cuda train tf32 ] %s: worst relative loss error over %zu steps %s\n", GetParam().c_str(),
-              want.size(), sci(worst).c_str());
+  std::printf("[ cuda train %s ] %s: worst relative loss error over %zu steps %s\n", bf16 ? "bf16" : "tf32",
+              name.c_str(), want.size(), sci(worst).c_str());
 }
+
+TEST_P(CudaTrain, Tf32LossCurveWithinTwoPercent) { expect_loss_curve_within_two_percent(GetParam(), false); }
+TEST_P(CudaTrain, Bf16LossCurveWithinTwoPercent) { expect_loss_curve_within_two_percent(GetParam(), true); }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaTrain, ::testing::ValuesIn(train_cases()),
                          [](const auto& info) { return info.param; });

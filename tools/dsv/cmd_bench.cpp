@@ -38,8 +38,14 @@ struct BenchArgs {
   std::string weights = "bf16";
   int64_t batch = 1, prompt_len = 512, gen_len = 64;
   uint64_t seed = 1;
-  bool tf32 = false, eager = false;
+  bool tf32 = false, bf16_products = false, eager = false;
 };
+
+// --tf32 / --bf16: the device's precision for fp32 matrix products and the prefill/training attention.
+ops::MatmulPrecision products_precision(bool tf32, bool bf16) {
+  return bf16 ? ops::MatmulPrecision::Bf16 : tf32 ? ops::MatmulPrecision::Tf32 : ops::MatmulPrecision::Fp32;
+}
+const char* products_name(bool tf32, bool bf16) { return bf16 ? "bf16" : tf32 ? "tf32" : "fp32"; }
 
 void run_bench_infer(const BenchArgs& a) {
   const ModelConfig c = load_model_config_file(a.config, "--config " + a.config);
@@ -65,7 +71,7 @@ void run_bench_infer(const BenchArgs& a) {
                                                4.0 * fp32_params;
   [[maybe_unused]] const double cache_bytes = elt * static_cast<double>(L * width * capacity * B);
   double roofline = 0;  // bytes/s
-  ops::set_matmul_precision(a.tf32 ? ops::MatmulPrecision::Tf32 : ops::MatmulPrecision::Fp32);
+  ops::set_matmul_precision(products_precision(a.tf32, a.bf16_products));
   ops::Backend backend = ops::Backend::Cpu;
   if (a.device == "cuda") {
 #ifdef DSV_HAVE_CUDA
@@ -180,7 +186,7 @@ void run_bench_infer(const BenchArgs& a) {
                         {"kv_values_per_token_per_layer", width},
                         {"kv_bytes_per_token_per_layer", cache.bytes_per_token_per_layer()},
                         {"weights_dtype", a.weights},
-                        {"precision", a.tf32 ? "tf32" : "fp32"}};
+                        {"precision", products_name(a.tf32, a.bf16_products)}};
     write_file_atomic(a.json_out, j.dump(2) + "\n");
   }
 }
@@ -194,7 +200,7 @@ struct TrainBenchArgs {
 #endif
   int64_t batch = 2, seq = 4096, steps = 5, warmup = 2;
   uint64_t seed = 1;
-  bool tf32 = false;
+  bool tf32 = false, bf16 = false;
 };
 
 // Random tokens in a temporary file, removed when the benchmark ends.
@@ -250,6 +256,7 @@ void run_bench_train(const TrainBenchArgs& a) {
   cfg.device = a.device;
   cfg.recompute = a.recompute;
   cfg.tf32 = a.tf32;
+  cfg.bf16 = a.bf16;
   cfg.schedule = "constant";
   cfg.lr = 1e-4;
   cfg.mtp_depth = 0;
@@ -285,7 +292,7 @@ void run_bench_train(const TrainBenchArgs& a) {
 #endif
   fmt::print("config        {} ({} layers, {} trained parameters), device {}, fp32 master weights, {} products\n",
              a.config, c.num_hidden_layers, human_count(static_cast<double>(params)), a.device,
-             a.tf32 ? "TF32" : "fp32");
+             a.bf16 ? "bf16" : a.tf32 ? "TF32" : "fp32");
   fmt::print("batch         {} x {} tokens, recompute {}, {} timed steps after {} warm-up\n", a.batch, a.seq,
              a.recompute, a.steps, a.warmup);
   fmt::print("speed         {:.0f} tokens/s, {:.3f} s per step, {:.2f} GFLOP per token, MFU {:.2f}% (of dense bf16 "
@@ -296,7 +303,8 @@ void run_bench_train(const TrainBenchArgs& a) {
                         {"steps", a.steps}, {"warmup", a.warmup}, {"recompute", a.recompute},
                         {"tokens_per_second", tps}, {"step_seconds", total_s / static_cast<double>(a.steps)},
                         {"mfu", mfu}, {"flops_per_token", flops}, {"peak_memory_bytes", peak_bytes},
-                        {"trained_parameters", params}, {"last_loss", loss}, {"precision", a.tf32 ? "tf32" : "fp32"}};
+                        {"trained_parameters", params}, {"last_loss", loss},
+                        {"precision", products_name(a.tf32, a.bf16)}};
     write_file_atomic(a.json_out, j.dump(2) + "\n");
   }
 }
@@ -316,8 +324,12 @@ void register_bench(CLI::App& app) {
   infer->add_option("--weights", a.weights, kWeightsHelp)->capture_default_str();
   infer->add_option("--seed", a.seed, "Seed of the random weights and prompt")->capture_default_str();
   infer->add_option("--json", a.json_out, "Also write the results as JSON");
-  infer->add_flag("--tf32", a.tf32,
-                  "CUDA: matrix products and prefill attention on TF32 tensor cores (fp32 storage and accumulation)");
+  auto* infer_tf32 = infer->add_flag(
+      "--tf32", a.tf32, "CUDA: matrix products and prefill attention on TF32 tensor cores (fp32 storage and accumulation)");
+  infer->add_flag("--bf16", a.bf16_products,
+                  "CUDA: fp32-weight products and prefill attention on bf16 tensor cores (operands rounded to bf16, "
+                  "fp32 accumulation; bf16 weights always use bf16 tensor cores)")
+      ->excludes(infer_tf32);
   infer->add_flag("--eager", a.eager, "CUDA: launch every decode op from the host instead of replaying a CUDA graph");
   infer->callback([] { run_bench_infer(a); });
 
@@ -330,7 +342,12 @@ void register_bench(CLI::App& app) {
   train->add_option("--warmup", t.warmup, "Untimed steps first")->capture_default_str();
   train->add_option("--recompute", t.recompute, "none or full activation recomputation")->capture_default_str();
   train->add_option("--device", t.device, "cuda or cpu")->capture_default_str();
-  train->add_flag("--tf32", t.tf32, "Matrix products on TF32 tensor cores (fp32 storage and accumulation)");
+  auto* train_tf32 = train->add_flag(
+      "--tf32", t.tf32, "Matrix products and attention on TF32 tensor cores (fp32 storage and accumulation)");
+  train->add_flag("--bf16", t.bf16,
+                  "Matrix products and attention on bf16 tensor cores (operands rounded to bf16 as autocast does, "
+                  "fp32 accumulation, fp32 master weights)")
+      ->excludes(train_tf32);
   train->add_option("--seed", t.seed, "Seed of the random weights and tokens")->capture_default_str();
   train->add_option("--json", t.json_out, "Also write the results as JSON");
   train->callback([] { run_bench_train(t); });

@@ -29,6 +29,15 @@ cudaError_t attention(const AttentionParams& p, cudaStream_t stream);
 bool flash_attention_supported(int64_t H, int64_t Hkv, int64_t Dqk, int64_t Dv, int64_t T, int64_t S);
 cudaError_t flash_attention(const AttentionParams& p, cudaStream_t stream);
 cudaError_t flash_attention_backward(const AttentionBackwardParams& p, cudaStream_t stream);
+// The same on bf16 tensor cores (flash_attention_bf16.cu), used when products run in bf16
+// (MatmulPrecision::Bf16): operands rounded to bf16, fp32 softmax and accumulation. Hkv = H, head dims
+// multiples of 16 up to 192 (q.k) / 128 (v). Deterministic.
+bool flash_attention_bf16_supported(int64_t H, int64_t Hkv, int64_t Dqk, int64_t Dv, int64_t T, int64_t S);
+cudaError_t flash_attention_bf16(const AttentionParams& p, cudaStream_t stream);
+cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cudaStream_t stream);
+// D[r] = dout[r, :] . out[r, :] over rows x Dv (the softmax backward's row term), one warp per row.
+cudaError_t attention_row_dots(const float* dout, const float* out, float* D, int64_t rows, int64_t Dv,
+                               cudaStream_t stream);
 // One block per token; E <= 1024.
 cudaError_t route(const RouterParams& p, cudaStream_t stream);
 

@@ -727,6 +727,12 @@ cudaError_t forward(const AttentionParams& p, float* out, float* lse, cudaStream
 
 }  // namespace
 
+cudaError_t attention_row_dots(const float* dout, const float* out, float* D, int64_t rows, int64_t Dv,
+                               cudaStream_t stream) {
+  row_dot_kernel<<<static_cast<unsigned>((rows * 32 + 255) / 256), 256, 0, stream>>>(dout, out, D, rows, Dv);
+  return cudaGetLastError();
+}
+
 bool flash_attention_supported(int64_t H, int64_t Hkv, int64_t Dqk, int64_t Dv, int64_t T, int64_t S) {
   const bool dims = mma_path(Dqk, Dv) ||
                     (Dqk % 16 == 0 && Dv % 16 == 0 && Dqk <= kMaxHeadDim && Dv <= kMaxHeadDim);
@@ -751,11 +757,7 @@ cudaError_t flash_attention_backward(const AttentionBackwardParams& p, cudaStrea
                              .Dqk = p.Dqk, .Dv = p.Dv, .scale = p.scale};
     e = forward(fp, out, lse, stream);
   }
-  if (e == cudaSuccess) {
-    row_dot_kernel<<<static_cast<unsigned>((rows * 32 + 255) / 256), 256, 0, stream>>>(p.dout, out, Dsum,
-                                                                                        static_cast<int64_t>(rows), p.Dv);
-    e = cudaGetLastError();
-  }
+  if (e == cudaSuccess) e = attention_row_dots(p.dout, out, Dsum, static_cast<int64_t>(rows), p.Dv, stream);
   const Strides st{p.H * p.Dqk, p.H * p.Dqk, p.H * p.Dv, p.H * p.Dv};
   if (e == cudaSuccess && mma_path(p.Dqk, p.Dv)) {
     const bool vec = vec_ok(p.q, p.k, p.v, p.dout, st.q, st.v, p.Dqk, p.Dv);

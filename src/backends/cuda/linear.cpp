@@ -37,7 +37,8 @@ LtHandle& lt() {  // one per thread, shared by linear and linear_weight_grad
 cublasLtHandle_t lt_handle() { return lt().handle; }
 size_t workspace_bytes() { return lt().workspace ? kWorkspaceBytes : 0; }
 
-// True fp32 products (like the CPU op) unless the caller opted into TF32 tensor cores.
+// True fp32 products (like the CPU op) unless the caller opted into TF32 tensor cores. (Bf16 products
+// make bf16 operand copies and take the bf16 path instead.)
 cublasComputeType_t compute_type() {
   return matmul_precision() == MatmulPrecision::Tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
@@ -51,9 +52,40 @@ namespace {
 constexpr int64_t kGemvMaxRows = 8;
 }  // namespace
 
+namespace {
+// Scratch bf16 copy of `span` fp32 values (stream-ordered: released when the caller's work is queued).
+struct Bf16Scratch {
+  void* ptr = nullptr;
+  ~Bf16Scratch() {
+    if (ptr) cached_release(ptr);
+  }
+  cudaError_t make(const float* src, int64_t span, cudaStream_t stream) {
+    ptr = cached_allocate(static_cast<size_t>(span) * 2);
+    if (!ptr) return cudaErrorMemoryAllocation;
+    return cast({.x = src, .y = ptr, .n = span, .to_bf16 = true}, stream);
+  }
+};
+}  // namespace
+
 cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   const int64_t xs = p.x_stride ? p.x_stride : p.K, ys = p.y_stride ? p.y_stride : p.N;
+  // Bf16 products with fp32 weights (train.bf16, autocast-style): a bf16 compute copy of the weights
+  // (the registered one, or one made for this call), then the bf16-weight path below. (cuBLASLt's FAST_16BF compute type on fp32
+  // operands ran at TF32 speed and precision here, so the rounding is ours.)
+  if (!p.w_bf16 && p.K > 0 && matmul_precision() == MatmulPrecision::Bf16) {
+    const int64_t span = (p.batch - 1) * p.w_batch_stride + p.N * p.K;
+    LinearParams q = p;
+    q.w = nullptr;
+    q.w_bf16 = bf16_weight_copy(p.w, span);  // the trainer's copy of its master weights, if registered
+    Bf16Scratch w;
+    if (!q.w_bf16) {
+      const cudaError_t e = w.make(p.w, span, stream);
+      if (e != cudaSuccess) return e;
+      q.w_bf16 = static_cast<const uint16_t*>(w.ptr);
+    }
+    return linear(q, stream);
+  }
   const bool bf16 = p.w_bf16 != nullptr;
   if (bf16 && (p.M <= kGemvMaxRows || p.K == 0)) return linear_bf16_rows(p, stream);
   void* x_bf16 = nullptr;  // bf16(x) over the span of x the product reads, same strides
@@ -132,19 +164,31 @@ cudaError_t linear_weight_grad(const LinearWeightGradParams& p, cudaStream_t str
         if (e != cudaSuccess) return e;
       }
     } else {
+      // Bf16 products: bf16 copies of x and dy (same strides), fp32 sums into the fp32 dw.
+      const bool bf16 = matmul_precision() == MatmulPrecision::Bf16;
+      Bf16Scratch x16, dy16;
+      if (bf16) {
+        cudaError_t e = x16.make(p.x, (p.M - 1) * xs + p.K, stream);
+        if (e == cudaSuccess) e = dy16.make(p.dy, (p.M - 1) * dys + p.N, stream);
+        if (e != cudaSuccess) return e;
+      }
+      const cudaDataType_t in_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
       cublasLtMatmulDesc_t op = nullptr;
       cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-      if (cublasLtMatmulDescCreate(&op, compute_type(), CUDA_R_32F) != CUBLAS_STATUS_SUCCESS)
+      if (cublasLtMatmulDescCreate(&op, bf16 ? CUBLAS_COMPUTE_32F : compute_type(), CUDA_R_32F) !=
+          CUBLAS_STATUS_SUCCESS)
         return cudaErrorUnknown;
       const cublasOperation_t transa = CUBLAS_OP_N, transb = CUBLAS_OP_T;
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &transa, sizeof transa);
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof transb);
-      cublasLtMatrixLayoutCreate(&a, CUDA_R_32F, p.K, p.M, xs);
-      cublasLtMatrixLayoutCreate(&b, CUDA_R_32F, p.N, p.M, dys);
+      cublasLtMatrixLayoutCreate(&a, in_type, p.K, p.M, xs);
+      cublasLtMatrixLayoutCreate(&b, in_type, p.N, p.M, dys);
       cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, p.K, p.N, p.K);
       const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
+      const void* x = bf16 ? x16.ptr : static_cast<const void*>(p.x);
+      const void* dy = bf16 ? dy16.ptr : static_cast<const void*>(p.dy);
       const cublasStatus_t status =
-          cublasLtMatmul(lt_handle(), op, &alpha, p.x, a, p.dy, b, &beta, p.dw, c, p.dw, c, nullptr, lt().workspace,
+          cublasLtMatmul(lt_handle(), op, &alpha, x, a, dy, b, &beta, p.dw, c, p.dw, c, nullptr, lt().workspace,
                          workspace_bytes(), stream);
       cublasLtMatrixLayoutDestroy(a);
       cublasLtMatrixLayoutDestroy(b);

@@ -23,11 +23,16 @@ void register_cuda_backend() {
   t.linear = [](const LinearParams& p, void* s) { check(linear(p, as_stream(s)), "linear"); };
   t.rmsnorm = [](const RmsNormParams& p, void* s) { check(rmsnorm(p, as_stream(s)), "rmsnorm"); };
   t.rope = [](const RopeParams& p, void* s) { check(rope(p, as_stream(s)), "rope"); };
-  // TF32 products (train.tf32): attention on tensor cores too, where the shapes allow.
+  // TF32 or bf16 products (train.tf32 / train.bf16): attention on tensor cores too, where the shapes
+  // allow (bf16 mode takes the TF32 kernels for head dims the bf16 ones do not cover).
   t.attention = [](const AttentionParams& p, void* s) {
-    if (matmul_precision() == MatmulPrecision::Tf32 && !p.k_bf16 && p.batch == 1 && !p.kv_lengths &&
-        flash_attention_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S))
-      return check(flash_attention(p, as_stream(s)), "flash_attention");
+    const MatmulPrecision mp = matmul_precision();
+    if (mp != MatmulPrecision::Fp32 && !p.k_bf16 && p.batch == 1 && !p.kv_lengths) {
+      if (mp == MatmulPrecision::Bf16 && flash_attention_bf16_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S))
+        return check(flash_attention_bf16(p, as_stream(s)), "flash_attention_bf16");
+      if (flash_attention_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S))
+        return check(flash_attention(p, as_stream(s)), "flash_attention");
+    }
     check(attention(p, as_stream(s)), "attention");
   };
   t.swiglu = [](const SwigluParams& p, void* s) { check(swiglu(p, as_stream(s)), "swiglu"); };
@@ -49,7 +54,10 @@ void register_cuda_backend() {
     check(rmsnorm_backward(p, as_stream(s)), "rmsnorm_backward");
   };
   t.attention_backward = [](const AttentionBackwardParams& p, void* s) {
-    if (matmul_precision() == MatmulPrecision::Tf32 && flash_attention_supported(p.H, p.H, p.Dqk, p.Dv, p.T, p.S))
+    const MatmulPrecision mp = matmul_precision();
+    if (mp == MatmulPrecision::Bf16 && flash_attention_bf16_supported(p.H, p.H, p.Dqk, p.Dv, p.T, p.S))
+      return check(flash_attention_bf16_backward(p, as_stream(s)), "flash_attention_bf16_backward");
+    if (mp != MatmulPrecision::Fp32 && flash_attention_supported(p.H, p.H, p.Dqk, p.Dv, p.T, p.S))
       return check(flash_attention_backward(p, as_stream(s)), "flash_attention_backward");
     check(attention_backward(p, as_stream(s)), "attention_backward");
   };

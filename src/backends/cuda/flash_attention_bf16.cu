@@ -1,0 +1,518 @@
+// Causal attention forward and backward on bf16 tensor cores (ops::MatmulPrecision::Bf16: the
+// autocast-style mode, fp32 storage, products on bf16-rounded inputs with fp32 accumulation).
+// FlashAttention-2 tiling with mma.sync m16n8k16: q, k, v (and dout) are rounded to bf16 once into
+// dense copies, tiles stream into shared memory with cp.async (double-buffered), fragments come from
+// ldmatrix, and scores, probabilities and outputs stay in registers. The probabilities P and dS are
+// rounded to bf16 as the A operand of the second product of each pair (P V, P^T dO, dS^T Q, dS K);
+// the softmax, its statistics and every accumulator are fp32.
+//
+// Semantics are those of the reference (attention.cu): query t of T sees keys 0 .. S - T + t;
+// q [T, H, Dqk] dense, k / v rows of H * D floats (or k_stride / v_stride), out [T, H, Dv] dense.
+// Backward as flash_attention.cu: the forward again for out and logsumexp, D = dout . out, then
+// dk / dv per 64-key block over the query tiles that see it and dq per 64-query block (no atomics:
+// deterministic).
+//
+// Fragment layouts (PTX m16n8k16, g = lane / 4, t = lane % 4):
+//   A (16 x 16, row): a0 (g, 2t..2t+1)  a1 (g+8, 2t..)  a2 (g, 2t+8..)  a3 (g+8, 2t+8..)
+//   B (16 x 8, col):  b0 (k 2t..2t+1, n g)  b1 (k 2t+8.., n g)
+//   C (16 x 8):       c0 c1 (g, 2t 2t+1)  c2 c3 (g+8, 2t 2t+1)
+// A C tile pair (keys 16kk .. 16kk+15) is exactly an A fragment: (c0 c1), (c2 c3) of tile 2kk, then of
+// tile 2kk+1. B from rows stored [n][k] (K for q.k) is a plain ldmatrix; from rows stored [k][n]
+// (V for P V) it is ldmatrix.trans. Shared rows are padded by 8 bf16 (16 bytes): the 8 row addresses
+// of an 8x8 ldmatrix fall in distinct bank groups.
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "backends/cuda/cuda_ops.h"
+
+namespace dsv::ops::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kWarps = 4, kThreads = 32 * kWarps;
+constexpr int kMaxDqk = 192, kMaxDv = 128;  // register budget of the dk / dq accumulators
+constexpr int kPad = 8;
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16 bytes global -> shared, or 16 zero bytes when !valid (src is then not read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// rows x dim bf16 (dim a multiple of 8) into shared memory with row pitch ld; rows past `valid` are
+// zero. src points at column 0 of row 0 of this head; rows are `stride` elements apart.
+__device__ __forceinline__ void load_tile(bf16* dst, int ld, const bf16* src, int64_t first_row, int rows, int valid,
+                                          int64_t stride, int dim) {
+  const int chunks = dim / 8;
+  for (int i = threadIdx.x; i < rows * chunks; i += kThreads) {
+    const int r = i / chunks, c = (i % chunks) * 8;
+    const bool ok = r < valid;
+    cp_async16(dst + r * ld + c, ok ? src + (first_row + r) * stride + c : src, ok);
+  }
+}
+
+// acc (16 x 8NJ) += A (16 rows at a, pitch lda) . B^T, B the 8NJ rows at b (pitch ldb), over K (a
+// multiple of 16) columns: the q.k^T / dout.v^T pattern. NJ even.
+template <int NJ>
+__device__ __forceinline__ void rows_times_rows(float (&acc)[NJ][4], const bf16* a, int lda, const bf16* b, int ldb,
+                                                int K, int lane) {
+  const bf16* a_lane = a + (lane % 16) * lda + 8 * (lane / 16);
+  const bf16* b_lane = b + ((lane % 8) + 8 * (lane / 16)) * ldb + 8 * ((lane / 8) % 2);
+  for (int k = 0; k < K; k += 16) {
+    uint32_t af[4];
+    ldsm_x4(af, a_lane + k);
+#pragma unroll
+    for (int j = 0; j < NJ; j += 2) {
+      uint32_t bf[4];
+      ldsm_x4(bf, b_lane + 8 * j * ldb + k);
+      mma(acc[j], af, bf[0], bf[1]);
+      mma(acc[j + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
+// out (16 x cols, cols a multiple of 16 <= 8 NMAX) += C (16 x 8NJ, registers, rounded to bf16) . B,
+// B the 8NJ rows at b (pitch ldb) holding `cols` columns: the P.V / dS.K pattern.
+template <int NJ, int NMAX>
+__device__ __forceinline__ void regs_times_rows(float (&out)[NMAX][4], const float (&c)[NJ][4], const bf16* b,
+                                                int ldb, int cols, int lane) {
+  const bf16* b_lane = b + (lane % 16) * ldb + 8 * (lane / 16);
+#pragma unroll
+  for (int kk = 0; kk < NJ / 2; ++kk) {
+    const uint32_t af[4] = {pack(c[2 * kk][0], c[2 * kk][1]), pack(c[2 * kk][2], c[2 * kk][3]),
+                            pack(c[2 * kk + 1][0], c[2 * kk + 1][1]), pack(c[2 * kk + 1][2], c[2 * kk + 1][3])};
+#pragma unroll
+    for (int n = 0; n < NMAX; n += 2) {
+      if (8 * n < cols) {
+        uint32_t bf[4];
+        ldsm_x4_trans(bf, b_lane + 16 * kk * ldb + 8 * n);
+        mma(out[n], af, bf[0], bf[1]);
+        mma(out[n + 1], af, bf[2], bf[3]);
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (&a)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) a[i][0] = a[i][1] = a[i][2] = a[i][3] = 0.0f;
+}
+
+// 16 rows x cols of C tiles (rows r0 = row, r1 = row + 8 of this lane) to fp32 global rows.
+template <int NMAX>
+__device__ __forceinline__ void store_rows(float* dst, int64_t stride, int64_t r0, int64_t limit, int cols,
+                                           const float (&acc)[NMAX][4], float f0, float f1, int t) {
+#pragma unroll
+  for (int n = 0; n < NMAX; ++n) {
+    if (8 * n >= cols) break;
+    const int col = 8 * n + 2 * t;
+    if (r0 < limit) *reinterpret_cast<float2*>(dst + r0 * stride + col) = make_float2(acc[n][0] * f0, acc[n][1] * f0);
+    if (r0 + 8 < limit)
+      *reinterpret_cast<float2*>(dst + (r0 + 8) * stride + col) = make_float2(acc[n][2] * f1, acc[n][3] * f1);
+  }
+}
+
+struct Dims {
+  int64_t T, S;
+  int H, Dqk, Dv;
+  float scale;
+};
+
+// ---- forward: block = 64 queries (16 per warp) x one head; key tiles of 64, double-buffered ----
+constexpr int kFwdQ = 16 * kWarps, kFwdK = 64;  // 109 KB of shared memory at 192 / 128: two blocks per SM
+
+__global__ void __launch_bounds__(kThreads, 2)
+    fwd_kernel(const bf16* q, const bf16* k, const bf16* v, Dims d, float* out, float* lse) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int ldq = d.Dqk + kPad, ldv = d.Dv + kPad;
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [64][ldq]
+  bf16* Ks = Qs + kFwdQ * ldq;               // [2][64][ldq]
+  bf16* Vs = Ks + 2 * kFwdK * ldq;           // [2][64][ldv]
+  const int64_t t0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kFwdQ;  // the longest rows first
+  const int h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t qs = static_cast<int64_t>(d.H) * d.Dqk, vs = static_cast<int64_t>(d.H) * d.Dv, offset = d.S - d.T;
+  const int rows = static_cast<int>(d.T - t0 < kFwdQ ? d.T - t0 : kFwdQ);
+  const bf16 *qh = q + h * d.Dqk, *kh = k + h * d.Dqk, *vh = v + h * d.Dv;
+  const int64_t key_end = d.S < t0 + rows + offset ? d.S : t0 + rows + offset;  // keys some row sees
+  const int tiles = static_cast<int>((key_end + kFwdK - 1) / kFwdK);
+  auto load_keys = [&](int tile, int buf) {
+    const int64_t k0 = static_cast<int64_t>(tile) * kFwdK;
+    const int keys = static_cast<int>(d.S - k0 < kFwdK ? d.S - k0 : kFwdK);
+    load_tile(Ks + buf * kFwdK * ldq, ldq, kh, k0, kFwdK, keys, qs, d.Dqk);
+    load_tile(Vs + buf * kFwdK * ldv, ldv, vh, k0, kFwdK, keys, vs, d.Dv);
+  };
+  load_tile(Qs, ldq, qh, t0, kFwdQ, rows, qs, d.Dqk);
+  load_keys(0, 0);
+  cp_async_commit();
+
+  float o[kMaxDv / 8][4];
+  zero(o);
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // running max (log2 units) and sum
+  const int64_t row0 = t0 + warp * 16 + g, row1 = row0 + 8;
+  const float scale2 = d.scale * kLog2e;
+  const bf16* Qw = Qs + warp * 16 * ldq;
+  for (int it = 0; it < tiles; ++it) {
+    const int buf = it & 1;
+    if (it + 1 < tiles) {
+      load_keys(it + 1, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int64_t k0 = static_cast<int64_t>(it) * kFwdK;
+    float s[kFwdK / 8][4];
+    zero(s);
+    rows_times_rows<kFwdK / 8>(s, Qw, ldq, Ks + buf * kFwdK * ldq, ldq, d.Dqk, lane);
+    // Only tiles reaching past the diagonal of some row of this warp (or past S) need the mask.
+    const bool masked = k0 + kFwdK > d.S || k0 + kFwdK - 1 > t0 + warp * 16 + offset;
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kFwdK / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t key = k0 + 8 * j + 2 * t + (e & 1), row = e < 2 ? row0 : row1;
+        const bool visible = !masked || (key < d.S && key <= row + offset);
+        s[j][e] = visible ? s[j][e] * scale2 : -INFINITY;
+        if (e < 2) mx0 = fmaxf(mx0, s[j][e]);
+        else mx1 = fmaxf(mx1, s[j][e]);
+      }
+    const float n0 = fmaxf(m0, quad_max(mx0)), n1 = fmaxf(m1, quad_max(mx1));
+    // A row with no visible key yet keeps max -inf: its probabilities are 0, not exp(nan).
+    const float b0 = n0 == -INFINITY ? 0.0f : n0, b1 = n1 == -INFINITY ? 0.0f : n1;
+    const float a0 = exp2f(m0 - b0), a1 = exp2f(m1 - b1);
+    float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kFwdK / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float pr = exp2f(s[j][e] - (e < 2 ? b0 : b1));
+        s[j][e] = pr;
+        if (e < 2) sum0 += pr;
+        else sum1 += pr;
+      }
+    l0 = l0 * a0 + quad_sum(sum0);
+    l1 = l1 * a1 + quad_sum(sum1);
+    m0 = n0;
+    m1 = n1;
+#pragma unroll
+    for (int n = 0; n < kMaxDv / 8; ++n) {
+      o[n][0] *= a0;
+      o[n][1] *= a0;
+      o[n][2] *= a1;
+      o[n][3] *= a1;
+    }
+    regs_times_rows<kFwdK / 8, kMaxDv / 8>(o, s, Vs + buf * kFwdK * ldv, ldv, d.Dv, lane);
+    __syncthreads();  // this buffer is refilled by the next iteration's prefetch
+  }
+  store_rows(out + h * d.Dv, vs, row0, d.T, d.Dv, o, l0 > 0.0f ? 1.0f / l0 : 0.0f, l1 > 0.0f ? 1.0f / l1 : 0.0f, t);
+  if (lse && t == 0) {  // natural-log units, as the backward kernels read them
+    if (row0 < d.T) lse[row0 * d.H + h] = (m0 + log2f(l0)) * kLn2;
+    if (row1 < d.T) lse[row1 * d.H + h] = (m1 + log2f(l1)) * kLn2;
+  }
+}
+
+// ---- dk, dv: block = 64 keys (16 per warp) x one head; query tiles of 32, double-buffered ----
+// Per warp, transposed products: S^T = K_w Q^T, dP^T = V_w dO^T, then dV_w += P^T dO, dK_w += dS^T Q.
+constexpr int kKvK = 16 * kWarps, kKvQ = 32;  // 86 KB at 192 / 128
+
+__global__ void __launch_bounds__(kThreads, 2)
+    bwd_kv_kernel(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* Dsum,
+                  Dims d, float* dk_out, float* dv_out) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int ldq = d.Dqk + kPad, ldv = d.Dv + kPad;
+  bf16* Ks = reinterpret_cast<bf16*>(smem);  // [64][ldq]
+  bf16* Vs = Ks + kKvK * ldq;                // [64][ldv]
+  bf16* Qs = Vs + kKvK * ldv;                // [2][32][ldq]
+  bf16* dOs = Qs + 2 * kKvQ * ldq;           // [2][32][ldv]
+  const int64_t s0 = static_cast<int64_t>(blockIdx.x) * kKvK;  // the first key blocks see the most queries
+  const int h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t qs = static_cast<int64_t>(d.H) * d.Dqk, vs = static_cast<int64_t>(d.H) * d.Dv, offset = d.S - d.T;
+  const int keys = static_cast<int>(d.S - s0 < kKvK ? d.S - s0 : kKvK);
+  const bf16 *qh = q + h * d.Dqk, *kh = k + h * d.Dqk, *vh = v + h * d.Dv, *gh = dout + h * d.Dv;
+  int64_t first = s0 - offset > 0 ? s0 - offset : 0;  // the first query that sees key s0
+  first -= first % kKvQ;
+  const int tiles = static_cast<int>((d.T - first + kKvQ - 1) / kKvQ);
+  auto load_queries = [&](int tile, int buf) {
+    const int64_t q0 = first + static_cast<int64_t>(tile) * kKvQ;
+    const int rows = static_cast<int>(d.T - q0 < kKvQ ? d.T - q0 : kKvQ);
+    load_tile(Qs + buf * kKvQ * ldq, ldq, qh, q0, kKvQ, rows, qs, d.Dqk);
+    load_tile(dOs + buf * kKvQ * ldv, ldv, gh, q0, kKvQ, rows, vs, d.Dv);
+  };
+  load_tile(Ks, ldq, kh, s0, kKvK, keys, qs, d.Dqk);
+  load_tile(Vs, ldv, vh, s0, kKvK, keys, vs, d.Dv);
+  if (tiles > 0) load_queries(0, 0);
+  cp_async_commit();
+
+  float dk[kMaxDqk / 8][4], dv[kMaxDv / 8][4];
+  zero(dk);
+  zero(dv);
+  const int64_t key0 = s0 + warp * 16 + g, key1 = key0 + 8;
+  const bf16* Kw = Ks + warp * 16 * ldq;
+  const bf16* Vw = Vs + warp * 16 * ldv;
+  const float scale2 = d.scale * kLog2e;
+  for (int it = 0; it < tiles; ++it) {
+    const int buf = it & 1;
+    if (it + 1 < tiles) {
+      load_queries(it + 1, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int64_t q0 = first + static_cast<int64_t>(it) * kKvQ;
+    const bf16* Qb = Qs + buf * kKvQ * ldq;
+    const bf16* dOb = dOs + buf * kKvQ * ldv;
+    float sT[kKvQ / 8][4], dpT[kKvQ / 8][4];
+    zero(sT);
+    zero(dpT);
+    rows_times_rows<kKvQ / 8>(sT, Kw, ldq, Qb, ldq, d.Dqk, lane);
+    rows_times_rows<kKvQ / 8>(dpT, Vw, ldv, dOb, ldv, d.Dv, lane);
+#pragma unroll
+    for (int j = 0; j < kKvQ / 8; ++j)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int64_t qi = q0 + 8 * j + 2 * t + c;
+        const bool in = qi < d.T;
+        const float L = in ? lse[qi * d.H + h] * kLog2e : 0.0f, D = in ? Dsum[qi * d.H + h] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int e = 2 * r + c;
+          const int64_t key = r == 0 ? key0 : key1;
+          const bool visible = in && key < d.S && key <= qi + offset;
+          const float prob = visible ? exp2f(sT[j][e] * scale2 - L) : 0.0f;
+          sT[j][e] = prob;
+          dpT[j][e] = prob * (dpT[j][e] - D) * d.scale;
+        }
+      }
+    regs_times_rows<kKvQ / 8, kMaxDv / 8>(dv, sT, dOb, ldv, d.Dv, lane);
+    regs_times_rows<kKvQ / 8, kMaxDqk / 8>(dk, dpT, Qb, ldq, d.Dqk, lane);
+    __syncthreads();
+  }
+  store_rows(dk_out + h * d.Dqk, qs, key0, d.S, d.Dqk, dk, 1.0f, 1.0f, t);
+  store_rows(dv_out + h * d.Dv, vs, key0, d.S, d.Dv, dv, 1.0f, 1.0f, t);
+}
+
+// ---- dq: block = 64 queries (16 per warp) x one head; key tiles of 32, double-buffered ----
+// S = Q_w K^T, dP = dO_w V^T, dQ_w += dS K.
+constexpr int kDqQ = 16 * kWarps, kDqK = 32;  // 86 KB at 192 / 128
+
+__global__ void __launch_bounds__(kThreads, 2)
+    bwd_q_kernel(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* Dsum,
+                 Dims d, float* dq_out) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int ldq = d.Dqk + kPad, ldv = d.Dv + kPad;
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [64][ldq]
+  bf16* dOs = Qs + kDqQ * ldq;               // [64][ldv]
+  bf16* Ks = dOs + kDqQ * ldv;               // [2][32][ldq]
+  bf16* Vs = Ks + 2 * kDqK * ldq;            // [2][32][ldv]
+  const int64_t t0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kDqQ;  // the longest rows first
+  const int h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t qs = static_cast<int64_t>(d.H) * d.Dqk, vs = static_cast<int64_t>(d.H) * d.Dv, offset = d.S - d.T;
+  const int rows = static_cast<int>(d.T - t0 < kDqQ ? d.T - t0 : kDqQ);
+  const bf16 *qh = q + h * d.Dqk, *kh = k + h * d.Dqk, *vh = v + h * d.Dv, *gh = dout + h * d.Dv;
+  const int64_t key_end = d.S < t0 + rows + offset ? d.S : t0 + rows + offset;
+  const int tiles = static_cast<int>((key_end + kDqK - 1) / kDqK);
+  auto load_keys = [&](int tile, int buf) {
+    const int64_t k0 = static_cast<int64_t>(tile) * kDqK;
+    const int keys = static_cast<int>(d.S - k0 < kDqK ? d.S - k0 : kDqK);
+    load_tile(Ks + buf * kDqK * ldq, ldq, kh, k0, kDqK, keys, qs, d.Dqk);
+    load_tile(Vs + buf * kDqK * ldv, ldv, vh, k0, kDqK, keys, vs, d.Dv);
+  };
+  load_tile(Qs, ldq, qh, t0, kDqQ, rows, qs, d.Dqk);
+  load_tile(dOs, ldv, gh, t0, kDqQ, rows, vs, d.Dv);
+  load_keys(0, 0);
+  cp_async_commit();
+
+  const int64_t row0 = t0 + warp * 16 + g, row1 = row0 + 8;
+  const float L0 = row0 < d.T ? lse[row0 * d.H + h] * kLog2e : 0.0f;
+  const float L1 = row1 < d.T ? lse[row1 * d.H + h] * kLog2e : 0.0f;
+  const float D0 = row0 < d.T ? Dsum[row0 * d.H + h] : 0.0f, D1 = row1 < d.T ? Dsum[row1 * d.H + h] : 0.0f;
+  float dq[kMaxDqk / 8][4];
+  zero(dq);
+  const bf16* Qw = Qs + warp * 16 * ldq;
+  const bf16* dOw = dOs + warp * 16 * ldv;
+  const float scale2 = d.scale * kLog2e;
+  for (int it = 0; it < tiles; ++it) {
+    const int buf = it & 1;
+    if (it + 1 < tiles) {
+      load_keys(it + 1, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int64_t k0 = static_cast<int64_t>(it) * kDqK;
+    const bf16* Kb = Ks + buf * kDqK * ldq;
+    float s[kDqK / 8][4], dp[kDqK / 8][4];
+    zero(s);
+    zero(dp);
+    rows_times_rows<kDqK / 8>(s, Qw, ldq, Kb, ldq, d.Dqk, lane);
+    rows_times_rows<kDqK / 8>(dp, dOw, ldv, Vs + buf * kDqK * ldv, ldv, d.Dv, lane);
+#pragma unroll
+    for (int j = 0; j < kDqK / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t row = e < 2 ? row0 : row1, key = k0 + 8 * j + 2 * t + (e & 1);
+        const bool visible = row < d.T && key < d.S && key <= row + offset;
+        const float prob = visible ? exp2f(s[j][e] * scale2 - (e < 2 ? L0 : L1)) : 0.0f;
+        dp[j][e] = prob * (dp[j][e] - (e < 2 ? D0 : D1)) * d.scale;
+      }
+    regs_times_rows<kDqK / 8, kMaxDqk / 8>(dq, dp, Kb, ldq, d.Dqk, lane);
+    __syncthreads();
+  }
+  store_rows(dq_out + h * d.Dqk, qs, row0, d.T, d.Dqk, dq, 1.0f, 1.0f, t);
+}
+
+// dst[r, c] = bf16(src[r * stride + c]) for rows x width (dense output).
+__global__ void rows_to_bf16_kernel(const float* src, int64_t stride, int64_t rows, int64_t width, bf16* dst) {
+  const int64_t n = rows * width;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = __float2bfloat16_rn(src[(i / width) * stride + i % width]);
+}
+
+cudaError_t to_bf16(const float* src, int64_t stride, int64_t rows, int64_t width, bf16* dst, cudaStream_t stream) {
+  const int64_t n = rows * width;
+  const unsigned blocks = static_cast<unsigned>((n + 255) / 256 < 65536 ? (n + 255) / 256 : 65536);
+  rows_to_bf16_kernel<<<blocks, 256, 0, stream>>>(src, stride, rows, width, dst);
+  return cudaGetLastError();
+}
+
+template <typename Kernel>
+cudaError_t allow_smem(Kernel kernel, size_t bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+unsigned tiles_of(int64_t n, int tile) { return static_cast<unsigned>((n + tile - 1) / tile); }
+size_t fwd_smem(const Dims& d) {
+  return sizeof(bf16) * static_cast<size_t>((kFwdQ + 2 * kFwdK) * (d.Dqk + kPad) + 2 * kFwdK * (d.Dv + kPad));
+}
+size_t kv_smem(const Dims& d) {
+  return sizeof(bf16) * static_cast<size_t>((kKvK + 2 * kKvQ) * (d.Dqk + kPad + d.Dv + kPad));
+}
+size_t q_smem(const Dims& d) {
+  return sizeof(bf16) * static_cast<size_t>((kDqQ + 2 * kDqK) * (d.Dqk + kPad + d.Dv + kPad));
+}
+
+// bf16 copies of the operands, released (stream-ordered) when the call ends.
+struct Bf16Copies {
+  bf16* ptr[4] = {nullptr, nullptr, nullptr, nullptr};
+  ~Bf16Copies() {
+    for (bf16* p : ptr)
+      if (p) cached_release(p);
+  }
+  cudaError_t make(int i, const float* src, int64_t stride, int64_t rows, int64_t width, cudaStream_t stream) {
+    ptr[i] = static_cast<bf16*>(cached_allocate(static_cast<size_t>(rows * width) * sizeof(bf16)));
+    if (!ptr[i]) return cudaErrorMemoryAllocation;
+    return to_bf16(src, stride, rows, width, ptr[i], stream);
+  }
+};
+
+cudaError_t forward(const bf16* q, const bf16* k, const bf16* v, const Dims& d, float* out, float* lse,
+                    cudaStream_t stream) {
+  const size_t smem = fwd_smem(d);
+  const cudaError_t e = allow_smem(fwd_kernel, smem);
+  if (e != cudaSuccess) return e;
+  fwd_kernel<<<dim3(tiles_of(d.T, kFwdQ), static_cast<unsigned>(d.H)), kThreads, smem, stream>>>(q, k, v, d, out, lse);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool flash_attention_bf16_supported(int64_t H, int64_t Hkv, int64_t Dqk, int64_t Dv, int64_t T, int64_t S) {
+  return (Hkv == 0 || Hkv == H) && Dqk % 16 == 0 && Dv % 16 == 0 && Dqk > 0 && Dv > 0 && Dqk <= kMaxDqk &&
+         Dv <= kMaxDv && T > 0 && T <= S && H > 0 && H <= 65535;
+}
+
+cudaError_t flash_attention_bf16(const AttentionParams& p, cudaStream_t stream) {
+  if (!flash_attention_bf16_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S)) return cudaErrorInvalidValue;
+  const Dims d{p.T, p.S, static_cast<int>(p.H), static_cast<int>(p.Dqk), static_cast<int>(p.Dv), p.scale};
+  const int64_t qw = p.H * p.Dqk, vw = p.H * p.Dv;
+  Bf16Copies c;
+  cudaError_t e = c.make(0, p.q, qw, p.T, qw, stream);
+  if (e == cudaSuccess) e = c.make(1, p.k, p.k_stride ? p.k_stride : qw, p.S, qw, stream);
+  if (e == cudaSuccess) e = c.make(2, p.v, p.v_stride ? p.v_stride : vw, p.S, vw, stream);
+  if (e == cudaSuccess) e = forward(c.ptr[0], c.ptr[1], c.ptr[2], d, p.out, nullptr, stream);
+  return e;
+}
+
+cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cudaStream_t stream) {
+  if (!flash_attention_bf16_supported(p.H, p.H, p.Dqk, p.Dv, p.T, p.S)) return cudaErrorInvalidValue;
+  const Dims d{p.T, p.S, static_cast<int>(p.H), static_cast<int>(p.Dqk), static_cast<int>(p.Dv), p.scale};
+  const int64_t qw = p.H * p.Dqk, vw = p.H * p.Dv, rows = p.T * p.H;
+  Bf16Copies c;
+  cudaError_t e = c.make(0, p.q, qw, p.T, qw, stream);
+  if (e == cudaSuccess) e = c.make(1, p.k, qw, p.S, qw, stream);
+  if (e == cudaSuccess) e = c.make(2, p.v, vw, p.S, vw, stream);
+  if (e == cudaSuccess) e = c.make(3, p.dout, vw, p.T, vw, stream);
+  // Statistics: the forward again (out and logsumexp), then D = dout . out per (query, head).
+  float* out = static_cast<float*>(cached_allocate(static_cast<size_t>(rows * p.Dv) * sizeof(float)));
+  float* lse = static_cast<float*>(cached_allocate(static_cast<size_t>(rows) * sizeof(float)));
+  float* Dsum = static_cast<float*>(cached_allocate(static_cast<size_t>(rows) * sizeof(float)));
+  if (e == cudaSuccess && !(out && lse && Dsum)) e = cudaErrorMemoryAllocation;
+  if (e == cudaSuccess) e = forward(c.ptr[0], c.ptr[1], c.ptr[2], d, out, lse, stream);
+  if (e == cudaSuccess) e = attention_row_dots(p.dout, out, Dsum, rows, p.Dv, stream);
+  if (e == cudaSuccess) e = allow_smem(bwd_kv_kernel, kv_smem(d));
+  if (e == cudaSuccess) e = allow_smem(bwd_q_kernel, q_smem(d));
+  if (e == cudaSuccess) {
+    bwd_kv_kernel<<<dim3(tiles_of(p.S, kKvK), static_cast<unsigned>(p.H)), kThreads, kv_smem(d), stream>>>(
+        c.ptr[0], c.ptr[1], c.ptr[2], c.ptr[3], lse, Dsum, d, p.dk, p.dv);
+    e = cudaGetLastError();
+  }
+  if (e == cudaSuccess) {
+    bwd_q_kernel<<<dim3(tiles_of(p.T, kDqQ), static_cast<unsigned>(p.H)), kThreads, q_smem(d), stream>>>(
+        c.ptr[0], c.ptr[1], c.ptr[2], c.ptr[3], lse, Dsum, d, p.dq);
+    e = cudaGetLastError();
+  }
+  if (out) cached_release(out);
+  if (lse) cached_release(lse);
+  if (Dsum) cached_release(Dsum);
+  return e;
+}
+
+}  // namespace dsv::ops::cuda

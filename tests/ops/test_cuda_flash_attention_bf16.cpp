@@ -1,0 +1,213 @@
+// The bf16 tensor-core flash attention (MatmulPrecision::Bf16) against the fp32 CPU reference,
+// forward and backward, on awkward sizes (tile edges, T < S as in prefill after a cache, strided keys,
+// single rows). GPU host only.
+//
+// Tolerance: bf16 keeps 8 significant bits (unit roundoff u = 2^-8 ~ 3.9e-3) for q, k, v, dout and
+// for the probabilities P / dS entering the second product; accumulation is fp32. A dot product of
+// random inputs with both operands rounded has a relative error near u, so out and dv (one rounded
+// product after the softmax) are held to 1e-2 (2.5 u), dq and dk (through dS = P (dP - D), a
+// difference of two sums, then a second rounding) to 2e-2. The TF32 kernels meet 2e-3 / 5e-3 on the
+// same cases; the measured errors are printed.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "backends/cpu/cpu_ops.h"
+#include "backends/cuda/cuda_ops.h"
+#include "core/dtype.h"
+#include "cuda_test_util.h"
+
+namespace dsv::ops {
+namespace {
+
+using namespace test;
+
+class CudaFlashAttentionBf16 : public CudaTest {
+ protected:
+  void SetUp() override {
+    CudaTest::SetUp();
+    static bool registered = false;  // the dispatch test goes through ops::attention
+    if (!IsSkipped() && !registered) cuda::register_cuda_backend();
+    registered = true;
+  }
+};
+
+struct Case {
+  int64_t T, S, H, Dqk, Dv, k_pad;  // k_pad: extra floats per key row (a strided k)
+};
+
+TEST_F(CudaFlashAttentionBf16, ForwardMatchesCpu) {
+  for (const Case& c : {Case{64, 64, 1, 16, 16, 0}, Case{300, 300, 3, 192, 128, 0}, Case{1, 1, 2, 32, 16, 0},
+                        Case{100, 357, 2, 64, 48, 0} /* T < S: prefill after a cache */,
+                        Case{130, 130, 2, 192, 128, 40} /* strided keys */, Case{1000, 1000, 2, 192, 128, 0},
+                        Case{17, 200, 1, 128, 128, 0}}) {
+    SCOPED_TRACE(testing::Message() << "T" << c.T << " S" << c.S << " H" << c.H << " Dqk" << c.Dqk << " Dv" << c.Dv
+                                    << " k_pad" << c.k_pad);
+    ASSERT_TRUE(cuda::flash_attention_bf16_supported(c.H, c.H, c.Dqk, c.Dv, c.T, c.S));
+    const int64_t ks = c.H * c.Dqk + c.k_pad;
+    const auto q = randn(c.T * c.H * c.Dqk, 1), k = randn(c.S * ks, 2), v = randn(c.S * c.H * c.Dv, 3);
+    std::vector<float> want(c.T * c.H * c.Dv);
+    AttentionParams p{.q = q.data(), .k = k.data(), .v = v.data(), .out = want.data(), .T = c.T, .S = c.S, .H = c.H,
+                      .Dqk = c.Dqk, .Dv = c.Dv, .k_stride = c.k_pad ? ks : 0,
+                      .scale = 1.0f / std::sqrt(static_cast<float>(c.Dqk))};
+    cpu::attention(p);
+    Dev<float> dq(q), dk(k), dv(v), dout(std::vector<float>(want.size(), NAN));
+    p.q = dq.ptr;
+    p.k = dk.ptr;
+    p.v = dv.ptr;
+    p.out = dout.ptr;
+    ASSERT_EQ(cuda::flash_attention_bf16(p, 0), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const double err = rel_l2(dout.download(), want);
+    std::printf("bf16 flash forward T%ld S%ld H%ld Dqk%ld Dv%ld: rel L2 %.2e\n", static_cast<long>(c.T),
+                static_cast<long>(c.S), static_cast<long>(c.H), static_cast<long>(c.Dqk), static_cast<long>(c.Dv), err);
+    EXPECT_LE(err, 1e-2);
+    EXPECT_GT(err, 0.0);  // really rounded: an exact match would mean the fp32 path ran
+  }
+}
+
+TEST_F(CudaFlashAttentionBf16, BackwardMatchesCpu) {
+  for (const Case& c : {Case{64, 64, 1, 16, 16, 0}, Case{300, 300, 3, 192, 128, 0}, Case{1, 1, 1, 32, 16, 0},
+                        Case{100, 357, 2, 64, 48, 0}, Case{257, 257, 4, 192, 128, 0}, Case{70, 70, 1, 128, 128, 0}}) {
+    SCOPED_TRACE(testing::Message() << "T" << c.T << " S" << c.S << " H" << c.H << " Dqk" << c.Dqk << " Dv" << c.Dv);
+    const auto q = randn(c.T * c.H * c.Dqk, 11), k = randn(c.S * c.H * c.Dqk, 12), v = randn(c.S * c.H * c.Dv, 13),
+               g = randn(c.T * c.H * c.Dv, 14);
+    std::vector<float> want_dq(q.size()), want_dk(k.size()), want_dv(v.size());
+    AttentionBackwardParams p{.q = q.data(), .k = k.data(), .v = v.data(), .dout = g.data(), .dq = want_dq.data(),
+                              .dk = want_dk.data(), .dv = want_dv.data(), .T = c.T, .S = c.S, .H = c.H,
+                              .Dqk = c.Dqk, .Dv = c.Dv, .scale = 1.0f / std::sqrt(static_cast<float>(c.Dqk))};
+    cpu::attention_backward(p);
+    Dev<float> dq(q), dk(k), dv(v), dg(g), ddq(std::vector<float>(q.size(), NAN)),
+        ddk(std::vector<float>(k.size(), NAN)), ddv(std::vector<float>(v.size(), NAN));
+    p.q = dq.ptr;
+    p.k = dk.ptr;
+    p.v = dv.ptr;
+    p.dout = dg.ptr;
+    p.dq = ddq.ptr;
+    p.dk = ddk.ptr;
+    p.dv = ddv.ptr;
+    ASSERT_EQ(cuda::flash_attention_bf16_backward(p, 0), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const double eq = rel_l2(ddq.download(), want_dq), ek = rel_l2(ddk.download(), want_dk),
+                 ev = rel_l2(ddv.download(), want_dv);
+    std::printf("bf16 flash backward T%ld S%ld H%ld Dqk%ld Dv%ld: rel L2 dq %.2e dk %.2e dv %.2e\n",
+                static_cast<long>(c.T), static_cast<long>(c.S), static_cast<long>(c.H), static_cast<long>(c.Dqk),
+                static_cast<long>(c.Dv), eq, ek, ev);
+    EXPECT_LE(eq, 2e-2) << "dq";
+    EXPECT_LE(ek, 2e-2) << "dk";
+    EXPECT_LE(ev, 1e-2) << "dv";
+  }
+}
+
+TEST_F(CudaFlashAttentionBf16, BackwardIsDeterministic) {
+  const int64_t T = 200, S = 200, H = 2, Dqk = 64, Dv = 32;
+  const auto q = randn(T * H * Dqk, 1), k = randn(S * H * Dqk, 2), v = randn(S * H * Dv, 3), g = randn(T * H * Dv, 4);
+  Dev<float> dq(q), dk(k), dv(v), dg(g), ddq(q), ddk(k), ddv(v);
+  const AttentionBackwardParams p{.q = dq.ptr, .k = dk.ptr, .v = dv.ptr, .dout = dg.ptr, .dq = ddq.ptr, .dk = ddk.ptr,
+                                  .dv = ddv.ptr, .T = T, .S = S, .H = H, .Dqk = Dqk, .Dv = Dv, .scale = 0.125f};
+  ASSERT_EQ(cuda::flash_attention_bf16_backward(p, 0), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto a = ddq.download(), b = ddk.download(), c = ddv.download();
+  ASSERT_EQ(cuda::flash_attention_bf16_backward(p, 0), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(std::memcmp(a.data(), ddq.download().data(), a.size() * sizeof(float)), 0);
+  EXPECT_EQ(std::memcmp(b.data(), ddk.download().data(), b.size() * sizeof(float)), 0);
+  EXPECT_EQ(std::memcmp(c.data(), ddv.download().data(), c.size() * sizeof(float)), 0);
+}
+
+// The op dispatch takes the bf16 kernels only in bf16 mode: in the default fp32 mode the result is
+// the reference's to fp32 accuracy, in bf16 mode it carries bf16 rounding.
+TEST_F(CudaFlashAttentionBf16, DispatchFollowsThePrecision) {
+  const int64_t T = 96, S = 96, H = 2, Dqk = 64, Dv = 64;
+  const auto q = randn(T * H * Dqk, 5), k = randn(S * H * Dqk, 6), v = randn(S * H * Dv, 7);
+  std::vector<float> want(T * H * Dv);
+  AttentionParams p{.q = q.data(), .k = k.data(), .v = v.data(), .out = want.data(), .T = T, .S = S, .H = H,
+                    .Dqk = Dqk, .Dv = Dv, .scale = 0.125f};
+  cpu::attention(p);
+  Dev<float> dq(q), dk(k), dv(v), dout(std::vector<float>(want.size(), NAN));
+  p.q = dq.ptr;
+  p.k = dk.ptr;
+  p.v = dv.ptr;
+  p.out = dout.ptr;
+  const Context ctx{.backend = Backend::Cuda};
+  attention(ctx, p);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const double fp32_err = rel_l2(dout.download(), want);
+  set_matmul_precision(MatmulPrecision::Bf16);
+  attention(ctx, p);
+  set_matmul_precision(MatmulPrecision::Fp32);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const double bf16_err = rel_l2(dout.download(), want);
+  EXPECT_LE(fp32_err, 1e-5);
+  EXPECT_GT(bf16_err, 1e-4);
+  EXPECT_LE(bf16_err, 1e-2);
+}
+
+// In bf16 mode the fp32-weight products round both operands to bf16 and sum in fp32: the result is the
+// CPU product of the rounded operands up to summation order (1e-5), and visibly not the fp32 one.
+TEST_F(CudaFlashAttentionBf16, Bf16ModeProductsRoundBothOperands) {
+  const int64_t M = 300, N = 72, K = 256;
+  const auto x = randn(M * K, 21), w = randn(N * K, 22), dy = randn(M * N, 23);
+  auto rounded = [](std::vector<float> v) {
+    for (float& f : v) f = round_to_bf16(f);
+    return v;
+  };
+  const auto xr = rounded(x), wr = rounded(w), dyr = rounded(dy);
+  std::vector<float> want_y(M * N), exact_y(M * N), want_dw(N * K);
+  cpu::linear({.x = xr.data(), .w = wr.data(), .y = want_y.data(), .M = M, .N = N, .K = K});
+  cpu::linear({.x = x.data(), .w = w.data(), .y = exact_y.data(), .M = M, .N = N, .K = K});
+  cpu::linear_weight_grad({.dy = dyr.data(), .x = xr.data(), .dw = want_dw.data(), .M = M, .N = N, .K = K});
+  Dev<float> dx(x), dw(w), ddy(dy), y(nans(M * N)), g(nans(N * K));
+  const Context ctx{.backend = Backend::Cuda};
+  set_matmul_precision(MatmulPrecision::Bf16);
+  linear(ctx, {.x = dx.ptr, .w = dw.ptr, .y = y.ptr, .M = M, .N = N, .K = K});
+  linear_weight_grad(ctx, {.dy = ddy.ptr, .x = dx.ptr, .dw = g.ptr, .M = M, .N = N, .K = K});
+  set_matmul_precision(MatmulPrecision::Fp32);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto got_y = y.download();
+  EXPECT_LE(rel_l2(got_y, want_y), 1e-5);
+  EXPECT_GT(rel_l2(got_y, exact_y), 1e-4);
+  EXPECT_LE(rel_l2(g.download(), want_dw), 1e-5);
+}
+
+// A registered bf16 copy of a weight block is what bf16-mode products read for weights inside it (the
+// copy here holds 2 w, so reading it doubles y); weights outside the block are rounded per call.
+TEST_F(CudaFlashAttentionBf16, RegisteredWeightCopyIsRead) {
+  const int64_t M = 64, N = 32, K = 128;
+  const auto x = randn(M * K, 31), w = randn(2 * N * K, 32);  // two weight matrices in one block
+  std::vector<float> twice(w.size());
+  for (size_t i = 0; i < w.size(); ++i) twice[i] = 2.0f * w[i];
+  Dev<float> dx(x), dw(w), y(nans(M * N)), y_out(nans(M * N));
+  Dev<uint16_t> copy(to_bf16(twice));
+  const Context ctx{.backend = Backend::Cuda};
+  set_matmul_precision(MatmulPrecision::Bf16);
+  set_bf16_weight_copy(dw.ptr, copy.ptr, N * K);  // only the first matrix is covered
+  linear(ctx, {.x = dx.ptr, .w = dw.ptr, .y = y.ptr, .M = M, .N = N, .K = K});
+  linear(ctx, {.x = dx.ptr, .w = dw.ptr + N * K, .y = y_out.ptr, .M = M, .N = N, .K = K});
+  set_bf16_weight_copy(nullptr, nullptr, 0);
+  set_matmul_precision(MatmulPrecision::Fp32);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<float> xr(x), w0(w.begin(), w.begin() + N * K), w1(w.begin() + N * K, w.end());
+  for (float& f : xr) f = round_to_bf16(f);
+  for (float& f : w0) f = 2.0f * round_to_bf16(f);
+  for (float& f : w1) f = round_to_bf16(f);
+  std::vector<float> want0(M * N), want1(M * N);
+  cpu::linear({.x = xr.data(), .w = w0.data(), .y = want0.data(), .M = M, .N = N, .K = K});
+  cpu::linear({.x = xr.data(), .w = w1.data(), .y = want1.data(), .M = M, .N = N, .K = K});
+  EXPECT_LE(rel_l2(y.download(), want0), 1e-5);
+  EXPECT_LE(rel_l2(y_out.download(), want1), 1e-5);
+}
+
+TEST_F(CudaFlashAttentionBf16, SupportedShapes) {
+  EXPECT_TRUE(cuda::flash_attention_bf16_supported(16, 16, 192, 128, 4096, 4096));
+  EXPECT_TRUE(cuda::flash_attention_bf16_supported(128, 128, 192, 128, 4096, 8192));
+  EXPECT_FALSE(cuda::flash_attention_bf16_supported(16, 1, 576, 512, 1, 100));  // absorbed decode
+  EXPECT_FALSE(cuda::flash_attention_bf16_supported(4, 4, 24, 16, 10, 10));     // not a multiple of 16
+  EXPECT_FALSE(cuda::flash_attention_bf16_supported(4, 4, 256, 128, 10, 10));   // beyond the register budget
+  EXPECT_FALSE(cuda::flash_attention_bf16_supported(4, 4, 64, 64, 11, 10));     // T > S
+}
+
+}  // namespace
+}  // namespace dsv::ops
