@@ -50,7 +50,15 @@ cudaError_t store_rows(const StoreRowsParams& p, cudaStream_t stream);
 // Slices of each row over blocks, then a merge per row; rows <= 65535.
 cudaError_t argmax_rows(const ArgmaxParams& p, cudaStream_t stream);
 cudaError_t fill_random(const FillRandomParams& p, cudaStream_t stream);
+// Decode-sized T: grouped GEMV kernels (moe_experts.cu); more tokens with bf16 tables: the grouped
+// tensor-core GEMMs below when they apply.
 cudaError_t moe_experts(const MoeExpertsParams& p, cudaStream_t stream);
+// moe_experts for prefill-sized T on bf16 tensor cores, routing planned on the device: one grouped GEMM
+// for gate/up (SwiGLU in its epilogue), one for down, then the weighted combine (moe_grouped_gemm.cu).
+// Needs bf16 tables, 0 < E <= kMaxGroupedGemmExperts, D and F multiples of 8.
+constexpr int64_t kMaxGroupedGemmExperts = 1024;
+bool moe_grouped_gemm_supported(const MoeExpertsParams& p);
+cudaError_t moe_grouped_gemm(const MoeExpertsParams& p, cudaStream_t stream);
 // Device-to-device copy bandwidth in bytes/s (bytes read + written), measured with events over
 // `bytes`-sized buffers: the memory roofline that benchmarks report against.
 double measure_copy_bandwidth(size_t bytes);

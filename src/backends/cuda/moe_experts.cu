@@ -129,6 +129,8 @@ __device__ __forceinline__ void lane_dots_rows(const float* const (&x)[M], const
 // (ascending) routed to e, slot_of[pair] = its place in `order`, active[0 .. n_active) = experts with
 // pairs (ascending). One block; indices staged in shared memory (P <= kMaxGroupedPairs).
 constexpr int64_t kMaxGroupedPairs = 8192;
+// From this many tokens on, bf16 experts run as grouped tensor-core GEMMs (moe_grouped_gemm.cu).
+constexpr int64_t kTensorCoreMinTokens = 128;
 struct GroupPlan {
   int32_t *counts, *offsets, *order, *slot_of, *active, *n_active;
 };
@@ -294,6 +296,8 @@ cudaError_t grouped(const MoeExpertsParams& p, const W* const* gate, const W* co
 }  // namespace
 
 cudaError_t moe_experts(const MoeExpertsParams& p, cudaStream_t s) {
+  // Past decode sizes, tensor cores: each expert's rows then fill whole M-tiles.
+  if (p.T > kTensorCoreMinTokens && moe_grouped_gemm_supported(p)) return moe_grouped_gemm(p, s);
   if (p.E > 0 && p.E <= kMaxGroupedExperts && p.T * p.K <= kMaxGroupedPairs) {
     if (p.gate_bf16) return grouped<uint16_t>(p, p.gate_bf16, p.up_bf16, p.down_bf16, s);
     return grouped<float>(p, p.gate, p.up, p.down, s);

@@ -2,8 +2,8 @@
 // Routing runs on the backend. For up to kDeviceMaxTokens tokens (decode steps, batched decode) the
 // experts run on the device through ops::moe_experts (on CUDA grouped by expert: each active expert's
 // weights are read once per step), so a step never waits for the host and can be captured as a graph.
-// For more (prefill), the assignment is read back to group tokens per expert so each expert runs one
-// tensor-core matrix product over its tokens (a device-side grouped GEMM is still to come: issue 4).
+// For more (prefill), bf16 experts on CUDA run as grouped tensor-core GEMMs planned on the device; other
+// cases read the assignment back to group tokens per expert, one matrix product per expert.
 #include <vector>
 
 #include "model/layers/layers.h"
@@ -11,8 +11,8 @@
 
 namespace dsv::layers {
 namespace {
-// Up to this many tokens, routed experts run without leaving the device (GEMV-shaped kernels: above
-// this, tensor-core products per expert are faster even with the host round trip).
+// Up to this many tokens, routed experts run without leaving the device (GEMV-shaped kernels); above
+// it fp32 experts take one tensor-core product per expert after a host round trip.
 // On the CPU, where there is no device to stay on, only single steps go pair by pair (as before).
 constexpr int64_t kDeviceMaxTokens = 128, kCpuPairMaxTokens = 4;
 void routed_by_expert(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, const float* x, int64_t T,
@@ -35,7 +35,9 @@ void moe(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, con
   emit(ctx, tap, "router_logits", layer, logits.data(), {T, E});
 
   const int64_t pair_max = ctx.backend == ops::Backend::Cpu ? kCpuPairMaxTokens : kDeviceMaxTokens;
-  if (T <= pair_max && (w.gate_table || w.gate_table_bf16)) {
+  // bf16 experts on CUDA stay on the device at any T (grouped tensor-core GEMMs past decode sizes).
+  const bool device_grouped = ctx.backend == ops::Backend::Cuda && w.gate_table_bf16;
+  if ((T <= pair_max && (w.gate_table || w.gate_table_bf16)) || device_grouped) {
     const int64_t F = c.moe_intermediate_size;
     ops::Buffer<float> scratch(be, T * K * (F + D));
     ops::moe_experts(ctx, {.x = x, .indices = indices.data(), .weights = weights.data(), .gate = w.gate_table,
