@@ -25,6 +25,7 @@
 #include <cstdint>
 
 #include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/mma_bf16.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -36,36 +37,7 @@ constexpr int kMaxDqk = 192, kMaxDv = 128;  // register budget of the dk / dq ac
 constexpr int kPad = 8;
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// 16 bytes global -> shared, or 16 zero bytes when !valid (src is then not read).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+using namespace ptx;
 __device__ __forceinline__ uint32_t pack(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
@@ -97,8 +69,8 @@ __device__ __forceinline__ void rows_times_rows(float (&acc)[NJ][4], const bf16*
     for (int j = 0; j < NJ; j += 2) {
       uint32_t bf[4];
       ldsm_x4(bf, b_lane + 8 * j * ldb + k);
-      mma(acc[j], af, bf[0], bf[1]);
-      mma(acc[j + 1], af, bf[2], bf[3]);
+      mma_bf16(acc[j], af, bf[0], bf[1]);
+      mma_bf16(acc[j + 1], af, bf[2], bf[3]);
     }
   }
 }
@@ -118,8 +90,8 @@ __device__ __forceinline__ void regs_times_rows(float (&out)[NMAX][4], const flo
       if (8 * n < cols) {
         uint32_t bf[4];
         ldsm_x4_trans(bf, b_lane + 16 * kk * ldb + 8 * n);
-        mma(out[n], af, bf[0], bf[1]);
-        mma(out[n + 1], af, bf[2], bf[3]);
+        mma_bf16(out[n], af, bf[0], bf[1]);
+        mma_bf16(out[n + 1], af, bf[2], bf[3]);
       }
     }
   }

@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/mma_bf16.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -30,30 +31,7 @@ constexpr int kMaxBM = 128, kBN = 128, kBK = 64, kStages = 3, kThreads = 256;
 constexpr int kLd = kBK + 8;  // padded shared row (144 bytes): the 8 rows of an ldmatrix hit distinct banks
 constexpr int kPlanThreads = 1024;
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+using namespace ptx;
 
 // offsets[e] .. offsets[e+1]: expert e's rows; tile_start[e] .. tile_start[e+1]: its M-tiles.
 __global__ void __launch_bounds__(kPlanThreads)
@@ -180,8 +158,8 @@ __global__ void __launch_bounds__(kThreads, 2) grouped_gemm_kernel(GemmArgs g) {
       for (int i = 0; i < kMI; ++i)
 #pragma unroll
         for (int jj = 0; jj < 2; ++jj) {
-          mma(acc[i][2 * jj], af[i], bfr[jj][0], bfr[jj][1]);
-          mma(acc[i][2 * jj + 1], af[i], bfr[jj][2], bfr[jj][3]);
+          mma_bf16(acc[i][2 * jj], af[i], bfr[jj][0], bfr[jj][1]);
+          mma_bf16(acc[i][2 * jj + 1], af[i], bfr[jj][2], bfr[jj][3]);
         }
     }
   }
