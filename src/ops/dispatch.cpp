@@ -221,7 +221,8 @@ void argmax_rows(const Context& ctx, const ArgmaxParams& p) {
 
 void moe_experts(const Context& ctx, const MoeExpertsParams& p) {
   const bool f32 = p.gate && p.up && p.down, bf16 = p.gate_bf16 && p.up_bf16 && p.down_bf16;
-  DSV_CHECK(p.x && p.indices && p.weights && p.scratch && p.out, "moe_experts: null pointer");
+  DSV_CHECK(p.x && p.indices && p.weights && p.out, "moe_experts: null pointer");
+  DSV_CHECK(p.scratch || ctx.backend != Backend::Cpu, "moe_experts: the CPU op needs scratch (T*K*(F+D) floats)");
   DSV_CHECK(f32 != bf16, "moe_experts: one complete set of weight tables expected (fp32 or bf16), found {}",
             f32 ? "both" : "neither");
   DSV_CHECK(p.T > 0 && p.K > 0 && p.D > 0 && p.F > 0, "moe_experts: bad sizes T={} K={} D={} F={}", p.T, p.K, p.D,

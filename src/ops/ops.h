@@ -178,7 +178,8 @@ void argmax_rows(const Context& ctx, const ArgmaxParams& p);
 //   out[t] = sum_k weights[t*K + k] * (h[t*K + k] . down[e]^T)   (k ascending) [D]
 // gate/up/down are tables of E pointers (on the backend) to [F, D], [F, D], [D, F] weights, fp32 or
 // bf16 (the *_bf16 tables; then x and h are rounded to bf16 before their products, as linear does).
-// `scratch` holds T*K*(F + D) floats. out is overwritten.
+// `scratch` holds T*K*(F + D) floats; on CUDA it may be null (the backend then allocates what its
+// path needs: nothing for the grouped tensor-core GEMMs of prefill sizes). out is overwritten.
 struct MoeExpertsParams {
   const float* x = nullptr;
   const int32_t* indices = nullptr;

@@ -18,6 +18,7 @@
 #include "backends/cuda/cuda_ops.h"
 #include "core/dtype.h"
 #include "cuda_test_util.h"
+#include "flash_attention_checks.h"
 
 namespace dsv::ops {
 namespace {
@@ -34,87 +35,25 @@ class CudaFlashAttentionBf16 : public CudaTest {
   }
 };
 
-struct Case {
-  int64_t T, S, H, Dqk, Dv, k_pad;  // k_pad: extra floats per key row (a strided k)
-};
-
 TEST_F(CudaFlashAttentionBf16, ForwardMatchesCpu) {
-  for (const Case& c : {Case{64, 64, 1, 16, 16, 0}, Case{300, 300, 3, 192, 128, 0}, Case{1, 1, 2, 32, 16, 0},
-                        Case{100, 357, 2, 64, 48, 0} /* T < S: prefill after a cache */,
-                        Case{130, 130, 2, 192, 128, 40} /* strided keys */, Case{1000, 1000, 2, 192, 128, 0},
-                        Case{17, 200, 1, 128, 128, 0}}) {
-    SCOPED_TRACE(testing::Message() << "T" << c.T << " S" << c.S << " H" << c.H << " Dqk" << c.Dqk << " Dv" << c.Dv
-                                    << " k_pad" << c.k_pad);
-    ASSERT_TRUE(cuda::flash_attention_bf16_supported(c.H, c.H, c.Dqk, c.Dv, c.T, c.S));
-    const int64_t ks = c.H * c.Dqk + c.k_pad;
-    const auto q = randn(c.T * c.H * c.Dqk, 1), k = randn(c.S * ks, 2), v = randn(c.S * c.H * c.Dv, 3);
-    std::vector<float> want(c.T * c.H * c.Dv);
-    AttentionParams p{.q = q.data(), .k = k.data(), .v = v.data(), .out = want.data(), .T = c.T, .S = c.S, .H = c.H,
-                      .Dqk = c.Dqk, .Dv = c.Dv, .k_stride = c.k_pad ? ks : 0,
-                      .scale = 1.0f / std::sqrt(static_cast<float>(c.Dqk))};
-    cpu::attention(p);
-    Dev<float> dq(q), dk(k), dv(v), dout(std::vector<float>(want.size(), NAN));
-    p.q = dq.ptr;
-    p.k = dk.ptr;
-    p.v = dv.ptr;
-    p.out = dout.ptr;
-    ASSERT_EQ(cuda::flash_attention_bf16(p, 0), cudaSuccess);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    const double err = rel_l2(dout.download(), want);
-    std::printf("bf16 flash forward T%ld S%ld H%ld Dqk%ld Dv%ld: rel L2 %.2e\n", static_cast<long>(c.T),
-                static_cast<long>(c.S), static_cast<long>(c.H), static_cast<long>(c.Dqk), static_cast<long>(c.Dv), err);
-    EXPECT_LE(err, 1e-2);
-    EXPECT_GT(err, 0.0);  // really rounded: an exact match would mean the fp32 path ran
-  }
+  check_flash_forward("bf16 flash", cuda::flash_attention_bf16, cuda::flash_attention_bf16_supported,
+                      {FlashCase{64, 64, 1, 16, 16, 0}, FlashCase{300, 300, 3, 192, 128, 0}, FlashCase{1, 1, 2, 32, 16, 0},
+                       FlashCase{100, 357, 2, 64, 48, 0} /* T < S: prefill after a cache */,
+                       FlashCase{130, 130, 2, 192, 128, 40} /* strided keys */, FlashCase{1000, 1000, 2, 192, 128, 0},
+                       FlashCase{17, 200, 1, 128, 128, 0}},
+                      1e-2, /*must_round=*/true);
 }
 
 TEST_F(CudaFlashAttentionBf16, BackwardMatchesCpu) {
-  for (const Case& c : {Case{64, 64, 1, 16, 16, 0}, Case{300, 300, 3, 192, 128, 0}, Case{1, 1, 1, 32, 16, 0},
-                        Case{100, 357, 2, 64, 48, 0}, Case{257, 257, 4, 192, 128, 0}, Case{70, 70, 1, 128, 128, 0}}) {
-    SCOPED_TRACE(testing::Message() << "T" << c.T << " S" << c.S << " H" << c.H << " Dqk" << c.Dqk << " Dv" << c.Dv);
-    const auto q = randn(c.T * c.H * c.Dqk, 11), k = randn(c.S * c.H * c.Dqk, 12), v = randn(c.S * c.H * c.Dv, 13),
-               g = randn(c.T * c.H * c.Dv, 14);
-    std::vector<float> want_dq(q.size()), want_dk(k.size()), want_dv(v.size());
-    AttentionBackwardParams p{.q = q.data(), .k = k.data(), .v = v.data(), .dout = g.data(), .dq = want_dq.data(),
-                              .dk = want_dk.data(), .dv = want_dv.data(), .T = c.T, .S = c.S, .H = c.H,
-                              .Dqk = c.Dqk, .Dv = c.Dv, .scale = 1.0f / std::sqrt(static_cast<float>(c.Dqk))};
-    cpu::attention_backward(p);
-    Dev<float> dq(q), dk(k), dv(v), dg(g), ddq(std::vector<float>(q.size(), NAN)),
-        ddk(std::vector<float>(k.size(), NAN)), ddv(std::vector<float>(v.size(), NAN));
-    p.q = dq.ptr;
-    p.k = dk.ptr;
-    p.v = dv.ptr;
-    p.dout = dg.ptr;
-    p.dq = ddq.ptr;
-    p.dk = ddk.ptr;
-    p.dv = ddv.ptr;
-    ASSERT_EQ(cuda::flash_attention_bf16_backward(p, 0), cudaSuccess);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    const double eq = rel_l2(ddq.download(), want_dq), ek = rel_l2(ddk.download(), want_dk),
-                 ev = rel_l2(ddv.download(), want_dv);
-    std::printf("bf16 flash backward T%ld S%ld H%ld Dqk%ld Dv%ld: rel L2 dq %.2e dk %.2e dv %.2e\n",
-                static_cast<long>(c.T), static_cast<long>(c.S), static_cast<long>(c.H), static_cast<long>(c.Dqk),
-                static_cast<long>(c.Dv), eq, ek, ev);
-    EXPECT_LE(eq, 2e-2) << "dq";
-    EXPECT_LE(ek, 2e-2) << "dk";
-    EXPECT_LE(ev, 1e-2) << "dv";
-  }
+  check_flash_backward("bf16 flash", cuda::flash_attention_bf16_backward,
+                       {FlashCase{64, 64, 1, 16, 16, 0}, FlashCase{300, 300, 3, 192, 128, 0}, FlashCase{1, 1, 1, 32, 16, 0},
+                        FlashCase{100, 357, 2, 64, 48, 0}, FlashCase{257, 257, 4, 192, 128, 0},
+                        FlashCase{70, 70, 1, 128, 128, 0}},
+                       2e-2, 1e-2);
 }
 
 TEST_F(CudaFlashAttentionBf16, BackwardIsDeterministic) {
-  const int64_t T = 200, S = 200, H = 2, Dqk = 64, Dv = 32;
-  const auto q = randn(T * H * Dqk, 1), k = randn(S * H * Dqk, 2), v = randn(S * H * Dv, 3), g = randn(T * H * Dv, 4);
-  Dev<float> dq(q), dk(k), dv(v), dg(g), ddq(q), ddk(k), ddv(v);
-  const AttentionBackwardParams p{.q = dq.ptr, .k = dk.ptr, .v = dv.ptr, .dout = dg.ptr, .dq = ddq.ptr, .dk = ddk.ptr,
-                                  .dv = ddv.ptr, .T = T, .S = S, .H = H, .Dqk = Dqk, .Dv = Dv, .scale = 0.125f};
-  ASSERT_EQ(cuda::flash_attention_bf16_backward(p, 0), cudaSuccess);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const auto a = ddq.download(), b = ddk.download(), c = ddv.download();
-  ASSERT_EQ(cuda::flash_attention_bf16_backward(p, 0), cudaSuccess);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  EXPECT_EQ(std::memcmp(a.data(), ddq.download().data(), a.size() * sizeof(float)), 0);
-  EXPECT_EQ(std::memcmp(b.data(), ddk.download().data(), b.size() * sizeof(float)), 0);
-  EXPECT_EQ(std::memcmp(c.data(), ddv.download().data(), c.size() * sizeof(float)), 0);
+  check_flash_backward_deterministic(cuda::flash_attention_bf16_backward);
 }
 
 // The op dispatch takes the bf16 kernels only in bf16 mode: in the default fp32 mode the result is

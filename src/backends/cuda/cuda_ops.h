@@ -89,6 +89,40 @@ cudaError_t linear(const LinearParams& p, cudaStream_t stream);
 cudaError_t linear_bf16_rows(const LinearParams& p, cudaStream_t stream);
 cudaError_t cast(const CastParams& p, cudaStream_t stream);
 
+// Scratch of one launcher call: blocks from the caching allocator, released when it goes out of scope
+// (stream-ordered: only later work on the same stream reuses them). get() gives null, and failed()
+// turns true, once an allocation fails.
+class DeviceScratch {
+ public:
+  DeviceScratch() = default;
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+  ~DeviceScratch() {
+    for (int i = 0; i < used_; ++i)
+      if (ptr_[i]) cached_release(ptr_[i]);
+  }
+  template <typename T>
+  T* get(int64_t n) {
+    void* p = used_ < kMax ? cached_allocate(static_cast<size_t>(n > 0 ? n : 1) * sizeof(T)) : nullptr;
+    if (used_ < kMax) ptr_[used_++] = p;
+    failed_ = failed_ || p == nullptr;
+    return static_cast<T*>(p);
+  }
+  // A bf16 copy of n fp32 values (rounded to nearest even) in *out.
+  cudaError_t bf16_copy(const float* src, int64_t n, cudaStream_t stream, uint16_t** out) {
+    *out = get<uint16_t>(n);
+    if (!*out) return cudaErrorMemoryAllocation;
+    return cast({.x = src, .y = *out, .n = n, .to_bf16 = true}, stream);
+  }
+  bool failed() const { return failed_; }
+
+ private:
+  static constexpr int kMax = 8;
+  void* ptr_[kMax] = {};
+  int used_ = 0;
+  bool failed_ = false;
+};
+
 // ---- Training ops (twins of the CPU reference ops; same Params, device pointers). ----
 // Unless noted, results do not depend on launch timing (fixed reduction orders, no atomics).
 

@@ -126,6 +126,20 @@ __device__ __forceinline__ void store_rows(float* dst, int64_t stride, int64_t r
   }
 }
 
+// Double buffering: prefetch tile it + 1 into the other buffer (load(tile, buffer)), then wait until
+// tile it has landed for every thread of the block.
+template <typename Load>
+__device__ __forceinline__ void await_tile(int it, int tiles, const Load& load) {
+  if (it + 1 < tiles) {
+    load(it + 1, (it + 1) & 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
 struct Dims {
   int64_t T, S;
   int H, Dqk, Dv;
@@ -167,14 +181,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const bf16* Qw = Qs + warp * 16 * ldq;
   for (int it = 0; it < tiles; ++it) {
     const int buf = it & 1;
-    if (it + 1 < tiles) {
-      load_keys(it + 1, buf ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    await_tile(it, tiles, load_keys);
     const int64_t k0 = static_cast<int64_t>(it) * kFwdK;
     float s[kFwdK / 8][4];
     zero(s);
@@ -268,14 +275,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const float scale2 = d.scale * kLog2e;
   for (int it = 0; it < tiles; ++it) {
     const int buf = it & 1;
-    if (it + 1 < tiles) {
-      load_queries(it + 1, buf ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    await_tile(it, tiles, load_queries);
     const int64_t q0 = first + static_cast<int64_t>(it) * kKvQ;
     const bf16* Qb = Qs + buf * kKvQ * ldq;
     const bf16* dOb = dOs + buf * kKvQ * ldv;
@@ -351,14 +351,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const float scale2 = d.scale * kLog2e;
   for (int it = 0; it < tiles; ++it) {
     const int buf = it & 1;
-    if (it + 1 < tiles) {
-      load_keys(it + 1, buf ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    await_tile(it, tiles, load_keys);
     const int64_t k0 = static_cast<int64_t>(it) * kDqK;
     const bf16* Kb = Ks + buf * kDqK * ldq;
     float s[kDqK / 8][4], dp[kDqK / 8][4];
@@ -411,19 +404,14 @@ size_t q_smem(const Dims& d) {
   return sizeof(bf16) * static_cast<size_t>((kDqQ + 2 * kDqK) * (d.Dqk + kPad + d.Dv + kPad));
 }
 
-// bf16 copies of the operands, released (stream-ordered) when the call ends.
-struct Bf16Copies {
-  bf16* ptr[4] = {nullptr, nullptr, nullptr, nullptr};
-  ~Bf16Copies() {
-    for (bf16* p : ptr)
-      if (p) cached_release(p);
-  }
-  cudaError_t make(int i, const float* src, int64_t stride, int64_t rows, int64_t width, cudaStream_t stream) {
-    ptr[i] = static_cast<bf16*>(cached_allocate(static_cast<size_t>(rows * width) * sizeof(bf16)));
-    if (!ptr[i]) return cudaErrorMemoryAllocation;
-    return to_bf16(src, stride, rows, width, ptr[i], stream);
-  }
-};
+// A bf16 copy (dense rows of `width`) of rows x width fp32 values with row stride `stride`.
+cudaError_t bf16_rows(DeviceScratch& scratch, const float* src, int64_t stride, int64_t rows, int64_t width,
+                      cudaStream_t stream, const bf16** out) {
+  bf16* dst = scratch.get<bf16>(rows * width);
+  *out = dst;
+  if (!dst) return cudaErrorMemoryAllocation;
+  return to_bf16(src, stride, rows, width, dst, stream);
+}
 
 cudaError_t forward(const bf16* q, const bf16* k, const bf16* v, const Dims& d, float* out, float* lse,
                     cudaStream_t stream) {
@@ -445,11 +433,12 @@ cudaError_t flash_attention_bf16(const AttentionParams& p, cudaStream_t stream) 
   if (!flash_attention_bf16_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S)) return cudaErrorInvalidValue;
   const Dims d{p.T, p.S, static_cast<int>(p.H), static_cast<int>(p.Dqk), static_cast<int>(p.Dv), p.scale};
   const int64_t qw = p.H * p.Dqk, vw = p.H * p.Dv;
-  Bf16Copies c;
-  cudaError_t e = c.make(0, p.q, qw, p.T, qw, stream);
-  if (e == cudaSuccess) e = c.make(1, p.k, p.k_stride ? p.k_stride : qw, p.S, qw, stream);
-  if (e == cudaSuccess) e = c.make(2, p.v, p.v_stride ? p.v_stride : vw, p.S, vw, stream);
-  if (e == cudaSuccess) e = forward(c.ptr[0], c.ptr[1], c.ptr[2], d, p.out, nullptr, stream);
+  DeviceScratch scratch;
+  const bf16 *q, *k, *v;
+  cudaError_t e = bf16_rows(scratch, p.q, qw, p.T, qw, stream, &q);
+  if (e == cudaSuccess) e = bf16_rows(scratch, p.k, p.k_stride ? p.k_stride : qw, p.S, qw, stream, &k);
+  if (e == cudaSuccess) e = bf16_rows(scratch, p.v, p.v_stride ? p.v_stride : vw, p.S, vw, stream, &v);
+  if (e == cudaSuccess) e = forward(q, k, v, d, p.out, nullptr, stream);
   return e;
 }
 
@@ -457,33 +446,31 @@ cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cuda
   if (!flash_attention_bf16_supported(p.H, p.H, p.Dqk, p.Dv, p.T, p.S)) return cudaErrorInvalidValue;
   const Dims d{p.T, p.S, static_cast<int>(p.H), static_cast<int>(p.Dqk), static_cast<int>(p.Dv), p.scale};
   const int64_t qw = p.H * p.Dqk, vw = p.H * p.Dv, rows = p.T * p.H;
-  Bf16Copies c;
-  cudaError_t e = c.make(0, p.q, qw, p.T, qw, stream);
-  if (e == cudaSuccess) e = c.make(1, p.k, qw, p.S, qw, stream);
-  if (e == cudaSuccess) e = c.make(2, p.v, vw, p.S, vw, stream);
-  if (e == cudaSuccess) e = c.make(3, p.dout, vw, p.T, vw, stream);
+  DeviceScratch scratch;
+  const bf16 *q, *k, *v, *g;
+  cudaError_t e = bf16_rows(scratch, p.q, qw, p.T, qw, stream, &q);
+  if (e == cudaSuccess) e = bf16_rows(scratch, p.k, qw, p.S, qw, stream, &k);
+  if (e == cudaSuccess) e = bf16_rows(scratch, p.v, vw, p.S, vw, stream, &v);
+  if (e == cudaSuccess) e = bf16_rows(scratch, p.dout, vw, p.T, vw, stream, &g);
   // Statistics: the forward again (out and logsumexp), then D = dout . out per (query, head).
-  float* out = static_cast<float*>(cached_allocate(static_cast<size_t>(rows * p.Dv) * sizeof(float)));
-  float* lse = static_cast<float*>(cached_allocate(static_cast<size_t>(rows) * sizeof(float)));
-  float* Dsum = static_cast<float*>(cached_allocate(static_cast<size_t>(rows) * sizeof(float)));
-  if (e == cudaSuccess && !(out && lse && Dsum)) e = cudaErrorMemoryAllocation;
-  if (e == cudaSuccess) e = forward(c.ptr[0], c.ptr[1], c.ptr[2], d, out, lse, stream);
+  float* out = scratch.get<float>(rows * p.Dv);
+  float* lse = scratch.get<float>(rows);
+  float* Dsum = scratch.get<float>(rows);
+  if (e == cudaSuccess && scratch.failed()) e = cudaErrorMemoryAllocation;
+  if (e == cudaSuccess) e = forward(q, k, v, d, out, lse, stream);
   if (e == cudaSuccess) e = attention_row_dots(p.dout, out, Dsum, rows, p.Dv, stream);
   if (e == cudaSuccess) e = allow_smem(bwd_kv_kernel, kv_smem(d));
   if (e == cudaSuccess) e = allow_smem(bwd_q_kernel, q_smem(d));
   if (e == cudaSuccess) {
     bwd_kv_kernel<<<dim3(tiles_of(p.S, kKvK), static_cast<unsigned>(p.H)), kThreads, kv_smem(d), stream>>>(
-        c.ptr[0], c.ptr[1], c.ptr[2], c.ptr[3], lse, Dsum, d, p.dk, p.dv);
+        q, k, v, g, lse, Dsum, d, p.dk, p.dv);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess) {
     bwd_q_kernel<<<dim3(tiles_of(p.T, kDqQ), static_cast<unsigned>(p.H)), kThreads, q_smem(d), stream>>>(
-        c.ptr[0], c.ptr[1], c.ptr[2], c.ptr[3], lse, Dsum, d, p.dq);
+        q, k, v, g, lse, Dsum, d, p.dq);
     e = cudaGetLastError();
   }
-  if (out) cached_release(out);
-  if (lse) cached_release(lse);
-  if (Dsum) cached_release(Dsum);
   return e;
 }
 

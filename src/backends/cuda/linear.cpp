@@ -52,21 +52,6 @@ namespace {
 constexpr int64_t kGemvMaxRows = 8;
 }  // namespace
 
-namespace {
-// Scratch bf16 copy of `span` fp32 values (stream-ordered: released when the caller's work is queued).
-struct Bf16Scratch {
-  void* ptr = nullptr;
-  ~Bf16Scratch() {
-    if (ptr) cached_release(ptr);
-  }
-  cudaError_t make(const float* src, int64_t span, cudaStream_t stream) {
-    ptr = cached_allocate(static_cast<size_t>(span) * 2);
-    if (!ptr) return cudaErrorMemoryAllocation;
-    return cast({.x = src, .y = ptr, .n = span, .to_bf16 = true}, stream);
-  }
-};
-}  // namespace
-
 cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   const int64_t xs = p.x_stride ? p.x_stride : p.K, ys = p.y_stride ? p.y_stride : p.N;
@@ -78,22 +63,22 @@ cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
     LinearParams q = p;
     q.w = nullptr;
     q.w_bf16 = bf16_weight_copy(p.w, span);  // the trainer's copy of its master weights, if registered
-    Bf16Scratch w;
+    DeviceScratch scratch;
     if (!q.w_bf16) {
-      const cudaError_t e = w.make(p.w, span, stream);
+      uint16_t* w16 = nullptr;
+      const cudaError_t e = scratch.bf16_copy(p.w, span, stream, &w16);
       if (e != cudaSuccess) return e;
-      q.w_bf16 = static_cast<const uint16_t*>(w.ptr);
+      q.w_bf16 = w16;
     }
     return linear(q, stream);
   }
   const bool bf16 = p.w_bf16 != nullptr;
   if (bf16 && (p.M <= kGemvMaxRows || p.K == 0)) return linear_bf16_rows(p, stream);
-  void* x_bf16 = nullptr;  // bf16(x) over the span of x the product reads, same strides
+  DeviceScratch scratch;
+  uint16_t* x_bf16 = nullptr;  // bf16(x) over the span of x the product reads, same strides
   if (bf16) {
     const int64_t span = (p.batch - 1) * p.x_batch_stride + (p.M - 1) * xs + p.K;
-    x_bf16 = cached_allocate(static_cast<size_t>(span) * 2);
-    if (!x_bf16) return cudaErrorMemoryAllocation;
-    const cudaError_t e = cast({.x = p.x, .y = x_bf16, .n = span, .to_bf16 = true}, stream);
+    const cudaError_t e = scratch.bf16_copy(p.x, span, stream, &x_bf16);
     if (e != cudaSuccess) return e;
   }
   const cudaDataType_t in_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
@@ -122,14 +107,13 @@ cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
   }
   const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
   const void* w = bf16 ? static_cast<const void*>(p.w_bf16) : p.w;
-  const void* x = bf16 ? x_bf16 : p.x;
+  const void* x = bf16 ? static_cast<const void*>(x_bf16) : p.x;
   const cublasStatus_t status =
       cublasLtMatmul(lt_handle(), op, &alpha, w, a, x, b, &beta, p.y, c, p.y, c, nullptr, lt().workspace, workspace_bytes(), stream);
   cublasLtMatrixLayoutDestroy(a);
   cublasLtMatrixLayoutDestroy(b);
   cublasLtMatrixLayoutDestroy(c);
   cublasLtMatmulDescDestroy(op);
-  if (x_bf16) cached_release(x_bf16);  // stream-ordered reuse (one stream)
   // Shapes the bf16 tensor-core kernels refuse (odd strides) take the GEMV kernels, 8 rows a pass.
   if (bf16 && status == CUBLAS_STATUS_NOT_SUPPORTED) {
     static bool warned = false;  // slow for many rows: say so once
@@ -166,10 +150,11 @@ cudaError_t linear_weight_grad(const LinearWeightGradParams& p, cudaStream_t str
     } else {
       // Bf16 products: bf16 copies of x and dy (same strides), fp32 sums into the fp32 dw.
       const bool bf16 = matmul_precision() == MatmulPrecision::Bf16;
-      Bf16Scratch x16, dy16;
+      DeviceScratch scratch;
+      uint16_t *x16 = nullptr, *dy16 = nullptr;
       if (bf16) {
-        cudaError_t e = x16.make(p.x, (p.M - 1) * xs + p.K, stream);
-        if (e == cudaSuccess) e = dy16.make(p.dy, (p.M - 1) * dys + p.N, stream);
+        cudaError_t e = scratch.bf16_copy(p.x, (p.M - 1) * xs + p.K, stream, &x16);
+        if (e == cudaSuccess) e = scratch.bf16_copy(p.dy, (p.M - 1) * dys + p.N, stream, &dy16);
         if (e != cudaSuccess) return e;
       }
       const cudaDataType_t in_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
@@ -185,8 +170,8 @@ cudaError_t linear_weight_grad(const LinearWeightGradParams& p, cudaStream_t str
       cublasLtMatrixLayoutCreate(&b, in_type, p.N, p.M, dys);
       cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, p.K, p.N, p.K);
       const float alpha = 1.0f, beta = p.accumulate ? 1.0f : 0.0f;
-      const void* x = bf16 ? x16.ptr : static_cast<const void*>(p.x);
-      const void* dy = bf16 ? dy16.ptr : static_cast<const void*>(p.dy);
+      const void* x = bf16 ? static_cast<const void*>(x16) : p.x;
+      const void* dy = bf16 ? static_cast<const void*>(dy16) : p.dy;
       const cublasStatus_t status =
           cublasLtMatmul(lt_handle(), op, &alpha, x, a, dy, b, &beta, p.dw, c, p.dw, c, nullptr, lt().workspace,
                          workspace_bytes(), stream);

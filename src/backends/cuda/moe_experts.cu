@@ -298,6 +298,13 @@ cudaError_t grouped(const MoeExpertsParams& p, const W* const* gate, const W* co
 cudaError_t moe_experts(const MoeExpertsParams& p, cudaStream_t s) {
   // Past decode sizes, tensor cores: each expert's rows then fill whole M-tiles.
   if (p.T > kTensorCoreMinTokens && moe_grouped_gemm_supported(p)) return moe_grouped_gemm(p, s);
+  if (!p.scratch) {  // the GEMV paths keep h and y per (token, slot) pair
+    DeviceScratch scratch;
+    MoeExpertsParams q = p;
+    q.scratch = scratch.get<float>(p.T * p.K * (p.F + p.D));
+    if (!q.scratch) return cudaErrorMemoryAllocation;
+    return moe_experts(q, s);
+  }
   if (p.E > 0 && p.E <= kMaxGroupedExperts && p.T * p.K <= kMaxGroupedPairs) {
     if (p.gate_bf16) return grouped<uint16_t>(p, p.gate_bf16, p.up_bf16, p.down_bf16, s);
     return grouped<float>(p, p.gate, p.up, p.down, s);

@@ -215,21 +215,6 @@ __global__ void combine_kernel(const float* y, const int32_t* slot_of_pair, cons
   }
 }
 
-// Device scratch released (stream-ordered) when the call ends.
-struct Scratch {
-  void* ptr[8] = {};
-  int used = 0;
-  ~Scratch() {
-    for (int i = 0; i < used; ++i)
-      if (ptr[i]) cached_release(ptr[i]);
-  }
-  template <typename T>
-  T* get(int64_t n) {
-    ptr[used] = cached_allocate(static_cast<size_t>(n > 0 ? n : 1) * sizeof(T));
-    return static_cast<T*>(ptr[used++]);
-  }
-};
-
 unsigned blocks_for(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;
   return static_cast<unsigned>(b < 65535 ? b : 65535);
@@ -259,18 +244,17 @@ cudaError_t moe_grouped_gemm(const MoeExpertsParams& p, cudaStream_t s) {
   if (!moe_grouped_gemm_supported(p)) return cudaErrorInvalidValue;
   if (p.T == 0) return cudaSuccess;
   const int64_t pairs = p.T * p.K;
-  Scratch sc;
-  bf16* x16 = sc.get<bf16>(p.T * p.D);
+  DeviceScratch sc;
+  uint16_t* x16 = nullptr;
+  cudaError_t e = sc.bf16_copy(p.x, p.T * p.D, s, &x16);
   int32_t* offsets = sc.get<int32_t>(p.E + 1);
   int32_t* tile_start = sc.get<int32_t>(p.E + 1);
   int32_t* sorted_token = sc.get<int32_t>(pairs);
   int32_t* slot_of_pair = sc.get<int32_t>(pairs);
   bf16* h = sc.get<bf16>(pairs * p.F);
   float* y = sc.get<float>(pairs * p.D);
-  for (int i = 0; i < sc.used; ++i)
-    if (!sc.ptr[i]) return cudaErrorMemoryAllocation;
-  cudaError_t e = cast({.x = p.x, .y = x16, .n = p.T * p.D, .to_bf16 = true}, s);
   if (e != cudaSuccess) return e;
+  if (sc.failed()) return cudaErrorMemoryAllocation;
   // Experts of few rows (V3: 256 experts, ~128 rows each at 4096 tokens) waste less in 64-row tiles.
   const int bm = pairs < 256 * p.E ? 64 : kMaxBM;
   plan_kernel<<<1, kPlanThreads, 0, s>>>(p.indices, pairs, static_cast<int>(p.K), static_cast<int>(p.E), bm, offsets,

@@ -39,7 +39,9 @@ void moe(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, con
   const bool device_grouped = ctx.backend == ops::Backend::Cuda && w.gate_table_bf16;
   if ((T <= pair_max && (w.gate_table || w.gate_table_bf16)) || device_grouped) {
     const int64_t F = c.moe_intermediate_size;
-    ops::Buffer<float> scratch(be, T * K * (F + D));
+    // Per-pair h and y of the decode-sized paths; CUDA needs none for prefill sizes (grouped GEMMs).
+    ops::Buffer<float> scratch;
+    if (T <= pair_max) scratch = ops::Buffer<float>(be, static_cast<size_t>(T * K * (F + D)));
     ops::moe_experts(ctx, {.x = x, .indices = indices.data(), .weights = weights.data(), .gate = w.gate_table,
                            .up = w.up_table, .down = w.down_table, .gate_bf16 = w.gate_table_bf16,
                            .up_bf16 = w.up_table_bf16, .down_bf16 = w.down_table_bf16, .scratch = scratch.data(), .out = out, .T = T,
