@@ -1,7 +1,7 @@
 // Routed experts for prefill-sized T on bf16 tensor cores (moe_grouped_gemm.cu) against the CPU spec
 // (cpu::moe_experts with bf16 tables: x and h rounded to bf16, fp32 sums). Cases cover uneven expert
-// loads (unused experts, one expert with several tiles; 64- and 128-row tiles), dims that are not multiples of the
-// 128 x 128 x 32 tiles (N and K tails), E = 256 with K = 8 as in V3, and the dispatch from
+// loads (unused experts, one expert with several tiles), dims that are not multiples of the
+// 128 x 256 x 64 tiles (N and K tails, more k-tiles than pipeline stages), E = 256 with K = 8 as in V3, and the dispatch from
 // cuda::moe_experts past decode sizes. GPU host only.
 //
 // Tolerance 2e-4 relative L2. Both sides round the same operands to bf16 and sum in fp32, but in
@@ -33,7 +33,9 @@ struct Case {
 TEST_F(CudaMoeGroupedGemm, MatchesCpu) {
   for (const Case& c : {Case{300, 6, 64, 256, 176, false}, Case{1000, 8, 256, 72, 40, false},
                         Case{400, 2, 3, 64, 64, true}, Case{512, 6, 64, 512, 352, true}, Case{129, 1, 1, 8, 8, false},
-                        Case{1200, 2, 4, 136, 96, true} /* 128-row tiles */}) {
+                        Case{1200, 2, 4, 136, 96, true},
+                        Case{1100, 2, 4, 520, 200, false} /* N and K tails past 256 / 64 */,
+                        Case{700, 4, 16, 328, 456, false}}) {
     SCOPED_TRACE(testing::Message() << "T" << c.T << " K" << c.K << " E" << c.E << " D" << c.D << " F" << c.F);
     std::vector<std::vector<uint16_t>> mats;  // gate, up, down per expert
     for (int64_t e = 0; e < c.E; ++e) {

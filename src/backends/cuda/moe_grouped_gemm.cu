@@ -9,26 +9,33 @@
 //   down      one grouped GEMM: y[row] = h[row] . down[e]^T in fp32, rows in expert order.
 //   combine   out[t] = sum_k weights[t, k] * y[slot_of_pair[t K + k]] (k ascending), as the spec.
 //
-// GEMM tiles: BM x 128 x 64 with BM = 128 (8 warps as 2 (M) x 4 (N) of 64 x 32) or, when experts get
-// few rows each (fewer than 256 on average), BM = 64 (warps of 32 x 32); mma.sync m16n8k16 (bf16 in,
-// fp32 accumulate), ldmatrix fragments, a 3-stage cp.async pipeline (<= 108 KB of shared memory: two
-// blocks per SM). Rows past an expert's count and columns past N are zero-filled and not stored; K must be a
+// GEMM tiles: 128 x 256 x 64 on Hopper warpgroup MMA (wgmma, sm_90a), two warpgroups per block, each
+// 64 rows x 256 columns (m64n256k16, 128 fp32 accumulators per thread). Operand tiles are 128-byte
+// swizzled (wgmma_bf16.cuh), filled by cp.async (A rows are gathered, which the bulk tensor copy cannot
+// do) in a 4-stage pipeline with one wgmma batch in flight while the next tiles land. At prefill sizes
+// these GEMMs are bound by loading operand tiles, not by the tensor cores (an expert's weights serve
+// ~128 rows on V3 shapes): 64-row tiles, which waste less of an expert's last tile, measured 1.27x
+// slower than 128-row tiles on bench-671b-l2 at 4096 tokens, since every tile streams the whole weight
+// slice. Rows past an expert's count and columns past N are zero-filled and not stored; K must be a
 // multiple of 8 (16-byte copies). Expert tiles are found by a binary search over the plan's tile
 // offsets; the grid is sized for the most tiles any routing can need, and extra blocks exit.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/mma_bf16.cuh"
+#include "backends/cuda/wgmma_bf16.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kMaxBM = 128, kBN = 128, kBK = 64, kStages = 3, kThreads = 256;
-constexpr int kLd = kBK + 8;  // padded shared row (144 bytes): the 8 rows of an ldmatrix hit distinct banks
+constexpr int kBM = 128, kBN = 256, kBK = 64, kThreads = 256;
+constexpr int kSmemLimit = 227 * 1024;  // shared memory one block may have on sm_90
+constexpr int kRowBytes = kBK * 2;  // one swizzled shared row: 64 bf16 = 128 bytes
 constexpr int kPlanThreads = 1024;
 
 using namespace ptx;
@@ -71,19 +78,36 @@ struct GemmArgs {
   const int32_t* offsets;           // [E + 1]
   const int32_t* tile_start;        // [E + 1]
   int E, N, K;
+  int col_blocks;                   // blocks across N (128 columns of h gated, 256 of y plain)
   bf16* h;                          // gated: [pairs, N] = bf16(silu(gate) * up)
   float* y;                         // plain: [pairs, N]
 };
 
-// BM = 128 (warps of 64 x 32) or 64 (32 x 32, for experts of few rows: less of the last tile wasted).
-template <bool kGated, int kBM>
-__global__ void __launch_bounds__(kThreads, 2) grouped_gemm_kernel(GemmArgs g) {
-  constexpr int kMI = kBM / 32;  // m16 tiles per warp
-  extern __shared__ __align__(128) unsigned char smem[];
-  bf16* As = reinterpret_cast<bf16*>(smem);  // [stages][BM][kLd]
-  bf16* Bs = As + kStages * kBM * kLd;       // [stages][BN][kLd]
-  __shared__ int32_t a_row[kBM];
-  const int tile = static_cast<int>(blockIdx.x);
+constexpr int kWgN = kBN;                                  // columns per warpgroup
+constexpr int kAcc = kWgN / 2;                             // fp32 accumulators per thread
+constexpr int kStageBytes = (kBM + kBN) * kRowBytes;       // 48 KB
+constexpr int kStages = (kSmemLimit - kBM * 4 - 1024) / kStageBytes;  // 4: loads run 2 tiles ahead
+constexpr size_t kSmemBytes = kStages * kStageBytes + kBM * sizeof(int32_t) + 1024;  // + alignment slack
+
+__device__ __forceinline__ void wgmma_k_tile(float (&acc)[kAcc], const unsigned char* a, const unsigned char* b) {
+  const uint64_t da = wgmma_desc_sw128(a), db = wgmma_desc_sw128(b);
+#pragma unroll
+  for (int s = 0; s < kBK / 16; ++s)  // a k16 step is 32 bytes along the swizzled row: +2 in the descriptor
+    wgmma_m64n256k16(acc, da + 2 * s, db + 2 * s);
+}
+
+// Gated: the block computes 128 output columns from 256 shared B rows, 128 gate rows then the same 128
+// up rows, so that gate and up of one column meet in one thread (accumulator blocks j and j + 16).
+// Plain: 256 output columns.
+template <bool kGated>
+__global__ void __launch_bounds__(kThreads, 1) grouped_gemm_kernel(GemmArgs g) {
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  int32_t* a_row = reinterpret_cast<int32_t*>(smem + kStages * kStageBytes);
+  // Column blocks vary fastest: the blocks that share an A tile (gathered rows) and the M-tiles of one
+  // expert run at the same time, so A and the expert's weights come from device memory about once and
+  // from L2 after (expert weights at prefill sizes are read for ~128 rows each: bandwidth-bound).
+  const int tile = static_cast<int>(blockIdx.x / g.col_blocks);
   if (tile >= g.tile_start[g.E]) return;
   int lo = 0, hi = g.E - 1;  // the expert whose tile range holds this tile: the last e with start <= tile
   while (lo < hi) {
@@ -94,7 +118,7 @@ __global__ void __launch_bounds__(kThreads, 2) grouped_gemm_kernel(GemmArgs g) {
   const int e = lo;
   const int row_begin = g.offsets[e] + (tile - g.tile_start[e]) * kBM;
   const int rows = min(kBM, g.offsets[e + 1] - row_begin);
-  const int n0 = static_cast<int>(blockIdx.y) * (kGated ? kBN / 2 : kBN);
+  const int n0 = static_cast<int>(blockIdx.x % g.col_blocks) * (kGated ? kBN / 2 : kBN);
   if (threadIdx.x < kBM) {
     const int r = static_cast<int>(threadIdx.x);
     a_row[r] = r < rows ? (g.a_rows ? g.a_rows[row_begin + r] : row_begin + r) : -1;
@@ -104,95 +128,83 @@ __global__ void __launch_bounds__(kThreads, 2) grouped_gemm_kernel(GemmArgs g) {
   const bf16* w1 = kGated ? reinterpret_cast<const bf16*>(g.w1[e]) : w0;
 
   auto load_stage = [&](int stage, int k0) {
-    bf16* as = As + stage * kBM * kLd;
-    bf16* bs = Bs + stage * kBN * kLd;
+    unsigned char* as = smem + stage * kStageBytes;
+    unsigned char* bs = as + kBM * kRowBytes;
     for (int i = threadIdx.x; i < kBM * (kBK / 8); i += kThreads) {
-      const int r = i / (kBK / 8), c = (i % (kBK / 8)) * 8;
+      const int r = i / (kBK / 8), c = i % (kBK / 8);
       const int src = a_row[r];
-      const bool ok = src >= 0 && k0 + c < g.K;
-      cp_async16(as + r * kLd + c, ok ? g.a + static_cast<int64_t>(src) * g.K + k0 + c : g.a, ok);
+      const bool ok = src >= 0 && k0 + 8 * c < g.K;
+      cp_async16(as + sw128_offset(r, c), ok ? g.a + static_cast<int64_t>(src) * g.K + k0 + 8 * c : g.a, ok);
     }
     for (int i = threadIdx.x; i < kBN * (kBK / 8); i += kThreads) {
-      const int r = i / (kBK / 8), c = (i % (kBK / 8)) * 8;
-      // Gated: shared rows 0..63 are gate rows n0.., rows 64..127 the same rows of up.
+      const int r = i / (kBK / 8), c = i % (kBK / 8);
+      // Gated: shared rows 0..127 are gate rows n0.., rows 128..255 the same rows of up.
       const int n = kGated ? n0 + (r & (kBN / 2 - 1)) : n0 + r;
       const bf16* w = kGated && r >= kBN / 2 ? w1 : w0;
-      const bool ok = n < g.N && k0 + c < g.K;
-      cp_async16(bs + r * kLd + c, ok ? w + static_cast<int64_t>(n) * g.K + k0 + c : w0, ok);
+      const bool ok = n < g.N && k0 + 8 * c < g.K;
+      cp_async16(bs + sw128_offset(r, c), ok ? w + static_cast<int64_t>(n) * g.K + k0 + 8 * c : w0, ok);
     }
   };
 
   const int ktiles = (g.K + kBK - 1) / kBK;
+  // kStages - 2 tiles ahead: the slot refilled in step kt held tile kt - 2, whose wgmma every warpgroup
+  // has finished (wgmma_wait<1> after issuing kt - 1) before the barrier of step kt.
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
+  for (int s = 0; s < kStages - 2; ++s) {
     if (s < ktiles) load_stage(s, s * kBK);
     cp_async_commit();
   }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wm = warp / 4, wn = warp % 4;
-  float acc[kMI][4][4];
+  const int wg = threadIdx.x / 128;
+  const int a_off = wg * 64 * kRowBytes, b_off = kBM * kRowBytes;  // this warpgroup's A rows; all of B
+  float acc[kAcc];
 #pragma unroll
-  for (int i = 0; i < kMI; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.0f;
-  // This warp's two 16-row groups of B (each two n8 tiles): gated, 16 gate then the same 16 up rows.
-  const int b_row0 = kGated ? 16 * wn : 32 * wn, b_row1 = kGated ? kBN / 2 + 16 * wn : 32 * wn + 16;
-  const int a_lane = (wm * (kBM / 2) + (lane % 16)) * kLd + 8 * (lane / 16);
-  const int b_lane = ((lane % 8) + 8 * (lane / 16)) * kLd + 8 * ((lane / 8) % 2);
+  for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
+  wgmma_fence_operands(acc);
 
   for (int kt = 0; kt < ktiles; ++kt) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // tile kt landed for all threads; the slot of tile kt-1 is free
-    const int pf = kt + kStages - 1;
+    cp_async_wait<kStages - 3>();
+    fence_proxy_async();  // this thread's cp.async data, visible to the tensor cores' async proxy
+    __syncthreads();
+    const int pf = kt + kStages - 2;
     if (pf < ktiles) load_stage(pf % kStages, pf * kBK);
     cp_async_commit();
-    const bf16* as = As + (kt % kStages) * kBM * kLd;
-    const bf16* bs = Bs + (kt % kStages) * kBN * kLd;
-#pragma unroll
-    for (int kk = 0; kk < kBK; kk += 16) {
-      uint32_t af[kMI][4], bfr[2][4];
-#pragma unroll
-      for (int i = 0; i < kMI; ++i) ldsm_x4(af[i], as + a_lane + i * 16 * kLd + kk);
-      ldsm_x4(bfr[0], bs + b_row0 * kLd + b_lane + kk);
-      ldsm_x4(bfr[1], bs + b_row1 * kLd + b_lane + kk);
-#pragma unroll
-      for (int i = 0; i < kMI; ++i)
-#pragma unroll
-        for (int jj = 0; jj < 2; ++jj) {
-          mma_bf16(acc[i][2 * jj], af[i], bfr[jj][0], bfr[jj][1]);
-          mma_bf16(acc[i][2 * jj + 1], af[i], bfr[jj][2], bfr[jj][3]);
-        }
-    }
+    const unsigned char* stage = smem + (kt % kStages) * kStageBytes;
+    wgmma_fence();
+    wgmma_k_tile(acc, stage + a_off, stage + b_off);
+    wgmma_commit();
+    wgmma_wait<1>();
+    wgmma_fence_operands(acc);
   }
+  wgmma_wait<0>();
+  wgmma_fence_operands(acc);
   cp_async_wait<0>();
 
-  const int gq = lane / 4, t = lane % 4;
+  const int lane = threadIdx.x % 32, gq = lane / 4, t = lane % 4, warp_in_wg = (threadIdx.x / 32) % 4;
+  const int row0 = 64 * wg + 16 * warp_in_wg + gq;
 #pragma unroll
-  for (int i = 0; i < kMI; ++i)
+  for (int half = 0; half < 2; ++half) {
+    const int r = row0 + 8 * half;
+    if (r >= rows) continue;
+    const int64_t out_row = row_begin + r;
+    if (kGated) {
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int r = wm * (kBM / 2) + i * 16 + gq + 8 * half;
-      if (r >= rows) continue;
-      const int64_t out_row = row_begin + r;
-      if (kGated) {
+      for (int j = 0; j < kWgN / 16; ++j) {
+        const int col = n0 + 8 * j + 2 * t;
+        if (col >= g.N) continue;
+        const float g0 = acc[4 * j + 2 * half], g1 = acc[4 * j + 2 * half + 1];
+        const float u0 = acc[4 * (j + kWgN / 16) + 2 * half], u1 = acc[4 * (j + kWgN / 16) + 2 * half + 1];
+        const float h0 = g0 / (1.0f + __expf(-g0)) * u0, h1 = g1 / (1.0f + __expf(-g1)) * u1;
+        *reinterpret_cast<__nv_bfloat162*>(g.h + out_row * g.N + col) = __floats2bfloat162_rn(h0, h1);
+      }
+    } else {
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int col = n0 + 16 * wn + 8 * j + 2 * t;
-          if (col >= g.N) continue;
-          const float g0 = acc[i][j][2 * half], g1 = acc[i][j][2 * half + 1];
-          const float u0 = acc[i][j + 2][2 * half], u1 = acc[i][j + 2][2 * half + 1];
-          const float h0 = g0 / (1.0f + __expf(-g0)) * u0, h1 = g1 / (1.0f + __expf(-g1)) * u1;
-          *reinterpret_cast<__nv_bfloat162*>(g.h + out_row * g.N + col) = __floats2bfloat162_rn(h0, h1);
-        }
-      } else {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int col = n0 + 32 * wn + 8 * j + 2 * t;
-          if (col >= g.N) continue;
-          *reinterpret_cast<float2*>(g.y + out_row * g.N + col) =
-              make_float2(acc[i][j][2 * half], acc[i][j][2 * half + 1]);
-        }
+      for (int j = 0; j < kWgN / 8; ++j) {
+        const int col = n0 + 8 * j + 2 * t;
+        if (col >= g.N) continue;
+        *reinterpret_cast<float2*>(g.y + out_row * g.N + col) = make_float2(acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]);
       }
     }
+  }
 }
 
 // out[t, :] = sum_k weights[t K + k] * y[slot_of_pair[t K + k], :], k ascending; D a multiple of 4.
@@ -220,16 +232,14 @@ unsigned blocks_for(int64_t n, int threads) {
   return static_cast<unsigned>(b < 65535 ? b : 65535);
 }
 
-template <int kBM>
-cudaError_t launch(const GemmArgs& up, const GemmArgs& down, dim3 up_grid, dim3 down_grid, cudaStream_t s) {
-  const size_t smem = static_cast<size_t>(kStages) * (kBM + kBN) * kLd * sizeof(bf16);
-  for (auto kernel : {grouped_gemm_kernel<true, kBM>, grouped_gemm_kernel<false, kBM>}) {
+cudaError_t launch(const GemmArgs& up, const GemmArgs& down, unsigned max_tiles, cudaStream_t s) {
+  for (auto kernel : {grouped_gemm_kernel<true>, grouped_gemm_kernel<false>}) {
     const cudaError_t e =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes));
     if (e != cudaSuccess) return e;
   }
-  grouped_gemm_kernel<true, kBM><<<up_grid, kThreads, smem, s>>>(up);
-  grouped_gemm_kernel<false, kBM><<<down_grid, kThreads, smem, s>>>(down);
+  grouped_gemm_kernel<true><<<max_tiles * up.col_blocks, kThreads, kSmemBytes, s>>>(up);
+  grouped_gemm_kernel<false><<<max_tiles * down.col_blocks, kThreads, kSmemBytes, s>>>(down);
   return cudaGetLastError();
 }
 
@@ -237,7 +247,9 @@ cudaError_t launch(const GemmArgs& up, const GemmArgs& down, dim3 up_grid, dim3 
 
 bool moe_grouped_gemm_supported(const MoeExpertsParams& p) {
   return p.gate_bf16 && p.up_bf16 && p.down_bf16 && p.E > 0 && p.E <= kMaxGroupedGemmExperts && p.K > 0 &&
-         p.D % 8 == 0 && p.F % 8 == 0 && p.T * p.K < (int64_t{1} << 30);
+         p.D % 8 == 0 && p.F % 8 == 0 && p.T * p.K < (int64_t{1} << 30) &&
+         // the 1-D grid of (M-tile, column block) pairs
+         (p.T * p.K / kBM + 1 + p.E) * ((std::max(p.D, 2 * p.F) + kBN - 1) / kBN) < (int64_t{1} << 31);
 }
 
 cudaError_t moe_grouped_gemm(const MoeExpertsParams& p, cudaStream_t s) {
@@ -255,19 +267,16 @@ cudaError_t moe_grouped_gemm(const MoeExpertsParams& p, cudaStream_t s) {
   float* y = sc.get<float>(pairs * p.D);
   if (e != cudaSuccess) return e;
   if (sc.failed()) return cudaErrorMemoryAllocation;
-  // Experts of few rows (V3: 256 experts, ~128 rows each at 4096 tokens) waste less in 64-row tiles.
-  const int bm = pairs < 256 * p.E ? 64 : kMaxBM;
-  plan_kernel<<<1, kPlanThreads, 0, s>>>(p.indices, pairs, static_cast<int>(p.K), static_cast<int>(p.E), bm, offsets,
+  plan_kernel<<<1, kPlanThreads, 0, s>>>(p.indices, pairs, static_cast<int>(p.K), static_cast<int>(p.E), kBM, offsets,
                                          tile_start, sorted_token, slot_of_pair);
   // Any routing needs at most ceil(pairs / BM) + E tiles (each expert wastes at most one partial tile).
-  const unsigned max_tiles = static_cast<unsigned>((pairs + bm - 1) / bm + p.E);
+  const unsigned max_tiles = static_cast<unsigned>((pairs + kBM - 1) / kBM + p.E);
   const int E = static_cast<int>(p.E), D = static_cast<int>(p.D), F = static_cast<int>(p.F);
+  const int up_cols = (F + kBN / 2 - 1) / (kBN / 2), down_cols = (D + kBN - 1) / kBN;
   const GemmArgs up{reinterpret_cast<const bf16*>(x16), sorted_token, p.gate_bf16, p.up_bf16, offsets, tile_start,
-                    E, F, D, h, nullptr};
-  const GemmArgs down{h, nullptr, p.down_bf16, nullptr, offsets, tile_start, E, D, F, nullptr, y};
-  const dim3 up_grid(max_tiles, static_cast<unsigned>((F + kBN / 2 - 1) / (kBN / 2)));
-  const dim3 down_grid(max_tiles, static_cast<unsigned>((D + kBN - 1) / kBN));
-  e = bm == 64 ? launch<64>(up, down, up_grid, down_grid, s) : launch<kMaxBM>(up, down, up_grid, down_grid, s);
+                    E, F, D, up_cols, h, nullptr};
+  const GemmArgs down{h, nullptr, p.down_bf16, nullptr, offsets, tile_start, E, D, F, down_cols, nullptr, y};
+  e = launch(up, down, max_tiles, s);
   if (e != cudaSuccess) return e;
   combine_kernel<<<blocks_for(p.T * p.D / 4, 256), 256, 0, s>>>(y, slot_of_pair, p.weights, p.T, static_cast<int>(p.K),
                                                                p.D, p.out);
