@@ -26,6 +26,7 @@
 
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/mma_bf16.cuh"
+#include "backends/cuda/wgmma_bf16.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -146,58 +147,105 @@ struct Dims {
   float scale;
 };
 
-// ---- forward: block = 64 queries (16 per warp) x one head; key tiles of 64, double-buffered ----
-constexpr int kFwdQ = 16 * kWarps, kFwdK = 64;  // 109 KB of shared memory at 192 / 128: two blocks per SM
+// ---- forward on warpgroup MMA (wgmma, sm_90a): block = 128 queries (64 per warpgroup) x one head ----
+// Operands come packed head-major (pack_heads*): Qp [H][Tp][Dp], Kp [H][Sp][Dp] with the q.k dim padded
+// to Dp (a multiple of 64) and rows to Tp / Sp (multiples of 128 / 64), and V transposed, Vt [H][128][Sp]
+// (v dims padded to 128), all zero-filled, so that every tile is whole and 128-byte rows of 64 bf16 go
+// into 128-byte-swizzled shared tiles (wgmma_bf16.cuh) without bounds checks. Per 64-key tile and
+// warpgroup: S (64 x 64) = Q K^T from shared memory (Dp / 16 wgmma steps); the online softmax on the
+// accumulators; P, rounded to bf16, stays in registers as the A operand of O (64 x 128) += P V, whose B
+// is the Vt tile (keys contiguous: "K-major"). Key tiles are double-buffered by cp.async.
+constexpr int kFwdQ = 128, kFwdK = 64, kFwdThreads = 256, kFwdDv = 128;
 
-__global__ void __launch_bounds__(kThreads, 2)
-    fwd_kernel(const bf16* q, const bf16* k, const bf16* v, Dims d, float* out, float* lse) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  const int ldq = d.Dqk + kPad, ldv = d.Dv + kPad;
-  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [64][ldq]
-  bf16* Ks = Qs + kFwdQ * ldq;               // [2][64][ldq]
-  bf16* Vs = Ks + 2 * kFwdK * ldq;           // [2][64][ldv]
+template <int kDp>
+struct FwdSmem {
+  static constexpr int kQBytes = kFwdQ * kDp * 2;                  // kDp / 64 column blocks of [128][128 B]
+  static constexpr int kKBytes = kFwdK * kDp * 2;                  // kDp / 64 column blocks of [64][128 B]
+  static constexpr int kVBytes = kFwdDv * kFwdK * 2;               // [128 v dims][64 keys]
+  static constexpr int kStageBytes = kKBytes + kVBytes;
+  static constexpr size_t kBytes = kQBytes + 2 * kStageBytes + 1024;  // + alignment slack
+};
+
+// rows x (kDp / 8) 16-byte chunks of a packed [rows][kDp] tile into column blocks of [rows][128 B].
+template <int kDp>
+__device__ __forceinline__ void load_swizzled(unsigned char* dst, const bf16* src, int rows) {
+  constexpr int chunks = kDp / 8;
+  for (int i = threadIdx.x; i < rows * chunks; i += kFwdThreads) {
+    const int r = i / chunks, c = i % chunks;
+    cp_async16(dst + (c / 8) * rows * 128 + sw128_offset(r, c % 8), src + static_cast<int64_t>(r) * kDp + 8 * c, true);
+  }
+}
+
+template <int kDp>
+__global__ void __launch_bounds__(kFwdThreads, 1)
+    fwd_kernel(const bf16* qp, const bf16* kp, const bf16* vt, Dims d, int64_t Tp, int64_t Sp, float* out, float* lse) {
+  using L = FwdSmem<kDp>;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* Qs = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  unsigned char* stages = Qs + L::kQBytes;
   const int64_t t0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kFwdQ;  // the longest rows first
-  const int h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t qs = static_cast<int64_t>(d.H) * d.Dqk, vs = static_cast<int64_t>(d.H) * d.Dv, offset = d.S - d.T;
-  const int rows = static_cast<int>(d.T - t0 < kFwdQ ? d.T - t0 : kFwdQ);
-  const bf16 *qh = q + h * d.Dqk, *kh = k + h * d.Dqk, *vh = v + h * d.Dv;
-  const int64_t key_end = d.S < t0 + rows + offset ? d.S : t0 + rows + offset;  // keys some row sees
+  const int h = blockIdx.y, wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t offset = d.S - d.T;
+  const int64_t key_end = d.S < t0 + kFwdQ + offset ? d.S : t0 + kFwdQ + offset;  // keys some row sees
   const int tiles = static_cast<int>((key_end + kFwdK - 1) / kFwdK);
-  auto load_keys = [&](int tile, int buf) {
+  const bf16* kh = kp + h * Sp * kDp;
+  const bf16* vh = vt + static_cast<int64_t>(h) * kFwdDv * Sp;
+  auto load_keys = [&](int tile) {
+    unsigned char* st = stages + (tile & 1) * L::kStageBytes;
     const int64_t k0 = static_cast<int64_t>(tile) * kFwdK;
-    const int keys = static_cast<int>(d.S - k0 < kFwdK ? d.S - k0 : kFwdK);
-    load_tile(Ks + buf * kFwdK * ldq, ldq, kh, k0, kFwdK, keys, qs, d.Dqk);
-    load_tile(Vs + buf * kFwdK * ldv, ldv, vh, k0, kFwdK, keys, vs, d.Dv);
+    load_swizzled<kDp>(st, kh + k0 * kDp, kFwdK);
+    for (int i = threadIdx.x; i < kFwdDv * (kFwdK / 8); i += kFwdThreads) {
+      const int r = i / (kFwdK / 8), c = i % (kFwdK / 8);
+      cp_async16(st + L::kKBytes + sw128_offset(r, c), vh + r * Sp + k0 + 8 * c, true);
+    }
   };
-  load_tile(Qs, ldq, qh, t0, kFwdQ, rows, qs, d.Dqk);
-  load_keys(0, 0);
+  load_swizzled<kDp>(Qs, qp + (h * Tp + t0) * kDp, kFwdQ);
+  load_keys(0);
   cp_async_commit();
 
-  float o[kMaxDv / 8][4];
-  zero(o);
+  float o[64], s[32];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.0f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // running max (log2 units) and sum
-  const int64_t row0 = t0 + warp * 16 + g, row1 = row0 + 8;
+  const int64_t wg_row = t0 + 64 * wg, row0 = wg_row + 16 * warp + g, row1 = row0 + 8;
   const float scale2 = d.scale * kLog2e;
-  const bf16* Qw = Qs + warp * 16 * ldq;
   for (int it = 0; it < tiles; ++it) {
-    const int buf = it & 1;
-    await_tile(it, tiles, load_keys);
+    cp_async_wait<0>();
+    fence_proxy_async();  // this thread's copies, visible to the tensor cores
+    __syncthreads();      // tile it landed for all; every warpgroup is done with tile it - 1
+    if (it + 1 < tiles) load_keys(it + 1);
+    cp_async_commit();
     const int64_t k0 = static_cast<int64_t>(it) * kFwdK;
-    float s[kFwdK / 8][4];
-    zero(s);
-    rows_times_rows<kFwdK / 8>(s, Qw, ldq, Ks + buf * kFwdK * ldq, ldq, d.Dqk, lane);
+    if (k0 > wg_row + 63 + offset) continue;  // every key of the tile is past this warpgroup's diagonal
+    const unsigned char* st = stages + (it & 1) * L::kStageBytes;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s[i] = 0.0f;
+    wgmma_fence_operands(s);
+    wgmma_fence();
+#pragma unroll
+    for (int kb = 0; kb < kDp / 64; ++kb) {
+      const uint64_t dq = wgmma_desc_sw128(Qs + kb * kFwdQ * 128 + wg * 64 * 128);
+      const uint64_t dk = wgmma_desc_sw128(st + kb * kFwdK * 128);
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(s, dq + 2 * ks, dk + 2 * ks);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(s);
     // Only tiles reaching past the diagonal of some row of this warp (or past S) need the mask.
-    const bool masked = k0 + kFwdK > d.S || k0 + kFwdK - 1 > t0 + warp * 16 + offset;
+    const bool masked = k0 + kFwdK > d.S || k0 + kFwdK - 1 > wg_row + 16 * warp + offset;
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < kFwdK / 8; ++j)
+    for (int j = 0; j < 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int64_t key = k0 + 8 * j + 2 * t + (e & 1), row = e < 2 ? row0 : row1;
         const bool visible = !masked || (key < d.S && key <= row + offset);
-        s[j][e] = visible ? s[j][e] * scale2 : -INFINITY;
-        if (e < 2) mx0 = fmaxf(mx0, s[j][e]);
-        else mx1 = fmaxf(mx1, s[j][e]);
+        float& x = s[4 * j + e];
+        x = visible ? x * scale2 : -INFINITY;
+        if (e < 2) mx0 = fmaxf(mx0, x);
+        else mx1 = fmaxf(mx1, x);
       }
     const float n0 = fmaxf(m0, quad_max(mx0)), n1 = fmaxf(m1, quad_max(mx1));
     // A row with no visible key yet keeps max -inf: its probabilities are 0, not exp(nan).
@@ -205,32 +253,91 @@ __global__ void __launch_bounds__(kThreads, 2)
     const float a0 = exp2f(m0 - b0), a1 = exp2f(m1 - b1);
     float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kFwdK / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float pr = exp2f(s[j][e] - (e < 2 ? b0 : b1));
-        s[j][e] = pr;
-        if (e < 2) sum0 += pr;
-        else sum1 += pr;
-      }
+    for (int i = 0; i < 32; ++i) {
+      const float pr = exp2f(s[i] - ((i & 2) ? b1 : b0));
+      s[i] = pr;
+      if (i & 2) sum1 += pr;
+      else sum0 += pr;
+    }
     l0 = l0 * a0 + quad_sum(sum0);
     l1 = l1 * a1 + quad_sum(sum1);
     m0 = n0;
     m1 = n1;
 #pragma unroll
-    for (int n = 0; n < kMaxDv / 8; ++n) {
-      o[n][0] *= a0;
-      o[n][1] *= a0;
-      o[n][2] *= a1;
-      o[n][3] *= a1;
+    for (int i = 0; i < 64; ++i) o[i] *= (i & 2) ? a1 : a0;
+    // P's accumulator blocks 2ks, 2ks + 1 (keys 16ks .. 16ks + 15) are the A fragment of step ks.
+    uint32_t pa[4][4];
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      pa[ks][0] = pack(s[8 * ks + 0], s[8 * ks + 1]);
+      pa[ks][1] = pack(s[8 * ks + 2], s[8 * ks + 3]);
+      pa[ks][2] = pack(s[8 * ks + 4], s[8 * ks + 5]);
+      pa[ks][3] = pack(s[8 * ks + 6], s[8 * ks + 7]);
     }
-    regs_times_rows<kFwdK / 8, kMaxDv / 8>(o, s, Vs + buf * kFwdK * ldv, ldv, d.Dv, lane);
-    __syncthreads();  // this buffer is refilled by the next iteration's prefetch
+    wgmma_fence_operands(o);
+    wgmma_fence();
+    const uint64_t dv = wgmma_desc_sw128(st + L::kKBytes);
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wgmma_m64n128k16_rs(o, pa[ks], dv + 2 * ks);
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(o);
   }
-  store_rows(out + h * d.Dv, vs, row0, d.T, d.Dv, o, l0 > 0.0f ? 1.0f / l0 : 0.0f, l1 > 0.0f ? 1.0f / l1 : 0.0f, t);
+  const float f0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, f1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+  const int64_t os = static_cast<int64_t>(d.H) * d.Dv;
+#pragma unroll
+  for (int j = 0; j < kFwdDv / 8; ++j) {
+    const int col = 8 * j + 2 * t;
+    if (col >= d.Dv) break;
+    if (row0 < d.T) *reinterpret_cast<float2*>(out + row0 * os + h * d.Dv + col) = make_float2(o[4 * j] * f0, o[4 * j + 1] * f0);
+    if (row1 < d.T)
+      *reinterpret_cast<float2*>(out + row1 * os + h * d.Dv + col) = make_float2(o[4 * j + 2] * f1, o[4 * j + 3] * f1);
+  }
   if (lse && t == 0) {  // natural-log units, as the backward kernels read them
     if (row0 < d.T) lse[row0 * d.H + h] = (m0 + log2f(l0)) * kLn2;
     if (row1 < d.T) lse[row1 * d.H + h] = (m1 + log2f(l1)) * kLn2;
+  }
+}
+
+// dst[h][r][c] = bf16(src[r * stride + h * D + c]) for r < rows, c < D; zero up to [H][rows_pad][width_pad].
+__global__ void pack_heads_kernel(const float* src, int64_t stride, int64_t rows, int D, int H, int64_t rows_pad,
+                                  int width_pad, bf16* dst) {
+  const int chunks = width_pad / 8;
+  const int64_t n = static_cast<int64_t>(H) * rows_pad * chunks;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int c8 = static_cast<int>(i % chunks);
+    const int64_t r = (i / chunks) % rows_pad;
+    const int h = static_cast<int>(i / (chunks * rows_pad));
+    __align__(16) bf16 v[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int c = 8 * c8 + u;
+      v[u] = __float2bfloat16_rn(r < rows && c < D ? src[r * stride + static_cast<int64_t>(h) * D + c] : 0.0f);
+    }
+    *reinterpret_cast<uint4*>(dst + i * 8) = *reinterpret_cast<const uint4*>(v);
+  }
+}
+
+// dst[h][c][r] = bf16(src[r * stride + h * D + c]) for r < rows, c < D; zero up to [H][width_pad][rows_pad]
+// (both pads multiples of 32). Through a 32 x 32 shared tile, so that reads and writes are coalesced.
+__global__ void pack_heads_transposed_kernel(const float* src, int64_t stride, int64_t rows, int D, int64_t rows_pad,
+                                             int width_pad, bf16* dst) {
+  __shared__ float tile[32][33];
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * 32;
+  const int c0 = static_cast<int>(blockIdx.y) * 32, h = static_cast<int>(blockIdx.z);
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;  // 32 x 8 threads
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t r = r0 + ty + 8 * i;
+    const int c = c0 + tx;
+    tile[ty + 8 * i][tx] = r < rows && c < D ? src[r * stride + static_cast<int64_t>(h) * D + c] : 0.0f;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int c = c0 + ty + 8 * i;
+    dst[(static_cast<int64_t>(h) * width_pad + c) * rows_pad + r0 + tx] = __float2bfloat16_rn(tile[tx][ty + 8 * i]);
   }
 }
 
@@ -394,9 +501,6 @@ cudaError_t allow_smem(Kernel kernel, size_t bytes) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 unsigned tiles_of(int64_t n, int tile) { return static_cast<unsigned>((n + tile - 1) / tile); }
-size_t fwd_smem(const Dims& d) {
-  return sizeof(bf16) * static_cast<size_t>((kFwdQ + 2 * kFwdK) * (d.Dqk + kPad) + 2 * kFwdK * (d.Dv + kPad));
-}
 size_t kv_smem(const Dims& d) {
   return sizeof(bf16) * static_cast<size_t>((kKvK + 2 * kKvQ) * (d.Dqk + kPad + d.Dv + kPad));
 }
@@ -413,13 +517,41 @@ cudaError_t bf16_rows(DeviceScratch& scratch, const float* src, int64_t stride, 
   return to_bf16(src, stride, rows, width, dst, stream);
 }
 
-cudaError_t forward(const bf16* q, const bf16* k, const bf16* v, const Dims& d, float* out, float* lse,
-                    cudaStream_t stream) {
-  const size_t smem = fwd_smem(d);
-  const cudaError_t e = allow_smem(fwd_kernel, smem);
+template <int kDp>
+cudaError_t forward_kernel(const bf16* q, const bf16* k, const bf16* vt, const Dims& d, int64_t Tp, int64_t Sp,
+                           float* out, float* lse, cudaStream_t stream) {
+  const cudaError_t e = allow_smem(fwd_kernel<kDp>, FwdSmem<kDp>::kBytes);
   if (e != cudaSuccess) return e;
-  fwd_kernel<<<dim3(tiles_of(d.T, kFwdQ), static_cast<unsigned>(d.H)), kThreads, smem, stream>>>(q, k, v, d, out, lse);
+  fwd_kernel<kDp><<<dim3(tiles_of(d.T, kFwdQ), static_cast<unsigned>(d.H)), kFwdThreads, FwdSmem<kDp>::kBytes, stream>>>(
+      q, k, vt, d, Tp, Sp, out, lse);
   return cudaGetLastError();
+}
+
+// out (and lse when not null) of causal attention from fp32 q [T, H, Dqk] dense and k / v rows of
+// strides k_stride / v_stride: packs bf16 head-major copies, then the wgmma kernel.
+cudaError_t forward(const float* q, const float* k, int64_t k_stride, const float* v, int64_t v_stride, const Dims& d,
+                    float* out, float* lse, cudaStream_t stream) {
+  const int Dp = (d.Dqk + 63) / 64 * 64;
+  const int64_t Tp = (d.T + kFwdQ - 1) / kFwdQ * kFwdQ, Sp = (d.S + kFwdK - 1) / kFwdK * kFwdK;
+  DeviceScratch scratch;
+  bf16* qp = scratch.get<bf16>(d.H * Tp * Dp);
+  bf16* kp = scratch.get<bf16>(d.H * Sp * Dp);
+  bf16* vt = scratch.get<bf16>(d.H * kFwdDv * Sp);
+  if (scratch.failed()) return cudaErrorMemoryAllocation;
+  auto blocks = [](int64_t n) { return static_cast<unsigned>((n + 255) / 256 < 65536 ? (n + 255) / 256 : 65536); };
+  pack_heads_kernel<<<blocks(d.H * Tp * Dp / 8), 256, 0, stream>>>(q, static_cast<int64_t>(d.H) * d.Dqk, d.T, d.Dqk,
+                                                                   d.H, Tp, Dp, qp);
+  pack_heads_kernel<<<blocks(d.H * Sp * Dp / 8), 256, 0, stream>>>(k, k_stride, d.S, d.Dqk, d.H, Sp, Dp, kp);
+  pack_heads_transposed_kernel<<<dim3(static_cast<unsigned>(Sp / 32), kFwdDv / 32, static_cast<unsigned>(d.H)), 256, 0,
+                                 stream>>>(v, v_stride, d.S, d.Dv, Sp, kFwdDv, vt);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  switch (Dp) {
+    case 64: return forward_kernel<64>(qp, kp, vt, d, Tp, Sp, out, lse, stream);
+    case 128: return forward_kernel<128>(qp, kp, vt, d, Tp, Sp, out, lse, stream);
+    case 192: return forward_kernel<192>(qp, kp, vt, d, Tp, Sp, out, lse, stream);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace
@@ -433,13 +565,7 @@ cudaError_t flash_attention_bf16(const AttentionParams& p, cudaStream_t stream) 
   if (!flash_attention_bf16_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S)) return cudaErrorInvalidValue;
   const Dims d{p.T, p.S, static_cast<int>(p.H), static_cast<int>(p.Dqk), static_cast<int>(p.Dv), p.scale};
   const int64_t qw = p.H * p.Dqk, vw = p.H * p.Dv;
-  DeviceScratch scratch;
-  const bf16 *q, *k, *v;
-  cudaError_t e = bf16_rows(scratch, p.q, qw, p.T, qw, stream, &q);
-  if (e == cudaSuccess) e = bf16_rows(scratch, p.k, p.k_stride ? p.k_stride : qw, p.S, qw, stream, &k);
-  if (e == cudaSuccess) e = bf16_rows(scratch, p.v, p.v_stride ? p.v_stride : vw, p.S, vw, stream, &v);
-  if (e == cudaSuccess) e = forward(q, k, v, d, p.out, nullptr, stream);
-  return e;
+  return forward(p.q, p.k, p.k_stride ? p.k_stride : qw, p.v, p.v_stride ? p.v_stride : vw, d, p.out, nullptr, stream);
 }
 
 cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cudaStream_t stream) {
@@ -457,7 +583,7 @@ cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cuda
   float* lse = scratch.get<float>(rows);
   float* Dsum = scratch.get<float>(rows);
   if (e == cudaSuccess && scratch.failed()) e = cudaErrorMemoryAllocation;
-  if (e == cudaSuccess) e = forward(q, k, v, d, out, lse, stream);
+  if (e == cudaSuccess) e = forward(p.q, p.k, qw, p.v, vw, d, out, lse, stream);
   if (e == cudaSuccess) e = attention_row_dots(p.dout, out, Dsum, rows, p.Dv, stream);
   if (e == cudaSuccess) e = allow_smem(bwd_kv_kernel, kv_smem(d));
   if (e == cudaSuccess) e = allow_smem(bwd_q_kernel, q_smem(d));
