@@ -192,6 +192,8 @@ void copy2d(const Context& ctx, const Copy2dParams& p) {
   DSV_CHECK(p.dst, "copy2d: null destination");
   DSV_CHECK(p.src_stride >= p.cols && p.dst_stride >= p.cols, "copy2d: strides ({}, {}) below cols {}",
             p.src_stride, p.dst_stride, p.cols);
+  DSV_CHECK(p.batch >= 1 && p.src_batch_stride >= 0 && p.dst_batch_stride >= 0, "copy2d: batch {} with strides ({}, {})",
+            p.batch, p.src_batch_stride, p.dst_batch_stride);
   run(ctx, p, cpu::copy2d, &BackendTable::copy2d, "copy2d");
 }
 

@@ -130,11 +130,14 @@ struct AddParams {
 };
 void add(const Context& ctx, const AddParams& p);
 
-// dst[r, c] = src[r, c] for r < rows, c < cols (row strides in elements); value = 0 fills dst when src is null.
+// dst[b][r, c] = src[b][r, c] for b < batch, r < rows, c < cols (strides in elements; copy b starts
+// b * src_batch_stride / b * dst_batch_stride further on; a source batch stride of 0 copies the same
+// rows into every destination); zeros fill dst when src is null.
 struct Copy2dParams {
   const float* src = nullptr;
   float* dst = nullptr;
   int64_t rows = 0, cols = 0, src_stride = 0, dst_stride = 0;
+  int64_t batch = 1, src_batch_stride = 0, dst_batch_stride = 0;
 };
 void copy2d(const Context& ctx, const Copy2dParams& p);
 

@@ -64,9 +64,8 @@ void mla_forward(const ops::Context& ctx, const ModelConfig& c, const MlaWeights
   if (Dn > 0)
     ops::copy2d(ctx, {.src = kv.data(), .dst = s.k.data(), .rows = T * H, .cols = Dn, .src_stride = Dn + Dv,
                       .dst_stride = Dqk});
-  for (int64_t h = 0; h < H; ++h)
-    ops::copy2d(ctx, {.src = k_rope.data(), .dst = s.k.data() + h * Dqk + Dn, .rows = T, .cols = R, .src_stride = R,
-                      .dst_stride = H * Dqk});
+  ops::copy2d(ctx, {.src = k_rope.data(), .dst = s.k.data() + Dn, .rows = T, .cols = R, .src_stride = R,
+                    .dst_stride = H * Dqk, .batch = H, .src_batch_stride = 0, .dst_batch_stride = Dqk});  // shared by all heads
   ops::copy2d(ctx, {.src = kv.data() + Dn, .dst = s.v.data(), .rows = T * H, .cols = Dv, .src_stride = Dn + Dv,
                     .dst_stride = Dv});
 

@@ -183,6 +183,23 @@ TEST_F(CudaOps, RopeMatchesCpu) {
     }
 }
 
+TEST_F(CudaOps, BatchedCopy2dMatchesCpu) {
+  for (const int64_t src_batch : {int64_t{0}, int64_t{70}}) {  // one source row set for all (MLA's rope key), or one each
+    const int64_t rows = 37, cols = 64, batch = 5, src_stride = 70, dst_stride = 5 * 192, dst_batch = 192;
+    const auto src = randn(rows * src_stride + batch * src_batch, 3);
+    auto dst = randn(rows * dst_stride, 4);
+    DeviceBuffer dsrc(src), ddst(dst);
+    Copy2dParams p{.src = src.data(), .dst = dst.data(), .rows = rows, .cols = cols, .src_stride = src_stride,
+                   .dst_stride = dst_stride, .batch = batch, .src_batch_stride = src_batch, .dst_batch_stride = dst_batch};
+    cpu::copy2d(p);
+    p.src = dsrc.ptr;
+    p.dst = ddst.ptr;
+    CUDA_OK(cuda::copy2d(p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(ddst.download(), dst);
+  }
+}
+
 TEST_F(CudaOps, AttentionMatchesCpu) {
   struct Case { int64_t T, S, H, Hkv, Dqk, Dv; };
   // Expanded MLA (Hkv = H, 192/128 as the releases), absorbed decode over latent rows (Hkv = 1,

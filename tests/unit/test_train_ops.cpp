@@ -644,5 +644,32 @@ TEST(TrainOpsAdamW, RejectsBadParams) {
   test::expect_error([&] { ops::adamw(Context{}, {.param = b.data(), .n = 1}); }, {"adamw", "null pointer"});
 }
 
+// Batched copy2d: the MLA layers copy the one shared rope key into every head's key with a source
+// batch stride of 0. Every element is checked by index, and the gaps between copies stay untouched.
+TEST(Copy2d, BatchedCopiesBroadcastAndKeepGaps) {
+  const int64_t rows = 3, cols = 2, batch = 4, src_stride = 5, dst_stride = 11, dst_batch = 3;
+  std::vector<float> src(rows * src_stride * 2);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<float>(i);
+  for (const int64_t src_batch : {int64_t{0}, int64_t{1}}) {  // broadcast, then distinct sources
+    std::vector<float> dst(rows * dst_stride, -1.0f);
+    ops::copy2d(Context{}, {.src = src.data(), .dst = dst.data(), .rows = rows, .cols = cols, .src_stride = src_stride,
+                            .dst_stride = dst_stride, .batch = batch, .src_batch_stride = src_batch,
+                            .dst_batch_stride = dst_batch});
+    std::vector<float> want(dst.size(), -1.0f);
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c)
+          want[b * dst_batch + r * dst_stride + c] = src[b * src_batch + r * src_stride + c];
+    EXPECT_EQ(dst, want) << "source batch stride " << src_batch;
+  }
+  std::vector<float> dst(4);
+  test::expect_error(
+      [&] {
+        ops::copy2d(Context{}, {.src = src.data(), .dst = dst.data(), .rows = 1, .cols = 2, .src_stride = 2,
+                                .dst_stride = 2, .batch = 0});
+      },
+      {"copy2d", "batch 0"});
+}
+
 }  // namespace
 }  // namespace dsv

@@ -16,11 +16,12 @@ void add(const AddParams& p) {
 }
 
 void copy2d(const Copy2dParams& p) {
-  for (int64_t r = 0; r < p.rows; ++r) {
-    float* dst = p.dst + r * p.dst_stride;
-    if (p.src) std::memcpy(dst, p.src + r * p.src_stride, p.cols * sizeof(float));
-    else std::fill(dst, dst + p.cols, 0.0f);
-  }
+  for (int64_t b = 0; b < p.batch; ++b)
+    for (int64_t r = 0; r < p.rows; ++r) {
+      float* dst = p.dst + b * p.dst_batch_stride + r * p.dst_stride;
+      if (p.src) std::memcpy(dst, p.src + b * p.src_batch_stride + r * p.src_stride, p.cols * sizeof(float));
+      else std::fill(dst, dst + p.cols, 0.0f);
+    }
 }
 
 void gather_rows(const RowsParams& p) {

@@ -22,9 +22,10 @@ __global__ void add_kernel(AddParams p) {
   GRID_STRIDE(i, p.n) p.y[i] += p.x[i];
 }
 __global__ void copy2d_kernel(Copy2dParams p) {
-  GRID_STRIDE(i, p.rows * p.cols) {
-    const int64_t r = i / p.cols, c = i % p.cols;
-    p.dst[r * p.dst_stride + c] = p.src ? p.src[r * p.src_stride + c] : 0.0f;
+  GRID_STRIDE(i, p.batch * p.rows * p.cols) {
+    const int64_t c = i % p.cols, r = (i / p.cols) % p.rows, b = i / (p.cols * p.rows);
+    p.dst[b * p.dst_batch_stride + r * p.dst_stride + c] =
+        p.src ? p.src[b * p.src_batch_stride + r * p.src_stride + c] : 0.0f;
   }
 }
 __global__ void gather_rows_kernel(RowsParams p) {
@@ -65,7 +66,7 @@ cudaError_t add(const AddParams& p, cudaStream_t s) {
   return cudaGetLastError();
 }
 cudaError_t copy2d(const Copy2dParams& p, cudaStream_t s) {
-  copy2d_kernel<<<blocks_for(p.rows * p.cols), kThreads, 0, s>>>(p);
+  copy2d_kernel<<<blocks_for(p.batch * p.rows * p.cols), kThreads, 0, s>>>(p);
   return cudaGetLastError();
 }
 cudaError_t gather_rows(const RowsParams& p, cudaStream_t s) {

@@ -77,9 +77,9 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
     if (Dn > 0)
       ops::copy2d(ctx, {.src = kv.data(), .dst = k.data(), .rows = S * H, .cols = Dn, .src_stride = Dn + Dv,
                         .dst_stride = Dqk});
-    for (int64_t h = 0; h < H; ++h)  // the one rope key is shared by all heads
-      ops::copy2d(ctx, {.src = rows + C, .dst = k.data() + h * Dqk + Dn, .rows = S, .cols = R,
-                        .src_stride = cache.width, .dst_stride = H * Dqk});
+    // The one rope key is shared by all heads: one batched copy (source batch stride 0) per layer.
+    ops::copy2d(ctx, {.src = rows + C, .dst = k.data() + Dn, .rows = S, .cols = R, .src_stride = cache.width,
+                      .dst_stride = H * Dqk, .batch = H, .src_batch_stride = 0, .dst_batch_stride = Dqk});
     ops::copy2d(ctx, {.src = kv.data() + Dn, .dst = v.data(), .rows = S * H, .cols = Dv, .src_stride = Dn + Dv,
                       .dst_stride = Dv});
     ops::attention(ctx, {.q = q.data(), .k = k.data(), .v = v.data(), .out = attn.data(), .T = T, .S = S, .H = H,
