@@ -183,21 +183,26 @@ TEST_F(CudaOps, RopeMatchesCpu) {
     }
 }
 
+// Rows of 64 floats copied into 192-float head slots, as MLA assembles keys: strides that allow float4
+// moves (68) and strides that do not (70); one source for all copies (MLA's rope key) or one each; and
+// zero fill (null source).
 TEST_F(CudaOps, BatchedCopy2dMatchesCpu) {
-  for (const int64_t src_batch : {int64_t{0}, int64_t{70}}) {  // one source row set for all (MLA's rope key), or one each
-    const int64_t rows = 37, cols = 64, batch = 5, src_stride = 70, dst_stride = 5 * 192, dst_batch = 192;
-    const auto src = randn(rows * src_stride + batch * src_batch, 3);
-    auto dst = randn(rows * dst_stride, 4);
-    DeviceBuffer dsrc(src), ddst(dst);
-    Copy2dParams p{.src = src.data(), .dst = dst.data(), .rows = rows, .cols = cols, .src_stride = src_stride,
-                   .dst_stride = dst_stride, .batch = batch, .src_batch_stride = src_batch, .dst_batch_stride = dst_batch};
-    cpu::copy2d(p);
-    p.src = dsrc.ptr;
-    p.dst = ddst.ptr;
-    CUDA_OK(cuda::copy2d(p, 0));
-    CUDA_OK(cudaDeviceSynchronize());
-    EXPECT_EQ(ddst.download(), dst);
-  }
+  for (const int64_t src_stride : {int64_t{70}, int64_t{68}})
+    for (const int64_t src_batch : {int64_t{0}, src_stride, int64_t{-1}}) {
+      const int64_t rows = 37, cols = 64, batch = 5, dst_stride = 5 * 192, dst_batch = 192;
+      const auto src = randn(rows * src_stride + batch * src_stride, 3);
+      auto dst = randn(rows * dst_stride, 4);
+      DeviceBuffer dsrc(src), ddst(dst);
+      Copy2dParams p{.src = src_batch < 0 ? nullptr : src.data(), .dst = dst.data(), .rows = rows, .cols = cols,
+                     .src_stride = src_stride, .dst_stride = dst_stride, .batch = batch,
+                     .src_batch_stride = src_batch < 0 ? 0 : src_batch, .dst_batch_stride = dst_batch};
+      cpu::copy2d(p);
+      p.src = src_batch < 0 ? nullptr : dsrc.ptr;
+      p.dst = ddst.ptr;
+      CUDA_OK(cuda::copy2d(p, 0));
+      CUDA_OK(cudaDeviceSynchronize());
+      EXPECT_EQ(ddst.download(), dst) << "src stride " << src_stride << ", src batch stride " << src_batch;
+    }
 }
 
 TEST_F(CudaOps, AttentionMatchesCpu) {

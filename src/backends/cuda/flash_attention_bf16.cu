@@ -1,10 +1,11 @@
 // Causal attention forward and backward on bf16 tensor cores (ops::MatmulPrecision::Bf16: the
 // autocast-style mode, fp32 storage, products on bf16-rounded inputs with fp32 accumulation).
-// FlashAttention-2 tiling with mma.sync m16n8k16: q, k, v (and dout) are rounded to bf16 once into
-// dense copies, tiles stream into shared memory with cp.async (double-buffered), fragments come from
-// ldmatrix, and scores, probabilities and outputs stay in registers. The probabilities P and dS are
-// rounded to bf16 as the A operand of the second product of each pair (P V, P^T dO, dS^T Q, dS K);
-// the softmax, its statistics and every accumulator are fp32.
+// Forward: Hopper warpgroup MMA (wgmma) on head-major bf16 copies of q, k and transposed v, 128 queries
+// per block (see "forward" below). Backward: FlashAttention-2 tiling with mma.sync m16n8k16 on dense
+// bf16 copies of q, k, v and dout; tiles stream into shared memory with cp.async (double-buffered),
+// fragments come from ldmatrix, and scores, probabilities and outputs stay in registers. The
+// probabilities P and dS are rounded to bf16 as the A operand of the second product of each pair (P V,
+// P^T dO, dS^T Q, dS K); the softmax, its statistics and every accumulator are fp32.
 //
 // Semantics are those of the reference (attention.cu): query t of T sees keys 0 .. S - T + t;
 // q [T, H, Dqk] dense, k / v rows of H * D floats (or k_stride / v_stride), out [T, H, Dv] dense.
