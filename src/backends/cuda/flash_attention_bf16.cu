@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
     fwd_kernel(const bf16* qp, const bf16* kp, const bf16* vt, Dims d, int64_t Tp, int64_t Sp, float* out, float* lse) {
   using L = FwdSmem<kDp>;
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* Qs = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  unsigned char* Qs = align_to_swizzle_atom(smem_raw);
   unsigned char* stages = Qs + L::kQBytes;
   const int64_t t0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kFwdQ;  // the longest rows first
   const int h = blockIdx.y, wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
@@ -482,26 +482,13 @@ __global__ void __launch_bounds__(kThreads, 2)
   store_rows(dq_out + h * d.Dqk, qs, row0, d.T, d.Dqk, dq, 1.0f, 1.0f, t);
 }
 
-// dst[r, c] = bf16(src[r * stride + c]) for rows x width (dense output).
-__global__ void rows_to_bf16_kernel(const float* src, int64_t stride, int64_t rows, int64_t width, bf16* dst) {
-  const int64_t n = rows * width;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    dst[i] = __float2bfloat16_rn(src[(i / width) * stride + i % width]);
-}
-
-cudaError_t to_bf16(const float* src, int64_t stride, int64_t rows, int64_t width, bf16* dst, cudaStream_t stream) {
-  const int64_t n = rows * width;
-  const unsigned blocks = static_cast<unsigned>((n + 255) / 256 < 65536 ? (n + 255) / 256 : 65536);
-  rows_to_bf16_kernel<<<blocks, 256, 0, stream>>>(src, stride, rows, width, dst);
-  return cudaGetLastError();
-}
-
 template <typename Kernel>
 cudaError_t allow_smem(Kernel kernel, size_t bytes) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 unsigned tiles_of(int64_t n, int tile) { return static_cast<unsigned>((n + tile - 1) / tile); }
+// Blocks of 256 threads for a grid-stride loop over n items.
+unsigned grid_for(int64_t n) { return static_cast<unsigned>((n + 255) / 256 < 65536 ? (n + 255) / 256 : 65536); }
 size_t kv_smem(const Dims& d) {
   return sizeof(bf16) * static_cast<size_t>((kKvK + 2 * kKvQ) * (d.Dqk + kPad + d.Dv + kPad));
 }
@@ -509,13 +496,16 @@ size_t q_smem(const Dims& d) {
   return sizeof(bf16) * static_cast<size_t>((kDqQ + 2 * kDqK) * (d.Dqk + kPad + d.Dv + kPad));
 }
 
-// A bf16 copy (dense rows of `width`) of rows x width fp32 values with row stride `stride`.
+// A bf16 copy (dense rows of `width`, a multiple of 8) of rows x width fp32 values with row stride `stride`.
 cudaError_t bf16_rows(DeviceScratch& scratch, const float* src, int64_t stride, int64_t rows, int64_t width,
                       cudaStream_t stream, const bf16** out) {
   bf16* dst = scratch.get<bf16>(rows * width);
   *out = dst;
   if (!dst) return cudaErrorMemoryAllocation;
-  return to_bf16(src, stride, rows, width, dst, stream);
+  // One "head" as wide as the row, no padding: the same conversion as the forward's packing.
+  pack_heads_kernel<<<grid_for(rows * width / 8), 256, 0, stream>>>(src, stride, rows, static_cast<int>(width), 1,
+                                                                    rows, static_cast<int>(width), dst);
+  return cudaGetLastError();
 }
 
 template <int kDp>
@@ -539,10 +529,9 @@ cudaError_t forward(const float* q, const float* k, int64_t k_stride, const floa
   bf16* kp = scratch.get<bf16>(d.H * Sp * Dp);
   bf16* vt = scratch.get<bf16>(d.H * kFwdDv * Sp);
   if (scratch.failed()) return cudaErrorMemoryAllocation;
-  auto blocks = [](int64_t n) { return static_cast<unsigned>((n + 255) / 256 < 65536 ? (n + 255) / 256 : 65536); };
-  pack_heads_kernel<<<blocks(d.H * Tp * Dp / 8), 256, 0, stream>>>(q, static_cast<int64_t>(d.H) * d.Dqk, d.T, d.Dqk,
+  pack_heads_kernel<<<grid_for(d.H * Tp * Dp / 8), 256, 0, stream>>>(q, static_cast<int64_t>(d.H) * d.Dqk, d.T, d.Dqk,
                                                                    d.H, Tp, Dp, qp);
-  pack_heads_kernel<<<blocks(d.H * Sp * Dp / 8), 256, 0, stream>>>(k, k_stride, d.S, d.Dqk, d.H, Sp, Dp, kp);
+  pack_heads_kernel<<<grid_for(d.H * Sp * Dp / 8), 256, 0, stream>>>(k, k_stride, d.S, d.Dqk, d.H, Sp, Dp, kp);
   pack_heads_transposed_kernel<<<dim3(static_cast<unsigned>(Sp / 32), kFwdDv / 32, static_cast<unsigned>(d.H)), 256, 0,
                                  stream>>>(v, v_stride, d.S, d.Dv, Sp, kFwdDv, vt);
   cudaError_t e = cudaGetLastError();

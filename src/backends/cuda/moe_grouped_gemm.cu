@@ -83,8 +83,7 @@ struct GemmArgs {
   float* y;                         // plain: [pairs, N]
 };
 
-constexpr int kWgN = kBN;                                  // columns per warpgroup
-constexpr int kAcc = kWgN / 2;                             // fp32 accumulators per thread
+constexpr int kAcc = kBN / 2;                              // fp32 accumulators per thread (64 x 256 each)
 constexpr int kStageBytes = (kBM + kBN) * kRowBytes;       // 48 KB
 constexpr int kStages = (kSmemLimit - kBM * 4 - 1024) / kStageBytes;  // 4: loads run 2 tiles ahead
 constexpr size_t kSmemBytes = kStages * kStageBytes + kBM * sizeof(int32_t) + 1024;  // + alignment slack
@@ -102,7 +101,7 @@ __device__ __forceinline__ void wgmma_k_tile(float (&acc)[kAcc], const unsigned 
 template <bool kGated>
 __global__ void __launch_bounds__(kThreads, 1) grouped_gemm_kernel(GemmArgs g) {
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  unsigned char* smem = align_to_swizzle_atom(smem_raw);
   int32_t* a_row = reinterpret_cast<int32_t*>(smem + kStages * kStageBytes);
   // Column blocks vary fastest: the blocks that share an A tile (gathered rows) and the M-tiles of one
   // expert run at the same time, so A and the expert's weights come from device memory about once and
@@ -188,17 +187,17 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_gemm_kernel(GemmArgs g) {
     const int64_t out_row = row_begin + r;
     if (kGated) {
 #pragma unroll
-      for (int j = 0; j < kWgN / 16; ++j) {
+      for (int j = 0; j < kBN / 16; ++j) {
         const int col = n0 + 8 * j + 2 * t;
         if (col >= g.N) continue;
         const float g0 = acc[4 * j + 2 * half], g1 = acc[4 * j + 2 * half + 1];
-        const float u0 = acc[4 * (j + kWgN / 16) + 2 * half], u1 = acc[4 * (j + kWgN / 16) + 2 * half + 1];
+        const float u0 = acc[4 * (j + kBN / 16) + 2 * half], u1 = acc[4 * (j + kBN / 16) + 2 * half + 1];
         const float h0 = g0 / (1.0f + __expf(-g0)) * u0, h1 = g1 / (1.0f + __expf(-g1)) * u1;
         *reinterpret_cast<__nv_bfloat162*>(g.h + out_row * g.N + col) = __floats2bfloat162_rn(h0, h1);
       }
     } else {
 #pragma unroll
-      for (int j = 0; j < kWgN / 8; ++j) {
+      for (int j = 0; j < kBN / 8; ++j) {
         const int col = n0 + 8 * j + 2 * t;
         if (col >= g.N) continue;
         *reinterpret_cast<float2*>(g.y + out_row * g.N + col) = make_float2(acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]);

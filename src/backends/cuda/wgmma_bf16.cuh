@@ -37,6 +37,11 @@ __device__ __forceinline__ uint64_t wgmma_desc_sw128(const void* p) {
   desc |= uint64_t{1} << 62;            // 128-byte swizzle
   return desc;
 }
+// The first 1024-byte boundary at or after p: where swizzled tiles of dynamic shared memory start
+// (launch with 1024 bytes of slack).
+__device__ __forceinline__ unsigned char* align_to_swizzle_atom(unsigned char* p) {
+  return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(p) + 1023) & ~uintptr_t{1023});
+}
 // Byte offset of (row, 16-byte chunk) in a 128-byte-swizzled tile.
 __device__ __forceinline__ int sw128_offset(int row, int chunk) { return row * 128 + ((chunk ^ (row & 7)) << 4); }
 
