@@ -68,6 +68,9 @@ double op_flops(const Params&) {
 }
 double op_flops(const LinearParams& p) { return 2.0 * static_cast<double>(p.M * p.N * p.K * p.batch); }
 double op_flops(const LinearWeightGradParams& p) { return 2.0 * static_cast<double>(p.M * p.N * p.K); }
+// Padding rows included: they run through the tensor cores like the others.
+double op_flops(const MoeTrainParams& p) { return 2.0 * static_cast<double>(p.rows) * 3.0 * p.F * p.D; }
+double op_flops(const MoeTrainBackwardParams& p) { return 2.0 * op_flops(p.fwd); }
 // Products split by row count: the per-expert products (few rows) apart from the dense ones.
 template <typename Params>
 std::string op_key(const char* name, const Params&) {
@@ -310,6 +313,59 @@ void row_dots(const Context& ctx, const RowDotsParams& p) {
             (void*)p.a, (void*)p.b, (void*)p.out);
   DSV_CHECK(p.n >= 0 && p.D >= 0, "row_dots: negative size n={} D={}", p.n, p.D);
   run(ctx, p, cpu::row_dots, &BackendTable::row_dots, "row_dots");
+}
+
+namespace {
+void check_moe_train(const MoeTrainParams& p, const char* op) {
+  DSV_CHECK(p.x && p.weights && p.offsets && p.row_pair && p.slot_of_pair, "{}: null input pointer", op);
+  DSV_CHECK(p.gate && p.up && p.down, "{}: the bf16 weight tables gate, up and down are required", op);
+  DSV_CHECK(p.xs && p.gu && p.h && p.y, "{}: the saved buffers xs, gu, h and y are required", op);
+  DSV_CHECK(p.T > 0 && p.K > 0 && p.D > 0 && p.F > 0 && p.E > 0 && p.K <= p.E,
+            "{}: bad sizes T={} K={} D={} F={} E={}", op, p.T, p.K, p.D, p.F, p.E);
+  DSV_CHECK(p.rows >= p.T * p.K && p.rows % 8 == 0,
+            "{}: rows={} must cover the T*K={} pairs and be a multiple of 8 (plan_moe_train_rows)", op, p.rows,
+            p.T * p.K);
+}
+}  // namespace
+
+void moe_train_forward(const Context& ctx, const MoeTrainParams& p) {
+  check_moe_train(p, "moe_train_forward");
+  DSV_CHECK(p.out, "moe_train_forward: null out");
+  run(ctx, p, cpu::moe_train_forward, &BackendTable::moe_train_forward, "moe_train_forward");
+}
+
+void moe_train_backward(const Context& ctx, const MoeTrainBackwardParams& p) {
+  check_moe_train(p.fwd, "moe_train_backward");
+  DSV_CHECK(p.dout && p.dx && p.dweights && p.dgate && p.dup && p.ddown,
+            "moe_train_backward: null pointer (dout, dx, dweights and the gradient tables are required)");
+  run(ctx, p, cpu::moe_train_backward, &BackendTable::moe_train_backward, "moe_train_backward");
+}
+
+MoeTrainRows plan_moe_train_rows(const std::vector<int32_t>& indices, int64_t E) {
+  DSV_CHECK(E > 0, "plan_moe_train_rows: E={} must be positive", E);
+  std::vector<int64_t> count(static_cast<size_t>(E), 0);
+  for (const int32_t e : indices) {
+    DSV_CHECK(e >= 0 && e < E, "plan_moe_train_rows: expert index {} outside 0..{}", e, E - 1);
+    ++count[static_cast<size_t>(e)];
+  }
+  MoeTrainRows plan;
+  plan.offsets.resize(static_cast<size_t>(E + 1));
+  int64_t rows = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    plan.offsets[static_cast<size_t>(e)] = static_cast<int32_t>(rows);
+    rows += (count[static_cast<size_t>(e)] + 7) / 8 * 8;
+  }
+  DSV_CHECK(rows < (int64_t{1} << 31), "plan_moe_train_rows: {} rows do not fit int32 indices", rows);
+  plan.offsets[static_cast<size_t>(E)] = static_cast<int32_t>(rows);
+  plan.row_pair.assign(static_cast<size_t>(rows), -1);
+  plan.slot_of_pair.resize(indices.size());
+  std::vector<int32_t> cursor(plan.offsets.begin(), plan.offsets.end() - 1);
+  for (size_t q = 0; q < indices.size(); ++q) {
+    const int32_t row = cursor[static_cast<size_t>(indices[q])]++;
+    plan.row_pair[static_cast<size_t>(row)] = static_cast<int32_t>(q);
+    plan.slot_of_pair[q] = row;
+  }
+  return plan;
 }
 
 void cross_entropy(const Context& ctx, const CrossEntropyParams& p) {

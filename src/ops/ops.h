@@ -2,8 +2,9 @@
 // backend; strides are in elements. Each op validates its Params before dispatching to a backend.
 // Accumulate contract (see docs/ARCHITECTURE.md): outputs are overwritten unless `accumulate` says +=.
 #pragma once
-#include <string>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "model/config.h"
 
@@ -322,6 +323,66 @@ struct RowDotsParams {
 };
 void row_dots(const Context& ctx, const RowDotsParams& p);
 
+// Routed experts of a training step on bf16 products (train.bf16), all experts of a layer at once.
+// The caller plans the rows (plan_moe_train_rows below): expert e owns rows [offsets[e], offsets[e+1])
+// of the expert-ordered buffers, every offset a multiple of 8 (the CUDA backend reads K-segments of
+// transposed rows 16 bytes at a time); row r holds (token, slot) pair row_pair[r] = t * K + k, or -1 for
+// a padding row, which is all zeros everywhere; pair p sits at row slot_of_pair[p]. Weights are bf16
+// tables of E pointers ([F, D] gate and up, [D, F] down); products take bf16 operands and sum in fp32:
+//   xs[r]   = bf16(x[t])                                          [D]   (t = row_pair[r] / K)
+//   gu[r]   = [xs[r] . gate[e]^T | xs[r] . up[e]^T]               [2F]  fp32
+//   h[r]    = bf16(silu(gu[r][:F]) * gu[r][F:])                   [F]
+//   y[r]    = h[r] . down[e]^T                                    [D]   fp32
+//   out[t]  = sum_k weights[t K + k] * y[slot_of_pair[t K + k]]   (k ascending; overwritten)
+// xs, gu, h and y are written for the backward. On CUDA D and F must be multiples of 8 and E <= 1024.
+struct MoeTrainParams {
+  const float* x = nullptr;        // [T, D]
+  const float* weights = nullptr;  // [T * K] combine weights
+  const int32_t* offsets = nullptr;       // [E + 1]
+  const int32_t* row_pair = nullptr;      // [rows]
+  const int32_t* slot_of_pair = nullptr;  // [T * K]
+  const uint16_t* const* gate = nullptr;
+  const uint16_t* const* up = nullptr;
+  const uint16_t* const* down = nullptr;
+  uint16_t* xs = nullptr;  // [rows, D]
+  float* gu = nullptr;     // [rows, 2F]
+  uint16_t* h = nullptr;   // [rows, F]
+  float* y = nullptr;      // [rows, D]
+  float* out = nullptr;    // [T, D]
+  int64_t T = 0, K = 0, D = 0, F = 0, E = 0, rows = 0;
+};
+void moe_train_forward(const Context& ctx, const MoeTrainParams& p);
+
+// Backward of moe_train_forward, from dout[T, D] and the saved xs, gu, h, y (p.out unused):
+//   dweights[q] = dout[t] . y[slot_of_pair[q]]                                    (q = t K + k; overwritten)
+//   dys[r]      = bf16(weights[q] * dout[t])                                      (q = row_pair[r])
+//   dh[r]       = dys[r] . down[e]                                                [F]  fp32
+//   dgu[r]      = bf16([dh * up * silu'(gate) | dh * silu(gate)])  (gate, up = gu[r])  [2F]
+//   dx[t]      += sum_k dgu[r][:F] . gate[e] + dgu[r][F:] . up[e]  (r = slot_of_pair[t K + k], k ascending)
+//   dgate[e]   += sum_r dgu[r][:F]^T xs[r],  dup[e] += sum_r dgu[r][F:]^T xs[r],  ddown[e] += sum_r dys[r]^T h[r]
+// dgate, dup and ddown are tables of E fp32 gradients ([F, D], [F, D], [D, F]).
+struct MoeTrainBackwardParams {
+  MoeTrainParams fwd;
+  const float* dout = nullptr;  // [T, D]
+  float* dx = nullptr;          // [T, D] (+=)
+  float* dweights = nullptr;    // [T * K]
+  float* const* dgate = nullptr;
+  float* const* dup = nullptr;
+  float* const* ddown = nullptr;
+};
+void moe_train_backward(const Context& ctx, const MoeTrainBackwardParams& p);
+
+// The row plan of moe_train_forward on the host, from the routing indices [T * K]: experts in order,
+// pairs ascending within an expert (so results do not depend on anything but the routing), each
+// expert's rows padded to a multiple of 8.
+struct MoeTrainRows {
+  std::vector<int32_t> offsets;       // [E + 1]
+  std::vector<int32_t> row_pair;      // [rows]
+  std::vector<int32_t> slot_of_pair;  // [T * K]
+  int64_t rows() const { return offsets.empty() ? 0 : offsets.back(); }
+};
+MoeTrainRows plan_moe_train_rows(const std::vector<int32_t>& indices, int64_t E);
+
 // Cross-entropy over rows of logits, in place: logits[T, V] becomes
 //   grad_scale * (softmax(logits[t]) - onehot(targets[t]))
 // and loss[t] = logsumexp(logits[t]) - logits[t, targets[t]] (fp32). Rows whose target is negative
@@ -413,6 +474,8 @@ struct BackendTable {
   void (*axpby)(const AxpbyParams&, void* stream) = nullptr;
   void (*sum_squares)(const SumSquaresParams&, void* stream) = nullptr;
   void (*adamw)(const AdamWParams&, void* stream) = nullptr;
+  void (*moe_train_forward)(const MoeTrainParams&, void* stream) = nullptr;
+  void (*moe_train_backward)(const MoeTrainBackwardParams&, void* stream) = nullptr;
   void* (*allocate)(size_t bytes) = nullptr;
   void (*release)(void* ptr) = nullptr;
   void (*to_device)(void* dst, const void* src, size_t bytes, void* stream) = nullptr;

@@ -1,7 +1,8 @@
 // Training forward/backward of the SwiGLU MLP (dense layers, experts, shared experts) and of the
 // DeepSeekMoE layer: router -> top-K -> experts grouped by token lists -> weighted combine + shared.
-// The routing is read back to the host to group tokens per expert (as the inference prefill does);
-// the balance losses are computed there too, from the same logits and choices.
+// The routing is read back to the host to group tokens per expert; the balance losses are computed
+// there too, from the same logits and choices. With bf16 products on a device the routed experts of a
+// layer run as grouped GEMMs (ops::moe_train_forward / _backward); otherwise one expert at a time.
 #include <cmath>
 
 #include "core/error.h"
@@ -103,6 +104,45 @@ double balance_loss(const ModelConfig& c, const AuxSpec& aux, Batch batch, const
   return total;
 }
 
+// Whether the routed experts can run as one grouped op: bf16 products on a device, bf16 compute copies
+// of every expert weight, no biases, and shapes the device kernels take.
+bool use_grouped_experts(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w) {
+  if (ctx.backend == ops::Backend::Cpu || ops::matmul_precision() != ops::MatmulPrecision::Bf16) return false;
+  const int64_t D = c.hidden_size, E = c.n_routed_experts;
+  if (w.experts.empty() || E > 1024 || D % 8 != 0) return false;
+  const int64_t F = w.experts[0].gate_proj.dim(0);
+  if (F % 8 != 0) return false;
+  for (const MlpWeights& x : w.experts) {
+    if (!x.gate_bias.empty() || !x.up_bias.empty() || !x.down_bias.empty()) return false;
+    if (!ops::bf16_weight_copy(x.gate_proj.data, F * D) || !ops::bf16_weight_copy(x.up_proj.data, F * D) ||
+        !ops::bf16_weight_copy(x.down_proj.data, D * F))
+      return false;
+  }
+  return true;
+}
+
+// Device tables of the experts' bf16 compute copies: gate, up, down (E pointers each, in one buffer).
+Buffer<const uint16_t*> bf16_tables(const ops::Context& ctx, const MoeWeights& w, int64_t F, int64_t D) {
+  const size_t E = w.experts.size();
+  std::vector<const uint16_t*> t(3 * E);
+  for (size_t e = 0; e < E; ++e) {
+    t[e] = ops::bf16_weight_copy(w.experts[e].gate_proj.data, F * D);
+    t[E + e] = ops::bf16_weight_copy(w.experts[e].up_proj.data, F * D);
+    t[2 * E + e] = ops::bf16_weight_copy(w.experts[e].down_proj.data, D * F);
+  }
+  return Buffer<const uint16_t*>(ctx, t.data(), t.size());
+}
+
+ops::MoeTrainParams grouped_params(const ModelConfig& c, const MoeSaved& s, const uint16_t* const* tables,
+                                   const float* xn, int64_t T, int64_t F) {
+  const int64_t E = c.n_routed_experts;
+  return {.x = xn, .weights = s.pair_weights.data(), .offsets = s.offsets.data(), .row_pair = s.row_pair.data(),
+          .slot_of_pair = s.slot_of_pair.data(), .gate = tables, .up = tables + E, .down = tables + 2 * E,
+          .xs = s.xs.data(), .gu = s.gu.data(), .h = s.h.data(), .y = s.y.data(), .T = T,
+          .K = c.num_experts_per_tok, .D = c.hidden_size, .F = F,
+          .E = E, .rows = s.grouped_rows};
+}
+
 }  // namespace
 
 void moe_forward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, const float* xn, Batch batch,
@@ -119,40 +159,60 @@ void moe_forward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights
                    .norm_topk_prob = c.norm_topk_prob,
                    .routed_scaling_factor = static_cast<float>(c.routed_scaling_factor)});
   const std::vector<int32_t> idx = s.indices.to_host(ctx);
-  const std::vector<float> gate = weights.to_host(ctx);
 
-  // Group the (token, slot) pairs by expert on the host; upload the grouping once.
   stats.load.assign(static_cast<size_t>(E), 0);
   for (int64_t p = 0; p < T * K; ++p) stats.load[idx[p]]++;
   s.experts.clear();
-  s.experts.resize(static_cast<size_t>(E));
-  for (int64_t e = 0, offset = 0; e < E; offset += stats.load[e], ++e) {
-    s.experts[e].offset = offset;
-    s.experts[e].pairs.reserve(static_cast<size_t>(stats.load[e]));
-  }
-  std::vector<int32_t> rows(static_cast<size_t>(T * K));
-  std::vector<float> scales(static_cast<size_t>(T * K));
-  for (int64_t p = 0; p < T * K; ++p) {
-    ExpertSaved& x = s.experts[idx[p]];
-    rows[x.offset + x.n] = static_cast<int32_t>(p / K);
-    scales[x.offset + x.n] = gate[p];
-    x.pairs.push_back(static_cast<int32_t>(p));
-    x.n++;
-  }
-  s.rows = Buffer<int32_t>(ctx, rows.data(), rows.size());
-  s.scales = Buffer<float>(ctx, scales.data(), scales.size());
+  s.grouped = use_grouped_experts(ctx, c, w);
+  if (s.grouped) {
+    const int64_t F = w.experts[0].gate_proj.dim(0);
+    const ops::MoeTrainRows plan = ops::plan_moe_train_rows(idx, E);
+    s.grouped_rows = plan.rows();
+    s.offsets = Buffer<int32_t>(ctx, plan.offsets.data(), plan.offsets.size());
+    s.row_pair = Buffer<int32_t>(ctx, plan.row_pair.data(), plan.row_pair.size());
+    s.slot_of_pair = Buffer<int32_t>(ctx, plan.slot_of_pair.data(), plan.slot_of_pair.size());
+    s.pair_weights = std::move(weights);
+    const size_t rows = static_cast<size_t>(s.grouped_rows);
+    s.xs = Buffer<uint16_t>(be, rows * D);
+    s.h = Buffer<uint16_t>(be, rows * F);
+    s.gu = Buffer<float>(be, rows * 2 * F);
+    s.y = Buffer<float>(be, rows * D);
+    const Buffer<const uint16_t*> tables = bf16_tables(ctx, w, F, D);
+    ops::MoeTrainParams p = grouped_params(c, s, tables.data(), xn, T, F);
+    p.out = out;
+    ops::moe_train_forward(ctx, p);
+  } else {
+    // Group the (token, slot) pairs by expert on the host; upload the grouping once.
+    const std::vector<float> gate = weights.to_host(ctx);
+    s.experts.resize(static_cast<size_t>(E));
+    for (int64_t e = 0, offset = 0; e < E; offset += stats.load[e], ++e) {
+      s.experts[e].offset = offset;
+      s.experts[e].pairs.reserve(static_cast<size_t>(stats.load[e]));
+    }
+    std::vector<int32_t> rows(static_cast<size_t>(T * K));
+    std::vector<float> scales(static_cast<size_t>(T * K));
+    for (int64_t p = 0; p < T * K; ++p) {
+      ExpertSaved& x = s.experts[idx[p]];
+      rows[x.offset + x.n] = static_cast<int32_t>(p / K);
+      scales[x.offset + x.n] = gate[p];
+      x.pairs.push_back(static_cast<int32_t>(p));
+      x.n++;
+    }
+    s.rows = Buffer<int32_t>(ctx, rows.data(), rows.size());
+    s.scales = Buffer<float>(ctx, scales.data(), scales.size());
 
-  ops::copy2d(ctx, {.src = nullptr, .dst = out, .rows = T, .cols = D, .src_stride = D, .dst_stride = D});
-  for (int64_t e = 0; e < E; ++e) {
-    ExpertSaved& x = s.experts[e];
-    if (x.n == 0) continue;
-    const int32_t* expert_rows = s.rows.data() + x.offset;
-    Buffer<float> xe(be, x.n * D);
-    x.y = Buffer<float>(be, x.n * D);
-    ops::gather_rows(ctx, {.rows = expert_rows, .x = xn, .y = xe.data(), .n = x.n, .D = D});
-    mlp_forward(ctx, w.experts[e], xe.data(), x.n, D, x.y.data(), false, x.mlp);
-    ops::scatter_add_rows(ctx, {.rows = expert_rows, .scale = s.scales.data() + x.offset, .x = x.y.data(), .y = out,
-                                .n = x.n, .D = D});
+    ops::copy2d(ctx, {.src = nullptr, .dst = out, .rows = T, .cols = D, .src_stride = D, .dst_stride = D});
+    for (int64_t e = 0; e < E; ++e) {
+      ExpertSaved& x = s.experts[e];
+      if (x.n == 0) continue;
+      const int32_t* expert_rows = s.rows.data() + x.offset;
+      Buffer<float> xe(be, x.n * D);
+      x.y = Buffer<float>(be, x.n * D);
+      ops::gather_rows(ctx, {.rows = expert_rows, .x = xn, .y = xe.data(), .n = x.n, .D = D});
+      mlp_forward(ctx, w.experts[e], xe.data(), x.n, D, x.y.data(), false, x.mlp);
+      ops::scatter_add_rows(ctx, {.rows = expert_rows, .scale = s.scales.data() + x.offset, .x = x.y.data(), .y = out,
+                                  .n = x.n, .D = D});
+    }
   }
   if (has_shared(w)) mlp_forward(ctx, w.shared, xn, T, D, out, true, s.shared);
 
@@ -173,29 +233,46 @@ void moe_backward(const ops::Context& ctx, const ModelConfig& c, const MoeWeight
   if (has_shared(w)) mlp_backward(ctx, w.shared, g.shared, xn, T, D, s.shared, dout, dxn, false);
   else ops::copy2d(ctx, {.src = nullptr, .dst = dxn, .rows = T, .cols = D, .src_stride = D, .dst_stride = D});
 
-  // out[t] += scale * y_e[r]: dy_e[r] = scale * dout[t], dscale = dout[t] . y_e[r] (all experts' dscale
-  // gathered on the device, read back once).
-  Buffer<float> dscale(be, T * K);
-  for (int64_t e = 0; e < E; ++e) {
-    const ExpertSaved& x = s.experts[e];
-    if (x.n == 0) continue;
-    const int32_t* expert_rows = s.rows.data() + x.offset;
-    Buffer<float> xe(be, x.n * D), dy(be, x.n * D), dxe(be, x.n * D);
-    ops::row_dots(ctx, {.rows = expert_rows, .a = dout, .b = x.y.data(), .out = dscale.data() + x.offset, .n = x.n,
-                        .D = D});
-    ops::gather_rows(ctx, {.rows = expert_rows, .scale = s.scales.data() + x.offset, .x = dout, .y = dy.data(),
-                           .n = x.n, .D = D});
-    ops::gather_rows(ctx, {.rows = expert_rows, .x = xn, .y = xe.data(), .n = x.n, .D = D});
-    mlp_backward(ctx, w.experts[e], g.experts[e], xe.data(), x.n, D, x.mlp, dy.data(), dxe.data(), false);
-    ops::scatter_add_rows(ctx, {.rows = expert_rows, .x = dxe.data(), .y = dxn, .n = x.n, .D = D});
+  Buffer<float> dw;  // [T * K] gradient of the combine weights, pair order
+  if (s.grouped) {
+    const int64_t F = w.experts[0].gate_proj.dim(0);
+    const Buffer<const uint16_t*> tables = bf16_tables(ctx, w, F, D);
+    std::vector<float*> grads(static_cast<size_t>(3 * E));
+    for (int64_t e = 0; e < E; ++e) {
+      grads[e] = mut(g.experts[e].gate_proj);
+      grads[E + e] = mut(g.experts[e].up_proj);
+      grads[2 * E + e] = mut(g.experts[e].down_proj);
+    }
+    const Buffer<float*> grad_tables(ctx, grads.data(), grads.size());
+    dw = Buffer<float>(be, T * K);
+    ops::moe_train_backward(ctx, {.fwd = grouped_params(c, s, tables.data(), xn, T, F), .dout = dout, .dx = dxn,
+                                  .dweights = dw.data(), .dgate = grad_tables.data(),
+                                  .dup = grad_tables.data() + E, .ddown = grad_tables.data() + 2 * E});
+  } else {
+    // out[t] += scale * y_e[r]: dy_e[r] = scale * dout[t], dscale = dout[t] . y_e[r] (all experts' dscale
+    // gathered on the device, read back once).
+    Buffer<float> dscale(be, T * K);
+    for (int64_t e = 0; e < E; ++e) {
+      const ExpertSaved& x = s.experts[e];
+      if (x.n == 0) continue;
+      const int32_t* expert_rows = s.rows.data() + x.offset;
+      Buffer<float> xe(be, x.n * D), dy(be, x.n * D), dxe(be, x.n * D);
+      ops::row_dots(ctx, {.rows = expert_rows, .a = dout, .b = x.y.data(), .out = dscale.data() + x.offset, .n = x.n,
+                          .D = D});
+      ops::gather_rows(ctx, {.rows = expert_rows, .scale = s.scales.data() + x.offset, .x = dout, .y = dy.data(),
+                             .n = x.n, .D = D});
+      ops::gather_rows(ctx, {.rows = expert_rows, .x = xn, .y = xe.data(), .n = x.n, .D = D});
+      mlp_backward(ctx, w.experts[e], g.experts[e], xe.data(), x.n, D, x.mlp, dy.data(), dxe.data(), false);
+      ops::scatter_add_rows(ctx, {.rows = expert_rows, .x = dxe.data(), .y = dxn, .n = x.n, .D = D});
+    }
+    const std::vector<float> ds = dscale.to_host(ctx);
+    std::vector<float> dweights(static_cast<size_t>(T * K), 0.0f);
+    for (const ExpertSaved& x : s.experts)
+      for (int64_t r = 0; r < x.n; ++r) dweights[x.pairs[r]] = ds[x.offset + r];
+    dw = Buffer<float>(ctx, dweights.data(), dweights.size());
   }
-  const std::vector<float> ds = dscale.to_host(ctx);
-  std::vector<float> dweights(static_cast<size_t>(T * K), 0.0f);
-  for (const ExpertSaved& x : s.experts)
-    for (int64_t r = 0; r < x.n; ++r) dweights[x.pairs[r]] = ds[x.offset + r];
 
   Buffer<float> dlogits(be, T * E);
-  const Buffer<float> dw(ctx, dweights.data(), dweights.size());
   ops::route_backward(ctx, {.logits = s.logits.data(), .indices = s.indices.data(), .dweights = dw.data(),
                             .dlogits = dlogits.data(), .T = T, .E = E, .K = K, .kind = c.router,
                             .norm_topk_prob = c.norm_topk_prob,

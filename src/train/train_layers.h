@@ -61,6 +61,13 @@ struct MoeSaved {
   std::vector<ExpertSaved> experts;
   MlpSaved shared;
   Buffer<float> aux_dlogits;       // [T, E] balance-loss gradient (empty when off)
+  // All experts at once (ops::moe_train_forward: CUDA, bf16 products): the row plan and saved rows.
+  bool grouped = false;
+  int64_t grouped_rows = 0;
+  Buffer<int32_t> offsets, row_pair, slot_of_pair;  // [E + 1], [rows], [T * K]
+  Buffer<float> pair_weights;                       // [T * K] combine weights, pair order
+  Buffer<uint16_t> xs, h;                           // [rows, D], [rows, F] bf16
+  Buffer<float> gu, y;                              // [rows, 2F], [rows, D]
 };
 
 struct LayerSaved {

@@ -34,5 +34,7 @@ void cross_entropy(const CrossEntropyParams& p);
 void axpby(const AxpbyParams& p);
 void sum_squares(const SumSquaresParams& p);
 void adamw(const AdamWParams& p);
+void moe_train_forward(const MoeTrainParams& p);
+void moe_train_backward(const MoeTrainBackwardParams& p);
 
 }  // namespace dsv::ops::cpu

@@ -59,6 +59,11 @@ cudaError_t moe_experts(const MoeExpertsParams& p, cudaStream_t stream);
 constexpr int64_t kMaxGroupedGemmExperts = 1024;
 bool moe_grouped_gemm_supported(const MoeExpertsParams& p);
 cudaError_t moe_grouped_gemm(const MoeExpertsParams& p, cudaStream_t stream);
+// Training experts on the same wgmma main loop (moe_train_experts.cu): needs D and F multiples of 8 and
+// E <= kMaxGroupedGemmExperts.
+bool moe_train_supported(const MoeTrainParams& p);
+cudaError_t moe_train_forward(const MoeTrainParams& p, cudaStream_t stream);
+cudaError_t moe_train_backward(const MoeTrainBackwardParams& p, cudaStream_t stream);
 // Device-to-device copy bandwidth in bytes/s (bytes read + written), measured with events over
 // `bytes`-sized buffers: the memory roofline that benchmarks report against.
 double measure_copy_bandwidth(size_t bytes);

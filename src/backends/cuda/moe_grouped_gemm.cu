@@ -25,20 +25,13 @@
 #include <cstdint>
 
 #include "backends/cuda/cuda_ops.h"
-#include "backends/cuda/mma_bf16.cuh"
-#include "backends/cuda/wgmma_bf16.cuh"
+#include "backends/cuda/grouped_gemm_core.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
 
-using bf16 = __nv_bfloat16;
-
-constexpr int kBM = 128, kBN = 256, kBK = 64, kThreads = 256;
-constexpr int kSmemLimit = 227 * 1024;  // shared memory one block may have on sm_90
-constexpr int kRowBytes = kBK * 2;  // one swizzled shared row: 64 bf16 = 128 bytes
+using namespace grouped_gemm;
 constexpr int kPlanThreads = 1024;
-
-using namespace ptx;
 
 // offsets[e] .. offsets[e+1]: expert e's rows; tile_start[e] .. tile_start[e+1]: its M-tiles.
 __global__ void __launch_bounds__(kPlanThreads)
@@ -83,26 +76,14 @@ struct GemmArgs {
   float* y;                         // plain: [pairs, N]
 };
 
-constexpr int kAcc = kBN / 2;                              // fp32 accumulators per thread (64 x 256 each)
-constexpr int kStageBytes = (kBM + kBN) * kRowBytes;       // 48 KB
-constexpr int kStages = (kSmemLimit - kBM * 4 - 1024) / kStageBytes;  // 4: loads run 2 tiles ahead
-constexpr size_t kSmemBytes = kStages * kStageBytes + kBM * sizeof(int32_t) + 1024;  // + alignment slack
-
-__device__ __forceinline__ void wgmma_k_tile(float (&acc)[kAcc], const unsigned char* a, const unsigned char* b) {
-  const uint64_t da = wgmma_desc_sw128(a), db = wgmma_desc_sw128(b);
-#pragma unroll
-  for (int s = 0; s < kBK / 16; ++s)  // a k16 step is 32 bytes along the swizzled row: +2 in the descriptor
-    wgmma_m64n256k16(acc, da + 2 * s, db + 2 * s);
-}
-
 // Gated: the block computes 128 output columns from 256 shared B rows, 128 gate rows then the same 128
 // up rows, so that gate and up of one column meet in one thread (accumulator blocks j and j + 16).
 // Plain: 256 output columns.
 template <bool kGated>
 __global__ void __launch_bounds__(kThreads, 1) grouped_gemm_kernel(GemmArgs g) {
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* smem = align_to_swizzle_atom(smem_raw);
-  int32_t* a_row = reinterpret_cast<int32_t*>(smem + kStages * kStageBytes);
+  unsigned char* ring = stage_ring(smem_raw);
+  int32_t* a_row = reinterpret_cast<int32_t*>(extra_space(ring));
   // Column blocks vary fastest: the blocks that share an A tile (gathered rows) and the M-tiles of one
   // expert run at the same time, so A and the expert's weights come from device memory about once and
   // from L2 after (expert weights at prefill sizes are read for ~128 rows each: bandwidth-bound).
@@ -126,60 +107,21 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_gemm_kernel(GemmArgs g) {
   const bf16* w0 = reinterpret_cast<const bf16*>(g.w0[e]);
   const bf16* w1 = kGated ? reinterpret_cast<const bf16*>(g.w1[e]) : w0;
 
-  auto load_stage = [&](int stage, int k0) {
-    unsigned char* as = smem + stage * kStageBytes;
-    unsigned char* bs = as + kBM * kRowBytes;
-    for (int i = threadIdx.x; i < kBM * (kBK / 8); i += kThreads) {
-      const int r = i / (kBK / 8), c = i % (kBK / 8);
+  float acc[kAcc];
+  mainloop(acc, ring, (g.K + kBK - 1) / kBK, [&](unsigned char* as, unsigned char* bs, int k0) {
+    load_tile<kBM>(as, [&](int r, int c) -> const void* {
       const int src = a_row[r];
-      const bool ok = src >= 0 && k0 + 8 * c < g.K;
-      cp_async16(as + sw128_offset(r, c), ok ? g.a + static_cast<int64_t>(src) * g.K + k0 + 8 * c : g.a, ok);
-    }
-    for (int i = threadIdx.x; i < kBN * (kBK / 8); i += kThreads) {
-      const int r = i / (kBK / 8), c = i % (kBK / 8);
+      return src >= 0 && k0 + 8 * c < g.K ? g.a + static_cast<int64_t>(src) * g.K + k0 + 8 * c : nullptr;
+    }, g.a);
+    load_tile<kBN>(bs, [&](int r, int c) -> const void* {
       // Gated: shared rows 0..127 are gate rows n0.., rows 128..255 the same rows of up.
       const int n = kGated ? n0 + (r & (kBN / 2 - 1)) : n0 + r;
       const bf16* w = kGated && r >= kBN / 2 ? w1 : w0;
-      const bool ok = n < g.N && k0 + 8 * c < g.K;
-      cp_async16(bs + sw128_offset(r, c), ok ? w + static_cast<int64_t>(n) * g.K + k0 + 8 * c : w0, ok);
-    }
-  };
+      return n < g.N && k0 + 8 * c < g.K ? w + static_cast<int64_t>(n) * g.K + k0 + 8 * c : nullptr;
+    }, w0);
+  });
 
-  const int ktiles = (g.K + kBK - 1) / kBK;
-  // kStages - 2 tiles ahead: the slot refilled in step kt held tile kt - 2, whose wgmma every warpgroup
-  // has finished (wgmma_wait<1> after issuing kt - 1) before the barrier of step kt.
-#pragma unroll
-  for (int s = 0; s < kStages - 2; ++s) {
-    if (s < ktiles) load_stage(s, s * kBK);
-    cp_async_commit();
-  }
-  const int wg = threadIdx.x / 128;
-  const int a_off = wg * 64 * kRowBytes, b_off = kBM * kRowBytes;  // this warpgroup's A rows; all of B
-  float acc[kAcc];
-#pragma unroll
-  for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
-  wgmma_fence_operands(acc);
-
-  for (int kt = 0; kt < ktiles; ++kt) {
-    cp_async_wait<kStages - 3>();
-    fence_proxy_async();  // this thread's cp.async data, visible to the tensor cores' async proxy
-    __syncthreads();
-    const int pf = kt + kStages - 2;
-    if (pf < ktiles) load_stage(pf % kStages, pf * kBK);
-    cp_async_commit();
-    const unsigned char* stage = smem + (kt % kStages) * kStageBytes;
-    wgmma_fence();
-    wgmma_k_tile(acc, stage + a_off, stage + b_off);
-    wgmma_commit();
-    wgmma_wait<1>();
-    wgmma_fence_operands(acc);
-  }
-  wgmma_wait<0>();
-  wgmma_fence_operands(acc);
-  cp_async_wait<0>();
-
-  const int lane = threadIdx.x % 32, gq = lane / 4, t = lane % 4, warp_in_wg = (threadIdx.x / 32) % 4;
-  const int row0 = 64 * wg + 16 * warp_in_wg + gq;
+  const int row0 = first_row(), t = lane_pair();
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int r = row0 + 8 * half;
@@ -204,31 +146,6 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_gemm_kernel(GemmArgs g) {
       }
     }
   }
-}
-
-// out[t, :] = sum_k weights[t K + k] * y[slot_of_pair[t K + k], :], k ascending; D a multiple of 4.
-__global__ void combine_kernel(const float* y, const int32_t* slot_of_pair, const float* weights, int64_t T, int K,
-                               int64_t D, float* out) {
-  const int64_t quads = D / 4, n = T * quads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t tok = i / quads, c = (i % quads) * 4;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int k = 0; k < K; ++k) {
-      const float w = weights[tok * K + k];
-      const float4 v = *reinterpret_cast<const float4*>(y + static_cast<int64_t>(slot_of_pair[tok * K + k]) * D + c);
-      acc.x += w * v.x;
-      acc.y += w * v.y;
-      acc.z += w * v.z;
-      acc.w += w * v.w;
-    }
-    *reinterpret_cast<float4*>(out + tok * D + c) = acc;
-  }
-}
-
-unsigned blocks_for(int64_t n, int threads) {
-  const int64_t b = (n + threads - 1) / threads;
-  return static_cast<unsigned>(b < 65535 ? b : 65535);
 }
 
 cudaError_t launch(const GemmArgs& up, const GemmArgs& down, unsigned max_tiles, cudaStream_t s) {
@@ -278,7 +195,7 @@ cudaError_t moe_grouped_gemm(const MoeExpertsParams& p, cudaStream_t s) {
   e = launch(up, down, max_tiles, s);
   if (e != cudaSuccess) return e;
   combine_kernel<<<blocks_for(p.T * p.D / 4, 256), 256, 0, s>>>(y, slot_of_pair, p.weights, p.T, static_cast<int>(p.K),
-                                                               p.D, p.out);
+                                                               p.D, p.out, false);
   return cudaGetLastError();
 }
 

@@ -77,6 +77,16 @@ void register_cuda_backend() {
   t.axpby = [](const AxpbyParams& p, void* s) { check(axpby(p, as_stream(s)), "axpby"); };
   t.sum_squares = [](const SumSquaresParams& p, void* s) { check(sum_squares(p, as_stream(s)), "sum_squares"); };
   t.adamw = [](const AdamWParams& p, void* s) { check(adamw(p, as_stream(s)), "adamw"); };
+  t.moe_train_forward = [](const MoeTrainParams& p, void* s) {
+    DSV_CHECK(moe_train_supported(p), "moe_train_forward on CUDA needs D and F multiples of 8 and at most {} experts "
+              "(found D={} F={} E={})", kMaxGroupedGemmExperts, p.D, p.F, p.E);
+    check(moe_train_forward(p, as_stream(s)), "moe_train_forward");
+  };
+  t.moe_train_backward = [](const MoeTrainBackwardParams& p, void* s) {
+    DSV_CHECK(moe_train_supported(p.fwd), "moe_train_backward on CUDA needs D and F multiples of 8 and at most {} "
+              "experts (found D={} F={} E={})", kMaxGroupedGemmExperts, p.fwd.D, p.fwd.F, p.fwd.E);
+    check(moe_train_backward(p, as_stream(s)), "moe_train_backward");
+  };
   t.allocate = [](size_t bytes) -> void* { return cached_allocate(bytes); };
   t.release = [](void* p) { cached_release(p); };
   // Synchronous copies: the host side of a copy may be a temporary that dies right after the call.
