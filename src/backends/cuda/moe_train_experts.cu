@@ -260,19 +260,31 @@ __global__ void __launch_bounds__(kThreads, 1) segment_gemm_kernel(SegmentGemm g
     }, g.b_t);
   });
 
+  // c += acc: every old value is loaded before any store, so that the loads go out together (a load
+  // after a store to the same array would otherwise wait for it: the compiler cannot tell them apart).
   float* out = g.c[e];
   const int row0 = first_row(), t = lane_pair();
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int m = m0 + row0 + 8 * half;
-    if (m >= g.M) continue;
+  for (int pass = 0; pass < 2; ++pass) {
 #pragma unroll
-    for (int j = 0; j < kBN / 8; ++j) {
-      const int col = n0 + 8 * j + 2 * t;
-      if (col >= g.N) continue;
-      float2* p = reinterpret_cast<float2*>(out + static_cast<int64_t>(m) * g.N + col);
-      const float2 old = *p;
-      *p = make_float2(old.x + acc[4 * j + 2 * half], old.y + acc[4 * j + 2 * half + 1]);
+    for (int half = 0; half < 2; ++half) {
+      const int m = m0 + row0 + 8 * half;
+      if (m >= g.M) continue;
+#pragma unroll
+      for (int j = 0; j < kBN / 8; ++j) {
+        const int col = n0 + 8 * j + 2 * t;
+        if (col >= g.N) continue;
+        float2* p = reinterpret_cast<float2*>(out + static_cast<int64_t>(m) * g.N + col);
+        float& a0 = acc[4 * j + 2 * half];
+        float& a1 = acc[4 * j + 2 * half + 1];
+        if (pass == 0) {
+          const float2 old = *p;
+          a0 += old.x;
+          a1 += old.y;
+        } else {
+          *p = make_float2(a0, a1);
+        }
+      }
     }
   }
 }
