@@ -428,6 +428,7 @@ struct AdamWParams {
   int64_t n = 0;
   int64_t step = 1;  // 1-based, for bias correction
   float lr = 0.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f, grad_scale = 1.0f;
+  uint16_t* param_bf16 = nullptr;  // optional [n]: bf16(param) after the update (a bf16 compute copy)
 };
 void adamw(const Context& ctx, const AdamWParams& p);
 

@@ -47,13 +47,18 @@ struct Trainer::Impl {
   int64_t mtp_depth = 0;
   int64_t steps_done = 0, adam_steps = 0, consecutive_bad = 0;
   double flops_per_token = 0.0, peak_flops = 0.0;
-  // Bf16 products (train.bf16): bf16 compute copies of the master weights, refreshed before every
-  // forward pass and registered with the ops so that products read them.
+  // Bf16 products (train.bf16): bf16 compute copies of the master weights, registered with the ops so
+  // that products read them, and current before every forward pass. AdamW writes the trainable part as
+  // it updates it; the rest (router biases, changed by the bias update) and whatever a load replaced
+  // are cast here.
   ops::Buffer<uint16_t> compute_copy;
+  bool trainable_copy_current = false;  // AdamW's bf16 output matches the trainable master weights
   void refresh_compute_copy() const {
     if (compute_copy.size() == 0) return;
     const ops::Context ctx = store->model().context();
-    ops::cast(ctx, {.x = store->params(), .y = compute_copy.data(), .n = store->total(), .to_bf16 = true});
+    const int64_t begin = trainable_copy_current ? store->trainable_end() : 0;
+    ops::cast(ctx, {.x = store->params() + begin, .y = compute_copy.data() + begin, .n = store->total() - begin,
+                    .to_bf16 = true});
   }
   ~Impl() {
     if (compute_copy.size()) ops::set_bf16_weight_copy(nullptr, nullptr, 0);
@@ -145,6 +150,7 @@ std::vector<std::string> Trainer::load_checkpoint(const std::string& dir) {
   Impl& s = *impl_;
   const std::string step_dir = find_checkpoint(dir);
   const TrainingState state = dsv::train::load_checkpoint(step_dir, *s.store);
+  s.trainable_copy_current = false;  // the master weights were replaced
   s.steps_done = state.step;
   s.adam_steps = state.adam_steps;
   s.consecutive_bad = state.consecutive_bad;
@@ -271,8 +277,10 @@ StepMetrics Trainer::step() {
                        .m = store.adam_m() + begin, .v = store.adam_v() + begin, .n = n, .step = s.adam_steps,
                        .lr = static_cast<float>(out.lr), .beta1 = static_cast<float>(cfg.beta1),
                        .beta2 = static_cast<float>(cfg.beta2), .eps = static_cast<float>(cfg.eps),
-                       .weight_decay = r == 0 ? static_cast<float>(cfg.weight_decay) : 0.0f, .grad_scale = clip});
+                       .weight_decay = r == 0 ? static_cast<float>(cfg.weight_decay) : 0.0f, .grad_scale = clip,
+                       .param_bf16 = s.compute_copy.size() ? s.compute_copy.data() + begin : nullptr});
     }
+    s.trainable_copy_current = s.compute_copy.size() > 0;
     // Auxiliary-loss-free balancing: bias_i += gamma * sign(mean load - load_i).
     if (cfg.bias_update_gamma > 0.0) {
       for (int64_t l = 0; l < c.num_hidden_layers; ++l) {

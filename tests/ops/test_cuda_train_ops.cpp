@@ -404,6 +404,14 @@ TEST_F(CudaTrainOps, AdamWMatchesCpu) {
     EXPECT_LE(rel_l2(dparam.download(), param), 1e-6) << "param";
     EXPECT_LE(rel_l2(dm.download(), m), 1e-6) << "m";
     EXPECT_LE(rel_l2(dv.download(), v), 1e-6) << "v";
+    // The optional bf16 copy is the rounding of the updated parameter, exactly (as ops::cast makes it).
+    Dev<uint16_t> dcopy(std::vector<uint16_t>(c.n, 0));
+    Dev<float> dparam2(param);
+    p.param = dparam2.ptr;
+    p.param_bf16 = dcopy.ptr;
+    CUDA_OK(cuda::adamw(p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(dcopy.download(), to_bf16(dparam2.download()));
   }
 }
 

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "ops/ops.h"
 #include "test_helpers.h"
 
@@ -616,6 +617,14 @@ TEST(TrainOpsAdamW, MatchesTorchFormulaOverSteps) {
       EXPECT_NEAR(v[i], vd[i], 1e-5 * std::abs(vd[i]) + 1e-30);
     }
   }
+}
+
+TEST(TrainOpsAdamW, WritesTheBf16CopyOfTheUpdatedParams) {
+  std::vector<float> param = randn(9, 95), grad = randn(9, 96), m(9, 0.0f), v(9, 0.0f);
+  std::vector<uint16_t> copy(9, 0);
+  ops::adamw(Context{}, {.param = param.data(), .grad = grad.data(), .m = m.data(), .v = v.data(), .n = 9,
+                         .step = 1, .lr = 0.1f, .weight_decay = 0.1f, .param_bf16 = copy.data()});
+  for (size_t i = 0; i < param.size(); ++i) EXPECT_EQ(copy[i], f32_to_bf16(param[i])) << i;
 }
 
 TEST(TrainOpsAdamW, FirstStepMovesEachParamByLr) {

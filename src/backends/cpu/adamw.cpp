@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "backends/cpu/cpu_ops.h"
+#include "core/dtype.h"
 
 namespace dsv::ops::cpu {
 
@@ -21,6 +22,7 @@ void adamw(const AdamWParams& p) {
     p.v[i] = v;
     const float denom = std::sqrt(v) / bc2_sqrt + p.eps;
     p.param[i] = p.param[i] * decay - step_size * m / denom;
+    if (p.param_bf16) p.param_bf16[i] = f32_to_bf16(p.param[i]);
   }
 }
 

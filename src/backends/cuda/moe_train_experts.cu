@@ -202,23 +202,39 @@ __global__ void __launch_bounds__(kThreads, 1) rows_gemm_kernel(RowsGemm g) {
         *reinterpret_cast<float2*>(g.gu + row * 2 * g.N + col) = make_float2(g0, g1);
         *reinterpret_cast<float2*>(g.gu + row * 2 * g.N + g.N + col) = make_float2(u0, u1);
       }
-    } else {
+    } else if constexpr (kEpi == Epilogue::StoreF32) {
 #pragma unroll
       for (int j = 0; j < kBN / 8; ++j) {
         const int col = n0 + 8 * j + 2 * t;
-        if (col >= g.N) continue;
-        const float v0 = acc[4 * j + 2 * half], v1 = acc[4 * j + 2 * half + 1];
-        if constexpr (kEpi == Epilogue::StoreF32) {
-          *reinterpret_cast<float2*>(g.y + row * g.N + col) = make_float2(v0, v1);
-        } else {
-          const float2 gg = *reinterpret_cast<const float2*>(g.gu + row * 2 * g.N + col);
-          const float2 uu = *reinterpret_cast<const float2*>(g.gu + row * 2 * g.N + g.N + col);
-          const float s0 = 1.0f / (1.0f + __expf(-gg.x)), s1 = 1.0f / (1.0f + __expf(-gg.y));
-          const float dg0 = v0 * uu.x * (s0 * (1.0f + gg.x * (1.0f - s0)));
-          const float dg1 = v1 * uu.y * (s1 * (1.0f + gg.y * (1.0f - s1)));
-          *reinterpret_cast<__nv_bfloat162*>(g.dgu + row * 2 * g.N + col) = __floats2bfloat162_rn(dg0, dg1);
-          *reinterpret_cast<__nv_bfloat162*>(g.dgu + row * 2 * g.N + g.N + col) =
-              __floats2bfloat162_rn(v0 * (gg.x * s0), v1 * (gg.y * s1));
+        if (col < g.N) *reinterpret_cast<float2*>(g.y + row * g.N + col) = make_float2(acc[4 * j + 2 * half],
+                                                                                       acc[4 * j + 2 * half + 1]);
+      }
+    } else {
+      // Eight column pairs at a time: their gate and up values are all loaded before any dgu store, so
+      // the loads go out together instead of each waiting behind the previous store.
+      const float* gu = g.gu + row * 2 * g.N;
+      bf16* dgu = g.dgu + row * 2 * g.N;
+#pragma unroll
+      for (int j0 = 0; j0 < kBN / 8; j0 += 8) {
+        float2 gg[8], uu[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const int col = n0 + 8 * (j0 + j) + 2 * t;
+          if (col >= g.N) continue;
+          gg[j] = *reinterpret_cast<const float2*>(gu + col);
+          uu[j] = *reinterpret_cast<const float2*>(gu + g.N + col);
+        }
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const int col = n0 + 8 * (j0 + j) + 2 * t;
+          if (col >= g.N) continue;
+          const float v0 = acc[4 * (j0 + j) + 2 * half], v1 = acc[4 * (j0 + j) + 2 * half + 1];
+          const float s0 = 1.0f / (1.0f + __expf(-gg[j].x)), s1 = 1.0f / (1.0f + __expf(-gg[j].y));
+          const float dg0 = v0 * uu[j].x * (s0 * (1.0f + gg[j].x * (1.0f - s0)));
+          const float dg1 = v1 * uu[j].y * (s1 * (1.0f + gg[j].y * (1.0f - s1)));
+          *reinterpret_cast<__nv_bfloat162*>(dgu + col) = __floats2bfloat162_rn(dg0, dg1);
+          *reinterpret_cast<__nv_bfloat162*>(dgu + g.N + col) =
+              __floats2bfloat162_rn(v0 * (gg[j].x * s0), v1 * (gg[j].y * s1));
         }
       }
     }

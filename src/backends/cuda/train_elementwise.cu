@@ -1,5 +1,7 @@
 // Elementwise and row-wise training ops, fp32, grid-stride loops with 64-bit indices:
 // swiglu_backward, embed_backward (deterministic, no atomics), row_dots (one warp per row), axpby, adamw.
+#include <cuda_bf16.h>
+
 #include <cmath>
 
 #include "backends/cuda/cuda_ops.h"
@@ -74,7 +76,9 @@ __global__ void adamw_kernel(AdamWParams p, float decay, float step_size, float 
     const float v = p.beta2 * p.v[i] + (1.0f - p.beta2) * g * g;
     p.m[i] = m;
     p.v[i] = v;
-    p.param[i] = p.param[i] * decay - step_size * m / (sqrtf(v) / bc2_sqrt + p.eps);
+    const float w = p.param[i] * decay - step_size * m / (sqrtf(v) / bc2_sqrt + p.eps);
+    p.param[i] = w;
+    if (p.param_bf16) reinterpret_cast<__nv_bfloat16*>(p.param_bf16)[i] = __float2bfloat16_rn(w);
   }
 }
 
