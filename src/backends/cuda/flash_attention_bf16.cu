@@ -346,15 +346,20 @@ __global__ void pack_heads_transposed_kernel(const float* src, int64_t stride, i
 // Per warp, transposed products: S^T = K_w Q^T, dP^T = V_w dO^T, then dV_w += P^T dO, dK_w += dS^T Q.
 constexpr int kKvK = 16 * kWarps, kKvQ = 32;  // 86 KB at 192 / 128
 
+// The per-query statistics come head-major (lse_h, D_h: [H][Tp], Tp a multiple of kKvQ, zero past T) and
+// ride along with each query tile into shared memory: read per element from global memory inside the
+// loop, their latency stalled every tile.
 __global__ void __launch_bounds__(kThreads, 2)
-    bwd_kv_kernel(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* Dsum,
-                  Dims d, float* dk_out, float* dv_out) {
+    bwd_kv_kernel(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse_h, const float* D_h,
+                  int64_t Tp, Dims d, float* dk_out, float* dv_out) {
   extern __shared__ __align__(128) unsigned char smem[];
   const int ldq = d.Dqk + kPad, ldv = d.Dv + kPad;
   bf16* Ks = reinterpret_cast<bf16*>(smem);  // [64][ldq]
   bf16* Vs = Ks + kKvK * ldq;                // [64][ldv]
   bf16* Qs = Vs + kKvK * ldv;                // [2][32][ldq]
   bf16* dOs = Qs + 2 * kKvQ * ldq;           // [2][32][ldv]
+  float* Ls = reinterpret_cast<float*>(dOs + 2 * kKvQ * ldv);  // [2][32] logsumexp of the tile's queries
+  float* Ds = Ls + 2 * kKvQ;                                   // [2][32] dout . out
   const int64_t s0 = static_cast<int64_t>(blockIdx.x) * kKvK;  // the first key blocks see the most queries
   const int h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t qs = static_cast<int64_t>(d.H) * d.Dqk, vs = static_cast<int64_t>(d.H) * d.Dv, offset = d.S - d.T;
@@ -368,6 +373,11 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int rows = static_cast<int>(d.T - q0 < kKvQ ? d.T - q0 : kKvQ);
     load_tile(Qs + buf * kKvQ * ldq, ldq, qh, q0, kKvQ, rows, qs, d.Dqk);
     load_tile(dOs + buf * kKvQ * ldv, ldv, gh, q0, kKvQ, rows, vs, d.Dv);
+    if (threadIdx.x < kKvQ / 2) {  // 8 chunks of 4 lse values, then 8 of D
+      const int c = threadIdx.x % (kKvQ / 4);
+      const float* src = (threadIdx.x < kKvQ / 4 ? lse_h : D_h) + h * Tp + q0 + 4 * c;
+      cp_async16((threadIdx.x < kKvQ / 4 ? Ls : Ds) + buf * kKvQ + 4 * c, src, true);
+    }
   };
   load_tile(Ks, ldq, kh, s0, kKvK, keys, qs, d.Dqk);
   load_tile(Vs, ldv, vh, s0, kKvK, keys, vs, d.Dv);
@@ -398,7 +408,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       for (int c = 0; c < 2; ++c) {
         const int64_t qi = q0 + 8 * j + 2 * t + c;
         const bool in = qi < d.T;
-        const float L = in ? lse[qi * d.H + h] * kLog2e : 0.0f, D = in ? Dsum[qi * d.H + h] : 0.0f;
+        const float L = Ls[buf * kKvQ + 8 * j + 2 * t + c] * kLog2e, D = Ds[buf * kKvQ + 8 * j + 2 * t + c];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int e = 2 * r + c;
@@ -490,7 +500,18 @@ unsigned tiles_of(int64_t n, int tile) { return static_cast<unsigned>((n + tile 
 // Blocks of 256 threads for a grid-stride loop over n items.
 unsigned grid_for(int64_t n) { return static_cast<unsigned>((n + 255) / 256 < 65536 ? (n + 255) / 256 : 65536); }
 size_t kv_smem(const Dims& d) {
-  return sizeof(bf16) * static_cast<size_t>((kKvK + 2 * kKvQ) * (d.Dqk + kPad + d.Dv + kPad));
+  return sizeof(bf16) * static_cast<size_t>((kKvK + 2 * kKvQ) * (d.Dqk + kPad + d.Dv + kPad)) +
+         sizeof(float) * 2 * 2 * kKvQ;
+}
+// lse_h[h][t] = lse[t][h], D_h[h][t] = Dsum[t][h] for t < T; zero for T <= t < Tp.
+__global__ void head_major_stats_kernel(const float* lse, const float* Dsum, int64_t T, int H, int64_t Tp,
+                                        float* lse_h, float* D_h) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < H * Tp;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t h = i / Tp, t = i % Tp;
+    lse_h[i] = t < T ? lse[t * H + h] : 0.0f;
+    D_h[i] = t < T ? Dsum[t * H + h] : 0.0f;
+  }
 }
 size_t q_smem(const Dims& d) {
   return sizeof(bf16) * static_cast<size_t>((kDqQ + 2 * kDqK) * (d.Dqk + kPad + d.Dv + kPad));
@@ -572,14 +593,21 @@ cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cuda
   float* out = scratch.get<float>(rows * p.Dv);
   float* lse = scratch.get<float>(rows);
   float* Dsum = scratch.get<float>(rows);
+  const int64_t Tp = (p.T + kKvQ - 1) / kKvQ * kKvQ;
+  float* lse_h = scratch.get<float>(2 * p.H * Tp);  // then D_h
+  float* D_h = lse_h + p.H * Tp;
   if (e == cudaSuccess && scratch.failed()) e = cudaErrorMemoryAllocation;
   if (e == cudaSuccess) e = forward(p.q, p.k, qw, p.v, vw, d, out, lse, stream);
   if (e == cudaSuccess) e = attention_row_dots(p.dout, out, Dsum, rows, p.Dv, stream);
+  if (e == cudaSuccess) {
+    head_major_stats_kernel<<<grid_for(p.H * Tp), 256, 0, stream>>>(lse, Dsum, p.T, d.H, Tp, lse_h, D_h);
+    e = cudaGetLastError();
+  }
   if (e == cudaSuccess) e = allow_smem(bwd_kv_kernel, kv_smem(d));
   if (e == cudaSuccess) e = allow_smem(bwd_q_kernel, q_smem(d));
   if (e == cudaSuccess) {
     bwd_kv_kernel<<<dim3(tiles_of(p.S, kKvK), static_cast<unsigned>(p.H)), kThreads, kv_smem(d), stream>>>(
-        q, k, v, g, lse, Dsum, d, p.dk, p.dv);
+        q, k, v, g, lse_h, D_h, Tp, d, p.dk, p.dv);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess) {

@@ -90,6 +90,22 @@ __device__ __forceinline__ void mainloop(float (&acc)[kAcc], unsigned char* ring
   cp_async_wait<0>();
 }
 
+// An M-tile of expert-grouped rows (expert e owns rows offsets[e] .. offsets[e+1] and M-tiles
+// tile_start[e] .. tile_start[e+1]): its expert, first row and number of rows (<= kBM).
+struct RowTile {
+  int expert, row_begin, rows;
+};
+__device__ __forceinline__ RowTile locate_row_tile(const int32_t* offsets, const int32_t* tile_start, int E, int tile) {
+  int lo = 0, hi = E - 1;  // the last e with tile_start[e] <= tile
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (tile_start[mid] <= tile) lo = mid;
+    else hi = mid - 1;
+  }
+  const int row_begin = offsets[lo] + (tile - tile_start[lo]) * kBM;
+  return {lo, row_begin, min(kBM, offsets[lo + 1] - row_begin)};
+}
+
 // Where this thread's accumulators sit in the 128 x 256 tile: acc[4j + 2h + {0, 1}] is row
 // first_row() + 8h, columns 8j + 2 lane_pair() + {0, 1}.
 __device__ __forceinline__ int first_row() {

@@ -9,14 +9,12 @@
 //   down      one grouped GEMM: y[row] = h[row] . down[e]^T in fp32, rows in expert order.
 //   combine   out[t] = sum_k weights[t, k] * y[slot_of_pair[t K + k]] (k ascending), as the spec.
 //
-// GEMM tiles: 128 x 256 x 64 on Hopper warpgroup MMA (wgmma, sm_90a), two warpgroups per block, each
-// 64 rows x 256 columns (m64n256k16, 128 fp32 accumulators per thread). Operand tiles are 128-byte
-// swizzled (wgmma_bf16.cuh), filled by cp.async (A rows are gathered, which the bulk tensor copy cannot
-// do) in a 4-stage pipeline with one wgmma batch in flight while the next tiles land. At prefill sizes
-// these GEMMs are bound by loading operand tiles, not by the tensor cores (an expert's weights serve
-// ~128 rows on V3 shapes): 64-row tiles, which waste less of an expert's last tile, measured 1.27x
-// slower than 128-row tiles on bench-671b-l2 at 4096 tokens, since every tile streams the whole weight
-// slice. Rows past an expert's count and columns past N are zero-filled and not stored; K must be a
+// GEMM tiles: 128 x 256 x 64 on the wgmma main loop of grouped_gemm_core.cuh (two warpgroups of
+// m64n256k16, 128-byte-swizzled tiles filled by cp.async: A rows are gathered, which the bulk tensor
+// copy cannot do). At prefill sizes these GEMMs are bound by loading operand tiles, not by the tensor
+// cores (an expert's weights serve ~128 rows on V3 shapes): 64-row tiles, which waste less of an
+// expert's last tile, measured 1.27x slower than 128-row tiles on bench-671b-l2 at 4096 tokens, since
+// every tile streams the whole weight slice. Rows past an expert's count and columns past N are zero-filled and not stored; K must be a
 // multiple of 8 (16-byte copies). Expert tiles are found by a binary search over the plan's tile
 // offsets; the grid is sized for the most tiles any routing can need, and extra blocks exit.
 #include <cuda_bf16.h>
@@ -89,15 +87,8 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_gemm_kernel(GemmArgs g) {
   // from L2 after (expert weights at prefill sizes are read for ~128 rows each: bandwidth-bound).
   const int tile = static_cast<int>(blockIdx.x / g.col_blocks);
   if (tile >= g.tile_start[g.E]) return;
-  int lo = 0, hi = g.E - 1;  // the expert whose tile range holds this tile: the last e with start <= tile
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (g.tile_start[mid] <= tile) lo = mid;
-    else hi = mid - 1;
-  }
-  const int e = lo;
-  const int row_begin = g.offsets[e] + (tile - g.tile_start[e]) * kBM;
-  const int rows = min(kBM, g.offsets[e + 1] - row_begin);
+  const RowTile rt = locate_row_tile(g.offsets, g.tile_start, g.E, tile);
+  const int e = rt.expert, row_begin = rt.row_begin, rows = rt.rows;
   const int n0 = static_cast<int>(blockIdx.x % g.col_blocks) * (kGated ? kBN / 2 : kBN);
   if (threadIdx.x < kBM) {
     const int r = static_cast<int>(threadIdx.x);

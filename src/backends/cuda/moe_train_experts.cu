@@ -150,15 +150,8 @@ __global__ void __launch_bounds__(kThreads, 1) rows_gemm_kernel(RowsGemm g) {
   unsigned char* ring = stage_ring(smem_raw);
   const int tile = static_cast<int>(blockIdx.x / g.col_blocks);
   if (tile >= g.tile_start[g.E]) return;
-  int lo = 0, hi = g.E - 1;  // the expert whose tile range holds this tile: the last e with start <= tile
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (g.tile_start[mid] <= tile) lo = mid;
-    else hi = mid - 1;
-  }
-  const int e = lo;
-  const int row_begin = g.offsets[e] + (tile - g.tile_start[e]) * kBM;
-  const int rows = min(kBM, g.offsets[e + 1] - row_begin);
+  const RowTile rt = locate_row_tile(g.offsets, g.tile_start, g.E, tile);
+  const int e = rt.expert, row_begin = rt.row_begin, rows = rt.rows;
   const int n0 = static_cast<int>(blockIdx.x % g.col_blocks) * (kGated ? kBN / 2 : kBN);
   const bf16* w0 = g.w0[e];
   const bf16* w1 = g.w1 ? g.w1[e] : w0;
