@@ -1,16 +1,17 @@
 // Causal attention forward and backward on bf16 tensor cores (ops::MatmulPrecision::Bf16: the
 // autocast-style mode, fp32 storage, products on bf16-rounded inputs with fp32 accumulation).
-// Forward: Hopper warpgroup MMA (wgmma) on head-major bf16 copies of q, k and transposed v, 128 queries
-// per block (see "forward" below). Backward: FlashAttention-2 tiling with mma.sync m16n8k16 on dense
-// bf16 copies of q, k, v and dout; tiles stream into shared memory with cp.async (double-buffered),
-// fragments come from ldmatrix, and scores, probabilities and outputs stay in registers. The
-// probabilities P and dS are rounded to bf16 as the A operand of the second product of each pair (P V,
-// P^T dO, dS^T Q, dS K); the softmax, its statistics and every accumulator are fp32.
+// Forward and dq: Hopper warpgroup MMA (wgmma) on head-major bf16 copies of q, k, v (and their
+// transposes), 128 queries per block (see "forward" and "dq on warpgroup MMA" below). dk / dv:
+// FlashAttention-2 tiling with mma.sync m16n8k16 on dense bf16 copies of q, k, v and dout; tiles stream
+// into shared memory with cp.async (double-buffered), fragments come from ldmatrix, and scores,
+// probabilities and outputs stay in registers. The probabilities P and dS are rounded to bf16 as the A
+// operand of the second product of each pair (P V, P^T dO, dS^T Q, dS K); the softmax, its statistics
+// and every accumulator are fp32.
 //
 // Semantics are those of the reference (attention.cu): query t of T sees keys 0 .. S - T + t;
 // q [T, H, Dqk] dense, k / v rows of H * D floats (or k_stride / v_stride), out [T, H, Dv] dense.
 // Backward as flash_attention.cu: the forward again for out and logsumexp, D = dout . out, then
-// dk / dv per 64-key block over the query tiles that see it and dq per 64-query block (no atomics:
+// dk / dv per 64-key block over the query tiles that see it and dq per 128-query block (no atomics:
 // deterministic).
 //
 // Fragment layouts (PTX m16n8k16, g = lane / 4, t = lane % 4):
@@ -300,6 +301,145 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   }
 }
 
+// ---- dq on warpgroup MMA: block = 128 queries (64 per warpgroup) x one head ----
+// Operands packed head-major as for the forward: Qp [H][Tp][Dp], dOp [H][Tp][128] (v dims padded), Kp
+// [H][Sp][Dp], Vp [H][Sp][128] and K transposed, Kt [H][Dp][Sp]. Per 64-key tile and warpgroup: S = Q K^T
+// and dP = dO V^T from shared memory in one wgmma batch; dS = P (dP - D) scale on the accumulators
+// (P = exp(S scale - lse)); dS, rounded to bf16, stays in registers as the A operand of dQ (64 x Dp) +=
+// dS K, whose B is the Kt tile (keys contiguous), in Dp / 64 products of 64 columns.
+template <int kDp>
+struct DqSmem {
+  static constexpr int kQBytes = kFwdQ * kDp * 2;      // kDp / 64 column blocks of [128][128 B]
+  static constexpr int kGBytes = kFwdQ * kFwdDv * 2;   // 2 column blocks of [128][128 B]
+  static constexpr int kKBytes = kFwdK * kDp * 2;      // kDp / 64 column blocks of [64][128 B]
+  static constexpr int kVBytes = kFwdK * kFwdDv * 2;   // 2 column blocks of [64][128 B]
+  static constexpr int kKtBytes = kDp * kFwdK * 2;     // [kDp][64 keys]
+  static constexpr int kStageBytes = kKBytes + kVBytes + kKtBytes;
+  static constexpr size_t kBytes = kQBytes + kGBytes + 2 * kStageBytes + 1024;  // + alignment slack
+};
+
+template <int kDp>
+__global__ void __launch_bounds__(kFwdThreads, 1)
+    bwd_q_wgmma_kernel(const bf16* qp, const bf16* gp, const bf16* kp, const bf16* vp, const bf16* ktp,
+                       const float* lse, const float* Dsum, Dims d, int64_t Tp, int64_t Sp, float* dq_out) {
+  using L = DqSmem<kDp>;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* Qs = align_to_swizzle_atom(smem_raw);
+  unsigned char* Gs = Qs + L::kQBytes;
+  unsigned char* stages = Gs + L::kGBytes;
+  const int64_t t0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kFwdQ;  // the longest rows first
+  const int h = blockIdx.y, wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t offset = d.S - d.T;
+  const int64_t key_end = d.S < t0 + kFwdQ + offset ? d.S : t0 + kFwdQ + offset;  // keys some row sees
+  const int tiles = static_cast<int>((key_end + kFwdK - 1) / kFwdK);
+  const bf16* kh = kp + h * Sp * kDp;
+  const bf16* vh = vp + h * Sp * kFwdDv;
+  const bf16* kth = ktp + static_cast<int64_t>(h) * kDp * Sp;
+  auto load_keys = [&](int tile) {
+    unsigned char* st = stages + (tile & 1) * L::kStageBytes;
+    const int64_t k0 = static_cast<int64_t>(tile) * kFwdK;
+    load_swizzled<kDp>(st, kh + k0 * kDp, kFwdK);
+    load_swizzled<kFwdDv>(st + L::kKBytes, vh + k0 * kFwdDv, kFwdK);
+    for (int i = threadIdx.x; i < kDp * (kFwdK / 8); i += kFwdThreads) {
+      const int r = i / (kFwdK / 8), c = i % (kFwdK / 8);
+      cp_async16(st + L::kKBytes + L::kVBytes + sw128_offset(r, c), kth + r * Sp + k0 + 8 * c, true);
+    }
+  };
+  load_swizzled<kDp>(Qs, qp + (h * Tp + t0) * kDp, kFwdQ);
+  load_swizzled<kFwdDv>(Gs, gp + (h * Tp + t0) * kFwdDv, kFwdQ);
+  load_keys(0);
+  cp_async_commit();
+
+  const int64_t wg_row = t0 + 64 * wg, row0 = wg_row + 16 * warp + g, row1 = row0 + 8;
+  const float L0 = row0 < d.T ? lse[row0 * d.H + h] * kLog2e : 0.0f;
+  const float L1 = row1 < d.T ? lse[row1 * d.H + h] * kLog2e : 0.0f;
+  const float D0 = row0 < d.T ? Dsum[row0 * d.H + h] : 0.0f, D1 = row1 < d.T ? Dsum[row1 * d.H + h] : 0.0f;
+  constexpr int kChunks = kDp / 64;
+  float dq[kChunks][32], s[32], dp[32];
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dq[c][i] = 0.0f;
+  const float scale2 = d.scale * kLog2e;
+  for (int it = 0; it < tiles; ++it) {
+    cp_async_wait<0>();
+    fence_proxy_async();  // this thread's copies, visible to the tensor cores
+    __syncthreads();      // tile it landed for all; every warpgroup is done with tile it - 1
+    if (it + 1 < tiles) load_keys(it + 1);
+    cp_async_commit();
+    const int64_t k0 = static_cast<int64_t>(it) * kFwdK;
+    if (k0 > wg_row + 63 + offset) continue;  // every key of the tile is past this warpgroup's diagonal
+    const unsigned char* st = stages + (it & 1) * L::kStageBytes;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s[i] = dp[i] = 0.0f;
+    wgmma_fence_operands(s);
+    wgmma_fence_operands(dp);
+    wgmma_fence();
+#pragma unroll
+    for (int kb = 0; kb < kDp / 64; ++kb) {
+      const uint64_t dq_a = wgmma_desc_sw128(Qs + kb * kFwdQ * 128 + wg * 64 * 128);
+      const uint64_t dk_b = wgmma_desc_sw128(st + kb * kFwdK * 128);
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(s, dq_a + 2 * ks, dk_b + 2 * ks);
+    }
+#pragma unroll
+    for (int kb = 0; kb < kFwdDv / 64; ++kb) {
+      const uint64_t dg_a = wgmma_desc_sw128(Gs + kb * kFwdQ * 128 + wg * 64 * 128);
+      const uint64_t dv_b = wgmma_desc_sw128(st + L::kKBytes + kb * kFwdK * 128);
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(dp, dg_a + 2 * ks, dv_b + 2 * ks);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(s);
+    wgmma_fence_operands(dp);
+    const bool masked = k0 + kFwdK > d.S || k0 + kFwdK - 1 > wg_row + 16 * warp + offset;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t key = k0 + 8 * j + 2 * t + (e & 1), row = e < 2 ? row0 : row1;
+        const bool visible = row < d.T && (!masked || (key < d.S && key <= row + offset));
+        const float prob = visible ? exp2f(s[4 * j + e] * scale2 - (e < 2 ? L0 : L1)) : 0.0f;
+        s[4 * j + e] = prob * (dp[4 * j + e] - (e < 2 ? D0 : D1)) * d.scale;  // dS
+      }
+    // dS's accumulator blocks 2ks, 2ks + 1 (keys 16ks .. 16ks + 15) are the A fragment of step ks.
+    uint32_t da[4][4];
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      da[ks][0] = pack(s[8 * ks + 0], s[8 * ks + 1]);
+      da[ks][1] = pack(s[8 * ks + 2], s[8 * ks + 3]);
+      da[ks][2] = pack(s[8 * ks + 4], s[8 * ks + 5]);
+      da[ks][3] = pack(s[8 * ks + 6], s[8 * ks + 7]);
+    }
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) wgmma_fence_operands(dq[c]);
+    wgmma_fence();
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      const uint64_t dkt_b = wgmma_desc_sw128(st + L::kKBytes + L::kVBytes + c * 64 * 128);
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16_rs(dq[c], da[ks], dkt_b + 2 * ks);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) wgmma_fence_operands(dq[c]);
+  }
+  const int64_t qs = static_cast<int64_t>(d.H) * d.Dqk;
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int col = 64 * c + 8 * j + 2 * t;
+      if (col >= d.Dqk) continue;
+      if (row0 < d.T) *reinterpret_cast<float2*>(dq_out + row0 * qs + h * d.Dqk + col) = make_float2(dq[c][4 * j], dq[c][4 * j + 1]);
+      if (row1 < d.T)
+        *reinterpret_cast<float2*>(dq_out + row1 * qs + h * d.Dqk + col) = make_float2(dq[c][4 * j + 2], dq[c][4 * j + 3]);
+    }
+}
+
 // dst[h][r][c] = bf16(src[r * stride + h * D + c]) for r < rows, c < D; zero up to [H][rows_pad][width_pad].
 __global__ void pack_heads_kernel(const float* src, int64_t stride, int64_t rows, int D, int H, int64_t rows_pad,
                                   int width_pad, bf16* dst) {
@@ -427,71 +567,6 @@ __global__ void __launch_bounds__(kThreads, 2)
   store_rows(dv_out + h * d.Dv, vs, key0, d.S, d.Dv, dv, 1.0f, 1.0f, t);
 }
 
-// ---- dq: block = 64 queries (16 per warp) x one head; key tiles of 32, double-buffered ----
-// S = Q_w K^T, dP = dO_w V^T, dQ_w += dS K.
-constexpr int kDqQ = 16 * kWarps, kDqK = 32;  // 86 KB at 192 / 128
-
-__global__ void __launch_bounds__(kThreads, 2)
-    bwd_q_kernel(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* Dsum,
-                 Dims d, float* dq_out) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  const int ldq = d.Dqk + kPad, ldv = d.Dv + kPad;
-  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [64][ldq]
-  bf16* dOs = Qs + kDqQ * ldq;               // [64][ldv]
-  bf16* Ks = dOs + kDqQ * ldv;               // [2][32][ldq]
-  bf16* Vs = Ks + 2 * kDqK * ldq;            // [2][32][ldv]
-  const int64_t t0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kDqQ;  // the longest rows first
-  const int h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t qs = static_cast<int64_t>(d.H) * d.Dqk, vs = static_cast<int64_t>(d.H) * d.Dv, offset = d.S - d.T;
-  const int rows = static_cast<int>(d.T - t0 < kDqQ ? d.T - t0 : kDqQ);
-  const bf16 *qh = q + h * d.Dqk, *kh = k + h * d.Dqk, *vh = v + h * d.Dv, *gh = dout + h * d.Dv;
-  const int64_t key_end = d.S < t0 + rows + offset ? d.S : t0 + rows + offset;
-  const int tiles = static_cast<int>((key_end + kDqK - 1) / kDqK);
-  auto load_keys = [&](int tile, int buf) {
-    const int64_t k0 = static_cast<int64_t>(tile) * kDqK;
-    const int keys = static_cast<int>(d.S - k0 < kDqK ? d.S - k0 : kDqK);
-    load_tile(Ks + buf * kDqK * ldq, ldq, kh, k0, kDqK, keys, qs, d.Dqk);
-    load_tile(Vs + buf * kDqK * ldv, ldv, vh, k0, kDqK, keys, vs, d.Dv);
-  };
-  load_tile(Qs, ldq, qh, t0, kDqQ, rows, qs, d.Dqk);
-  load_tile(dOs, ldv, gh, t0, kDqQ, rows, vs, d.Dv);
-  load_keys(0, 0);
-  cp_async_commit();
-
-  const int64_t row0 = t0 + warp * 16 + g, row1 = row0 + 8;
-  const float L0 = row0 < d.T ? lse[row0 * d.H + h] * kLog2e : 0.0f;
-  const float L1 = row1 < d.T ? lse[row1 * d.H + h] * kLog2e : 0.0f;
-  const float D0 = row0 < d.T ? Dsum[row0 * d.H + h] : 0.0f, D1 = row1 < d.T ? Dsum[row1 * d.H + h] : 0.0f;
-  float dq[kMaxDqk / 8][4];
-  zero(dq);
-  const bf16* Qw = Qs + warp * 16 * ldq;
-  const bf16* dOw = dOs + warp * 16 * ldv;
-  const float scale2 = d.scale * kLog2e;
-  for (int it = 0; it < tiles; ++it) {
-    const int buf = it & 1;
-    await_tile(it, tiles, load_keys);
-    const int64_t k0 = static_cast<int64_t>(it) * kDqK;
-    const bf16* Kb = Ks + buf * kDqK * ldq;
-    float s[kDqK / 8][4], dp[kDqK / 8][4];
-    zero(s);
-    zero(dp);
-    rows_times_rows<kDqK / 8>(s, Qw, ldq, Kb, ldq, d.Dqk, lane);
-    rows_times_rows<kDqK / 8>(dp, dOw, ldv, Vs + buf * kDqK * ldv, ldv, d.Dv, lane);
-#pragma unroll
-    for (int j = 0; j < kDqK / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t row = e < 2 ? row0 : row1, key = k0 + 8 * j + 2 * t + (e & 1);
-        const bool visible = row < d.T && key < d.S && key <= row + offset;
-        const float prob = visible ? exp2f(s[j][e] * scale2 - (e < 2 ? L0 : L1)) : 0.0f;
-        dp[j][e] = prob * (dp[j][e] - (e < 2 ? D0 : D1)) * d.scale;
-      }
-    regs_times_rows<kDqK / 8, kMaxDqk / 8>(dq, dp, Kb, ldq, d.Dqk, lane);
-    __syncthreads();
-  }
-  store_rows(dq_out + h * d.Dqk, qs, row0, d.T, d.Dqk, dq, 1.0f, 1.0f, t);
-}
-
 template <typename Kernel>
 cudaError_t allow_smem(Kernel kernel, size_t bytes) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
@@ -512,9 +587,6 @@ __global__ void head_major_stats_kernel(const float* lse, const float* Dsum, int
     lse_h[i] = t < T ? lse[t * H + h] : 0.0f;
     D_h[i] = t < T ? Dsum[t * H + h] : 0.0f;
   }
-}
-size_t q_smem(const Dims& d) {
-  return sizeof(bf16) * static_cast<size_t>((kDqQ + 2 * kDqK) * (d.Dqk + kPad + d.Dv + kPad));
 }
 
 // A bf16 copy (dense rows of `width`, a multiple of 8) of rows x width fp32 values with row stride `stride`.
@@ -565,6 +637,46 @@ cudaError_t forward(const float* q, const float* k, int64_t k_stride, const floa
   }
 }
 
+template <int kDp>
+cudaError_t dq_kernel(const bf16* qp, const bf16* gp, const bf16* kp, const bf16* vp, const bf16* ktp, const float* lse,
+                      const float* Dsum, const Dims& d, int64_t Tp, int64_t Sp, float* dq, cudaStream_t stream) {
+  const cudaError_t e = allow_smem(bwd_q_wgmma_kernel<kDp>, DqSmem<kDp>::kBytes);
+  if (e != cudaSuccess) return e;
+  bwd_q_wgmma_kernel<kDp><<<dim3(tiles_of(d.T, kFwdQ), static_cast<unsigned>(d.H)), kFwdThreads, DqSmem<kDp>::kBytes,
+                            stream>>>(qp, gp, kp, vp, ktp, lse, Dsum, d, Tp, Sp, dq);
+  return cudaGetLastError();
+}
+
+// dq from the statistics (lse, D = dout . out; [T, H]): packs head-major bf16 copies of q, dout, k, v and
+// k transposed, then the wgmma kernel.
+cudaError_t dq_wgmma(const AttentionBackwardParams& p, const Dims& d, const float* lse, const float* Dsum,
+                     cudaStream_t stream) {
+  const int Dp = (d.Dqk + 63) / 64 * 64;
+  const int64_t Tp = (d.T + kFwdQ - 1) / kFwdQ * kFwdQ, Sp = (d.S + kFwdK - 1) / kFwdK * kFwdK;
+  const int64_t qw = p.H * p.Dqk, vw = p.H * p.Dv;
+  DeviceScratch scratch;
+  bf16* qp = scratch.get<bf16>(d.H * Tp * Dp);
+  bf16* gp = scratch.get<bf16>(d.H * Tp * kFwdDv);
+  bf16* kp = scratch.get<bf16>(d.H * Sp * Dp);
+  bf16* vp = scratch.get<bf16>(d.H * Sp * kFwdDv);
+  bf16* ktp = scratch.get<bf16>(d.H * Dp * Sp);
+  if (scratch.failed()) return cudaErrorMemoryAllocation;
+  pack_heads_kernel<<<grid_for(d.H * Tp * Dp / 8), 256, 0, stream>>>(p.q, qw, d.T, d.Dqk, d.H, Tp, Dp, qp);
+  pack_heads_kernel<<<grid_for(d.H * Tp * kFwdDv / 8), 256, 0, stream>>>(p.dout, vw, d.T, d.Dv, d.H, Tp, kFwdDv, gp);
+  pack_heads_kernel<<<grid_for(d.H * Sp * Dp / 8), 256, 0, stream>>>(p.k, qw, d.S, d.Dqk, d.H, Sp, Dp, kp);
+  pack_heads_kernel<<<grid_for(d.H * Sp * kFwdDv / 8), 256, 0, stream>>>(p.v, vw, d.S, d.Dv, d.H, Sp, kFwdDv, vp);
+  pack_heads_transposed_kernel<<<dim3(static_cast<unsigned>(Sp / 32), static_cast<unsigned>(Dp / 32),
+                                      static_cast<unsigned>(d.H)), 256, 0, stream>>>(p.k, qw, d.S, d.Dqk, Sp, Dp, ktp);
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  switch (Dp) {
+    case 64: return dq_kernel<64>(qp, gp, kp, vp, ktp, lse, Dsum, d, Tp, Sp, p.dq, stream);
+    case 128: return dq_kernel<128>(qp, gp, kp, vp, ktp, lse, Dsum, d, Tp, Sp, p.dq, stream);
+    case 192: return dq_kernel<192>(qp, gp, kp, vp, ktp, lse, Dsum, d, Tp, Sp, p.dq, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
 }  // namespace
 
 bool flash_attention_bf16_supported(int64_t H, int64_t Hkv, int64_t Dqk, int64_t Dv, int64_t T, int64_t S) {
@@ -604,17 +716,12 @@ cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cuda
     e = cudaGetLastError();
   }
   if (e == cudaSuccess) e = allow_smem(bwd_kv_kernel, kv_smem(d));
-  if (e == cudaSuccess) e = allow_smem(bwd_q_kernel, q_smem(d));
   if (e == cudaSuccess) {
     bwd_kv_kernel<<<dim3(tiles_of(p.S, kKvK), static_cast<unsigned>(p.H)), kThreads, kv_smem(d), stream>>>(
         q, k, v, g, lse_h, D_h, Tp, d, p.dk, p.dv);
     e = cudaGetLastError();
   }
-  if (e == cudaSuccess) {
-    bwd_q_kernel<<<dim3(tiles_of(p.T, kDqQ), static_cast<unsigned>(p.H)), kThreads, q_smem(d), stream>>>(
-        q, k, v, g, lse, Dsum, d, p.dq);
-    e = cudaGetLastError();
-  }
+  if (e == cudaSuccess) e = dq_wgmma(p, d, lse, Dsum, stream);
   return e;
 }
 
