@@ -178,6 +178,25 @@ __device__ __forceinline__ void load_swizzled(unsigned char* dst, const bf16* sr
   }
 }
 
+// The block of a wgmma attention kernel: queries t0 .. t0 + 127 (the longest rows first) of head h;
+// this thread's warpgroup, warp and fragment coordinates (g = lane / 4, t = lane % 4); the key offset
+// of query 0 (S - T) and the number of 64-key tiles some row of the block sees.
+struct QueryBlock {
+  int64_t t0;
+  int h, wg, warp, g, t;
+  int64_t offset;
+  int tiles;
+};
+__device__ __forceinline__ QueryBlock query_block(const Dims& d) {
+  const int64_t t0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kFwdQ;
+  const int lane = threadIdx.x % 32;
+  const int64_t offset = d.S - d.T;
+  const int64_t key_end = d.S < t0 + kFwdQ + offset ? d.S : t0 + kFwdQ + offset;
+  return {t0,       static_cast<int>(blockIdx.y), static_cast<int>(threadIdx.x / 128),
+          static_cast<int>((threadIdx.x / 32) % 4), lane / 4, lane % 4, offset,
+          static_cast<int>((key_end + kFwdK - 1) / kFwdK)};
+}
+
 template <int kDp>
 __global__ void __launch_bounds__(kFwdThreads, 1)
     fwd_kernel(const bf16* qp, const bf16* kp, const bf16* vt, Dims d, int64_t Tp, int64_t Sp, float* out, float* lse) {
@@ -185,12 +204,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   extern __shared__ unsigned char smem_raw[];
   unsigned char* Qs = align_to_swizzle_atom(smem_raw);
   unsigned char* stages = Qs + L::kQBytes;
-  const int64_t t0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kFwdQ;  // the longest rows first
-  const int h = blockIdx.y, wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  const int g = lane / 4, t = lane % 4;
-  const int64_t offset = d.S - d.T;
-  const int64_t key_end = d.S < t0 + kFwdQ + offset ? d.S : t0 + kFwdQ + offset;  // keys some row sees
-  const int tiles = static_cast<int>((key_end + kFwdK - 1) / kFwdK);
+  const auto [t0, h, wg, warp, g, t, offset, tiles] = query_block(d);
   const bf16* kh = kp + h * Sp * kDp;
   const bf16* vh = vt + static_cast<int64_t>(h) * kFwdDv * Sp;
   auto load_keys = [&](int tile) {
@@ -327,12 +341,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   unsigned char* Qs = align_to_swizzle_atom(smem_raw);
   unsigned char* Gs = Qs + L::kQBytes;
   unsigned char* stages = Gs + L::kGBytes;
-  const int64_t t0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kFwdQ;  // the longest rows first
-  const int h = blockIdx.y, wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  const int g = lane / 4, t = lane % 4;
-  const int64_t offset = d.S - d.T;
-  const int64_t key_end = d.S < t0 + kFwdQ + offset ? d.S : t0 + kFwdQ + offset;  // keys some row sees
-  const int tiles = static_cast<int>((key_end + kFwdK - 1) / kFwdK);
+  const auto [t0, h, wg, warp, g, t, offset, tiles] = query_block(d);
   const bf16* kh = kp + h * Sp * kDp;
   const bf16* vh = vp + h * Sp * kFwdDv;
   const bf16* kth = ktp + static_cast<int64_t>(h) * kDp * Sp;
