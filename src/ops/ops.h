@@ -334,7 +334,9 @@ void row_dots(const Context& ctx, const RowDotsParams& p);
 //   h[r]    = bf16(silu(gu[r][:F]) * gu[r][F:])                   [F]
 //   y[r]    = h[r] . down[e]^T                                    [D]   fp32
 //   out[t]  = sum_k weights[t K + k] * y[slot_of_pair[t K + k]]   (k ascending; overwritten)
-// xs, gu, h and y are written for the backward. On CUDA D and F must be multiples of 8 and E <= 1024.
+// xs, gu, h and y are written for the backward. On CUDA D and F must be multiples of 8 and
+// E <= kMoeTrainMaxExperts.
+constexpr int64_t kMoeTrainMaxExperts = 1024;
 struct MoeTrainParams {
   const float* x = nullptr;        // [T, D]
   const float* weights = nullptr;  // [T * K] combine weights

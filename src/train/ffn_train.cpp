@@ -109,7 +109,7 @@ double balance_loss(const ModelConfig& c, const AuxSpec& aux, Batch batch, const
 bool use_grouped_experts(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w) {
   if (ctx.backend == ops::Backend::Cpu || ops::matmul_precision() != ops::MatmulPrecision::Bf16) return false;
   const int64_t D = c.hidden_size, E = c.n_routed_experts;
-  if (w.experts.empty() || E > 1024 || D % 8 != 0) return false;
+  if (w.experts.empty() || E > ops::kMoeTrainMaxExperts || D % 8 != 0) return false;
   const int64_t F = w.experts[0].gate_proj.dim(0);
   if (F % 8 != 0) return false;
   for (const MlpWeights& x : w.experts) {
@@ -133,9 +133,9 @@ Buffer<const uint16_t*> bf16_tables(const ops::Context& ctx, const MoeWeights& w
   return Buffer<const uint16_t*>(ctx, t.data(), t.size());
 }
 
-ops::MoeTrainParams grouped_params(const ModelConfig& c, const MoeSaved& s, const uint16_t* const* tables,
-                                   const float* xn, int64_t T, int64_t F) {
+ops::MoeTrainParams grouped_params(const ModelConfig& c, const MoeSaved& s, const float* xn, int64_t T, int64_t F) {
   const int64_t E = c.n_routed_experts;
+  const uint16_t* const* tables = s.weight_tables.data();
   return {.x = xn, .weights = s.pair_weights.data(), .offsets = s.offsets.data(), .row_pair = s.row_pair.data(),
           .slot_of_pair = s.slot_of_pair.data(), .gate = tables, .up = tables + E, .down = tables + 2 * E,
           .xs = s.xs.data(), .gu = s.gu.data(), .h = s.h.data(), .y = s.y.data(), .T = T,
@@ -177,8 +177,8 @@ void moe_forward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights
     s.h = Buffer<uint16_t>(be, rows * F);
     s.gu = Buffer<float>(be, rows * 2 * F);
     s.y = Buffer<float>(be, rows * D);
-    const Buffer<const uint16_t*> tables = bf16_tables(ctx, w, F, D);
-    ops::MoeTrainParams p = grouped_params(c, s, tables.data(), xn, T, F);
+    s.weight_tables = bf16_tables(ctx, w, F, D);
+    ops::MoeTrainParams p = grouped_params(c, s, xn, T, F);
     p.out = out;
     ops::moe_train_forward(ctx, p);
   } else {
@@ -236,7 +236,6 @@ void moe_backward(const ops::Context& ctx, const ModelConfig& c, const MoeWeight
   Buffer<float> dw;  // [T * K] gradient of the combine weights, pair order
   if (s.grouped) {
     const int64_t F = w.experts[0].gate_proj.dim(0);
-    const Buffer<const uint16_t*> tables = bf16_tables(ctx, w, F, D);
     std::vector<float*> grads(static_cast<size_t>(3 * E));
     for (int64_t e = 0; e < E; ++e) {
       grads[e] = mut(g.experts[e].gate_proj);
@@ -245,7 +244,7 @@ void moe_backward(const ops::Context& ctx, const ModelConfig& c, const MoeWeight
     }
     const Buffer<float*> grad_tables(ctx, grads.data(), grads.size());
     dw = Buffer<float>(be, T * K);
-    ops::moe_train_backward(ctx, {.fwd = grouped_params(c, s, tables.data(), xn, T, F), .dout = dout, .dx = dxn,
+    ops::moe_train_backward(ctx, {.fwd = grouped_params(c, s, xn, T, F), .dout = dout, .dx = dxn,
                                   .dweights = dw.data(), .dgate = grad_tables.data(),
                                   .dup = grad_tables.data() + E, .ddown = grad_tables.data() + 2 * E});
   } else {

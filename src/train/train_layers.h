@@ -64,6 +64,7 @@ struct MoeSaved {
   // All experts at once (ops::moe_train_forward: CUDA, bf16 products): the row plan and saved rows.
   bool grouped = false;
   int64_t grouped_rows = 0;
+  Buffer<const uint16_t*> weight_tables;           // [3E] bf16 gate, up, down copies (forward and backward)
   Buffer<int32_t> offsets, row_pair, slot_of_pair;  // [E + 1], [rows], [T * K]
   Buffer<float> pair_weights;                       // [T * K] combine weights, pair order
   Buffer<uint16_t> xs, h;                           // [rows, D], [rows, F] bf16

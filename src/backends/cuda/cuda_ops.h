@@ -60,7 +60,7 @@ constexpr int64_t kMaxGroupedGemmExperts = 1024;
 bool moe_grouped_gemm_supported(const MoeExpertsParams& p);
 cudaError_t moe_grouped_gemm(const MoeExpertsParams& p, cudaStream_t stream);
 // Training experts on the same wgmma main loop (moe_train_experts.cu): needs D and F multiples of 8 and
-// E <= kMaxGroupedGemmExperts.
+// E <= kMoeTrainMaxExperts (ops.h).
 bool moe_train_supported(const MoeTrainParams& p);
 cudaError_t moe_train_forward(const MoeTrainParams& p, cudaStream_t stream);
 cudaError_t moe_train_backward(const MoeTrainBackwardParams& p, cudaStream_t stream);

@@ -178,6 +178,45 @@ __device__ __forceinline__ void load_swizzled(unsigned char* dst, const bf16* sr
   }
 }
 
+// Issues acc (this warpgroup's 64 rows x 64 keys) += rows . keys^T over kCols columns: the warpgroup's
+// rows of a [kFwdQ]-row tile and a [kFwdK]-key tile, both stored as kCols / 64 column blocks of 128-byte
+// swizzled rows (load_swizzled). The caller fences, commits and waits.
+template <int kCols>
+__device__ __forceinline__ void rows_times_keys(float (&acc)[32], const unsigned char* rows_tile,
+                                                const unsigned char* keys_tile, int wg) {
+#pragma unroll
+  for (int kb = 0; kb < kCols / 64; ++kb) {
+    const uint64_t da = wgmma_desc_sw128(rows_tile + kb * kFwdQ * 128 + wg * 64 * 128);
+    const uint64_t db = wgmma_desc_sw128(keys_tile + kb * kFwdK * 128);
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(acc, da + 2 * ks, db + 2 * ks);
+  }
+}
+
+// The 64 x 64 accumulators as bf16 register A operands of the next product: blocks 2ks, 2ks + 1 (keys
+// 16ks .. 16ks + 15) are the A fragment of k-step ks.
+__device__ __forceinline__ void to_a_fragments(const float (&acc)[32], uint32_t (&a)[4][4]) {
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    a[ks][0] = pack(acc[8 * ks + 0], acc[8 * ks + 1]);
+    a[ks][1] = pack(acc[8 * ks + 2], acc[8 * ks + 3]);
+    a[ks][2] = pack(acc[8 * ks + 4], acc[8 * ks + 5]);
+    a[ks][3] = pack(acc[8 * ks + 6], acc[8 * ks + 7]);
+  }
+}
+
+// Start of key tile `it` of a double-buffered wgmma loop: wait for this thread's copies, make them
+// visible to the tensor cores, meet the block (tile it landed for all, every warpgroup done with tile
+// it - 1), then start loading tile it + 1 into the other buffer.
+template <typename Load>
+__device__ __forceinline__ void next_key_tile(int it, int tiles, const Load& load_keys) {
+  cp_async_wait<0>();
+  fence_proxy_async();
+  __syncthreads();
+  if (it + 1 < tiles) load_keys(it + 1);
+  cp_async_commit();
+}
+
 // The block of a wgmma attention kernel: queries t0 .. t0 + 127 (the longest rows first) of head h;
 // this thread's warpgroup, warp and fragment coordinates (g = lane / 4, t = lane % 4); the key offset
 // of query 0 (S - T) and the number of 64-key tiles some row of the block sees.
@@ -227,11 +266,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   const int64_t wg_row = t0 + 64 * wg, row0 = wg_row + 16 * warp + g, row1 = row0 + 8;
   const float scale2 = d.scale * kLog2e;
   for (int it = 0; it < tiles; ++it) {
-    cp_async_wait<0>();
-    fence_proxy_async();  // this thread's copies, visible to the tensor cores
-    __syncthreads();      // tile it landed for all; every warpgroup is done with tile it - 1
-    if (it + 1 < tiles) load_keys(it + 1);
-    cp_async_commit();
+    next_key_tile(it, tiles, load_keys);
     const int64_t k0 = static_cast<int64_t>(it) * kFwdK;
     if (k0 > wg_row + 63 + offset) continue;  // every key of the tile is past this warpgroup's diagonal
     const unsigned char* st = stages + (it & 1) * L::kStageBytes;
@@ -239,13 +274,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
     for (int i = 0; i < 32; ++i) s[i] = 0.0f;
     wgmma_fence_operands(s);
     wgmma_fence();
-#pragma unroll
-    for (int kb = 0; kb < kDp / 64; ++kb) {
-      const uint64_t dq = wgmma_desc_sw128(Qs + kb * kFwdQ * 128 + wg * 64 * 128);
-      const uint64_t dk = wgmma_desc_sw128(st + kb * kFwdK * 128);
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(s, dq + 2 * ks, dk + 2 * ks);
-    }
+    rows_times_keys<kDp>(s, Qs, st, wg);
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_fence_operands(s);
@@ -281,15 +310,8 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
     m1 = n1;
 #pragma unroll
     for (int i = 0; i < 64; ++i) o[i] *= (i & 2) ? a1 : a0;
-    // P's accumulator blocks 2ks, 2ks + 1 (keys 16ks .. 16ks + 15) are the A fragment of step ks.
     uint32_t pa[4][4];
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) {
-      pa[ks][0] = pack(s[8 * ks + 0], s[8 * ks + 1]);
-      pa[ks][1] = pack(s[8 * ks + 2], s[8 * ks + 3]);
-      pa[ks][2] = pack(s[8 * ks + 4], s[8 * ks + 5]);
-      pa[ks][3] = pack(s[8 * ks + 6], s[8 * ks + 7]);
-    }
+    to_a_fragments(s, pa);
     wgmma_fence_operands(o);
     wgmma_fence();
     const uint64_t dv = wgmma_desc_sw128(st + L::kKBytes);
@@ -372,11 +394,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
     for (int i = 0; i < 32; ++i) dq[c][i] = 0.0f;
   const float scale2 = d.scale * kLog2e;
   for (int it = 0; it < tiles; ++it) {
-    cp_async_wait<0>();
-    fence_proxy_async();  // this thread's copies, visible to the tensor cores
-    __syncthreads();      // tile it landed for all; every warpgroup is done with tile it - 1
-    if (it + 1 < tiles) load_keys(it + 1);
-    cp_async_commit();
+    next_key_tile(it, tiles, load_keys);
     const int64_t k0 = static_cast<int64_t>(it) * kFwdK;
     if (k0 > wg_row + 63 + offset) continue;  // every key of the tile is past this warpgroup's diagonal
     const unsigned char* st = stages + (it & 1) * L::kStageBytes;
@@ -385,20 +403,8 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
     wgmma_fence_operands(s);
     wgmma_fence_operands(dp);
     wgmma_fence();
-#pragma unroll
-    for (int kb = 0; kb < kDp / 64; ++kb) {
-      const uint64_t dq_a = wgmma_desc_sw128(Qs + kb * kFwdQ * 128 + wg * 64 * 128);
-      const uint64_t dk_b = wgmma_desc_sw128(st + kb * kFwdK * 128);
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(s, dq_a + 2 * ks, dk_b + 2 * ks);
-    }
-#pragma unroll
-    for (int kb = 0; kb < kFwdDv / 64; ++kb) {
-      const uint64_t dg_a = wgmma_desc_sw128(Gs + kb * kFwdQ * 128 + wg * 64 * 128);
-      const uint64_t dv_b = wgmma_desc_sw128(st + L::kKBytes + kb * kFwdK * 128);
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(dp, dg_a + 2 * ks, dv_b + 2 * ks);
-    }
+    rows_times_keys<kDp>(s, Qs, st, wg);                  // S = Q K^T
+    rows_times_keys<kFwdDv>(dp, Gs, st + L::kKBytes, wg);  // dP = dO V^T
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_fence_operands(s);
@@ -413,15 +419,8 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
         const float prob = visible ? exp2f(s[4 * j + e] * scale2 - (e < 2 ? L0 : L1)) : 0.0f;
         s[4 * j + e] = prob * (dp[4 * j + e] - (e < 2 ? D0 : D1)) * d.scale;  // dS
       }
-    // dS's accumulator blocks 2ks, 2ks + 1 (keys 16ks .. 16ks + 15) are the A fragment of step ks.
     uint32_t da[4][4];
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) {
-      da[ks][0] = pack(s[8 * ks + 0], s[8 * ks + 1]);
-      da[ks][1] = pack(s[8 * ks + 2], s[8 * ks + 3]);
-      da[ks][2] = pack(s[8 * ks + 4], s[8 * ks + 5]);
-      da[ks][3] = pack(s[8 * ks + 6], s[8 * ks + 7]);
-    }
+    to_a_fragments(s, da);
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) wgmma_fence_operands(dq[c]);
     wgmma_fence();

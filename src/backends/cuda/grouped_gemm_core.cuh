@@ -113,6 +113,15 @@ __device__ __forceinline__ int first_row() {
 }
 __device__ __forceinline__ int lane_pair() { return threadIdx.x % 4; }
 
+// Gated tiles (B rows 0..127: gate rows, 128..255: the same rows of up) keep gate and up of one output
+// column in one thread: accumulator blocks j and j + kBN / 16. The pair of columns j (< kBN / 16) on
+// row half `half`, and h = silu(gate) * up from them.
+__device__ __forceinline__ void gate_up_pair(const float (&acc)[kAcc], int j, int half, float2& gate, float2& up) {
+  gate = make_float2(acc[4 * j + 2 * half], acc[4 * j + 2 * half + 1]);
+  up = make_float2(acc[4 * (j + kBN / 16) + 2 * half], acc[4 * (j + kBN / 16) + 2 * half + 1]);
+}
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + __expf(-g)) * u; }
+
 namespace {  // one copy of the kernel per translation unit that launches it
 
 // out[t, :] (+)= sum_k w[t K + k] * y[slot_of_pair[t K + k], :], k ascending (w null: 1); D a multiple

@@ -123,10 +123,10 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_gemm_kernel(GemmArgs g) {
       for (int j = 0; j < kBN / 16; ++j) {
         const int col = n0 + 8 * j + 2 * t;
         if (col >= g.N) continue;
-        const float g0 = acc[4 * j + 2 * half], g1 = acc[4 * j + 2 * half + 1];
-        const float u0 = acc[4 * (j + kBN / 16) + 2 * half], u1 = acc[4 * (j + kBN / 16) + 2 * half + 1];
-        const float h0 = g0 / (1.0f + __expf(-g0)) * u0, h1 = g1 / (1.0f + __expf(-g1)) * u1;
-        *reinterpret_cast<__nv_bfloat162*>(g.h + out_row * g.N + col) = __floats2bfloat162_rn(h0, h1);
+        float2 gate, up;
+        gate_up_pair(acc, j, half, gate, up);
+        *reinterpret_cast<__nv_bfloat162*>(g.h + out_row * g.N + col) =
+            __floats2bfloat162_rn(silu_times(gate.x, up.x), silu_times(gate.y, up.y));
       }
     } else {
 #pragma unroll

@@ -188,12 +188,12 @@ __global__ void __launch_bounds__(kThreads, 1) rows_gemm_kernel(RowsGemm g) {
       for (int j = 0; j < kBN / 16; ++j) {
         const int col = n0 + 8 * j + 2 * t;
         if (col >= g.N) continue;
-        const float g0 = acc[4 * j + 2 * half], g1 = acc[4 * j + 2 * half + 1];
-        const float u0 = acc[4 * (j + kBN / 16) + 2 * half], u1 = acc[4 * (j + kBN / 16) + 2 * half + 1];
-        const float h0 = g0 / (1.0f + __expf(-g0)) * u0, h1 = g1 / (1.0f + __expf(-g1)) * u1;
-        *reinterpret_cast<__nv_bfloat162*>(g.h + row * g.N + col) = __floats2bfloat162_rn(h0, h1);
-        *reinterpret_cast<float2*>(g.gu + row * 2 * g.N + col) = make_float2(g0, g1);
-        *reinterpret_cast<float2*>(g.gu + row * 2 * g.N + g.N + col) = make_float2(u0, u1);
+        float2 gate, up;
+        gate_up_pair(acc, j, half, gate, up);
+        *reinterpret_cast<__nv_bfloat162*>(g.h + row * g.N + col) =
+            __floats2bfloat162_rn(silu_times(gate.x, up.x), silu_times(gate.y, up.y));
+        *reinterpret_cast<float2*>(g.gu + row * 2 * g.N + col) = gate;
+        *reinterpret_cast<float2*>(g.gu + row * 2 * g.N + g.N + col) = up;
       }
     } else if constexpr (kEpi == Epilogue::StoreF32) {
 #pragma unroll
@@ -337,7 +337,8 @@ const bf16* as_bf16(const uint16_t* p) { return reinterpret_cast<const bf16*>(p)
 }  // namespace
 
 bool moe_train_supported(const MoeTrainParams& p) {
-  return p.D % 8 == 0 && p.F % 8 == 0 && p.E <= kMaxGroupedGemmExperts && p.rows % 8 == 0 &&
+  static_assert(kMoeTrainMaxExperts <= kMaxGroupedGemmExperts, "tile_starts_kernel and the plan share the bound");
+  return p.D % 8 == 0 && p.F % 8 == 0 && p.E <= kMoeTrainMaxExperts && p.rows % 8 == 0 &&
          p.rows < int64_t{65535} * 64 &&  // transpose grid
          p.rows * 2 * p.F < (int64_t{1} << 31) && p.rows * p.D < (int64_t{1} << 31);
 }

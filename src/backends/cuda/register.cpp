@@ -79,12 +79,12 @@ void register_cuda_backend() {
   t.adamw = [](const AdamWParams& p, void* s) { check(adamw(p, as_stream(s)), "adamw"); };
   t.moe_train_forward = [](const MoeTrainParams& p, void* s) {
     DSV_CHECK(moe_train_supported(p), "moe_train_forward on CUDA needs D and F multiples of 8 and at most {} experts "
-              "(found D={} F={} E={})", kMaxGroupedGemmExperts, p.D, p.F, p.E);
+              "(found D={} F={} E={})", kMoeTrainMaxExperts, p.D, p.F, p.E);
     check(moe_train_forward(p, as_stream(s)), "moe_train_forward");
   };
   t.moe_train_backward = [](const MoeTrainBackwardParams& p, void* s) {
     DSV_CHECK(moe_train_supported(p.fwd), "moe_train_backward on CUDA needs D and F multiples of 8 and at most {} "
-              "experts (found D={} F={} E={})", kMaxGroupedGemmExperts, p.fwd.D, p.fwd.F, p.fwd.E);
+              "experts (found D={} F={} E={})", kMoeTrainMaxExperts, p.fwd.D, p.fwd.F, p.fwd.E);
     check(moe_train_backward(p, as_stream(s)), "moe_train_backward");
   };
   t.allocate = [](size_t bytes) -> void* { return cached_allocate(bytes); };
