@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "backends/cuda/cuda_ops.h"
 #include "../model/train_fixture_util.h"
@@ -96,6 +97,35 @@ void expect_loss_curve_within_two_percent(const std::string& name, bool bf16) {
 
 TEST_P(CudaTrain, Tf32LossCurveWithinTwoPercent) { expect_loss_curve_within_two_percent(GetParam(), false); }
 TEST_P(CudaTrain, Bf16LossCurveWithinTwoPercent) { expect_loss_curve_within_two_percent(GetParam(), true); }
+
+// bf16 training resumes exactly: AdamW keeps the bf16 compute copy of what it updates, so a checkpoint
+// load must re-cast all of it. The resuming trainer takes a step of its own first (its copy then
+// holds other weights than the checkpoint's), loads the checkpoint written after step 2 of another
+// run, and must repeat that run's step 3 bit for bit.
+TEST_P(CudaTrain, Bf16ResumeRepeatsTheStep) {
+  Case c = open_case(GetParam());
+  c.config.device = "cuda";
+  c.config.bf16 = true;
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("dsv_cuda_bf16_resume_" + GetParam());
+  std::filesystem::remove_all(dir);
+  double want = 0.0;
+  {
+    Trainer a(c.config);
+    a.step();
+    a.step();
+    a.save_checkpoint(dir.string(), "", 1);
+    want = a.step().loss;
+  }
+  Trainer b(c.config);
+  b.step();
+  b.load_checkpoint(dir.string());
+  const StepMetrics m = b.step();
+  ops::set_matmul_precision(ops::MatmulPrecision::Fp32);
+  std::filesystem::remove_all(dir);
+  EXPECT_EQ(m.step, 3);
+  EXPECT_EQ(m.loss, want);
+}
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaTrain, ::testing::ValuesIn(train_cases()),
                          [](const auto& info) { return info.param; });
