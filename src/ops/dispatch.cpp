@@ -388,8 +388,12 @@ void sum_squares(const Context& ctx, const SumSquaresParams& p) {
 }
 
 void adamw(const Context& ctx, const AdamWParams& p) {
-  DSV_CHECK(p.param && p.grad && p.m && p.v, "adamw: null pointer (param={}, grad={}, m={}, v={})", (void*)p.param,
-            (void*)p.grad, (void*)p.m, (void*)p.v);
+  DSV_CHECK(p.param && p.grad, "adamw: null pointer (param={}, grad={})", (void*)p.param, (void*)p.grad);
+  DSV_CHECK((p.m && p.v && !p.m_bf16 && !p.v_bf16) || (!p.m && !p.v && p.m_bf16 && p.v_bf16),
+            "adamw: expected fp32 moments (m, v) or bf16 moments (m_bf16, v_bf16), found m={} v={} m_bf16={} "
+            "v_bf16={}",
+            (void*)p.m, (void*)p.v, (void*)p.m_bf16, (void*)p.v_bf16);
+  DSV_CHECK(p.offset >= 0, "adamw: negative offset {}", p.offset);
   DSV_CHECK(p.n >= 0, "adamw: negative size n={}", p.n);
   DSV_CHECK(p.step >= 1, "adamw: step is 1-based, found {}", p.step);
   DSV_CHECK(p.beta1 >= 0.0f && p.beta1 < 1.0f && p.beta2 >= 0.0f && p.beta2 < 1.0f,

@@ -431,6 +431,13 @@ struct AdamWParams {
   int64_t step = 1;  // 1-based, for bias correction
   float lr = 0.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f, grad_scale = 1.0f;
   uint16_t* param_bf16 = nullptr;  // optional [n]: bf16(param) after the update (a bf16 compute copy)
+  // Moments in bf16 instead (optimizer.bf16_moments): set m_bf16 and v_bf16, leave m and v null. The
+  // arithmetic stays fp32; the new moments are rounded stochastically (stochastic_round_bf16) with
+  // noise from moment_noise(step, offset + i), because with round-to-nearest v * beta2 rounds back
+  // to v whenever 1 - beta2 < 2^-9 (beta2 = 0.999): v would stop decaying. Same bits on every backend.
+  uint16_t* m_bf16 = nullptr;
+  uint16_t* v_bf16 = nullptr;
+  int64_t offset = 0;  // position of element 0 in the caller's flat buffer: the noise's counter
 };
 void adamw(const Context& ctx, const AdamWParams& p);
 

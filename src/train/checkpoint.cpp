@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -139,26 +140,19 @@ void install_dir(const fs::path& from, const fs::path& to, const fs::path& parke
   fs::remove_all(parked, ec);
 }
 
-// The fp32 tensors of one flat backend buffer under `prefix` + HF name, read back to the host.
+// The tensors of one flat backend buffer (fp32 or bf16) under `prefix` + HF name, read back to the host.
 struct HostTensors {
-  std::vector<float> data;
+  std::deque<std::vector<uint8_t>> buffers;  // a deque: adding a buffer moves none of the others
   std::vector<TensorToWrite> tensors;
 };
-void add_buffer(HostTensors& out, const ParamStore& store, const float* buffer, const std::string& prefix) {
-  const size_t base = out.data.size();
-  out.data.resize(base + static_cast<size_t>(store.total()));
-  ops::copy_to_host(store.model().context(), out.data.data() + base, buffer,
-                    static_cast<size_t>(store.total()) * sizeof(float));
+void add_buffer(HostTensors& out, const ParamStore& store, const void* buffer, DType dtype,
+                const std::string& prefix) {
+  const size_t element = dtype_size(dtype);
+  std::vector<uint8_t>& bytes = out.buffers.emplace_back(static_cast<size_t>(store.total()) * element);
+  ops::copy_to_host(store.model().context(), bytes.data(), buffer, bytes.size());
   for (const ParamSlot& p : store.slots())
-    out.tensors.push_back({.name = prefix + p.hf_name, .dtype = DType::F32, .shape = p.shape, .data = nullptr});
-}
-// Pointers are set once every buffer is in place (add_buffer may reallocate).
-void point_tensors(HostTensors& h, const ParamStore& store) {
-  const size_t per_buffer = store.slots().size();
-  for (size_t i = 0; i < h.tensors.size(); ++i) {
-    const ParamSlot& p = store.slots()[i % per_buffer];
-    h.tensors[i].data = h.data.data() + (i / per_buffer) * static_cast<size_t>(store.total()) + p.offset;
-  }
+    out.tensors.push_back({.name = prefix + p.hf_name, .dtype = dtype, .shape = p.shape,
+                           .data = bytes.data() + static_cast<size_t>(p.offset) * element});
 }
 
 void write_state(const fs::path& dir, const TrainingState& state) {
@@ -262,8 +256,10 @@ std::vector<std::string> config_differences(const ModelConfig& a, const ModelCon
 
 // The first way `file` (a tensor `prefix` + HF name per slot and prefix) fails to match the store's
 // slots, or "".
+// `moments`: exp_avg / exp_avg_sq may be F32 or BF16 (optimizer.bf16_moments), whatever the store
+// keeps; load_checkpoint converts. Weights must be F32.
 std::string first_tensor_difference(const SafetensorsFile& file, const ParamStore& store,
-                                    const std::vector<std::string>& prefixes) {
+                                    const std::vector<std::string>& prefixes, bool moments = false) {
   const auto& tensors = file.tensors();
   std::set<std::string> expected;
   for (const std::string& prefix : prefixes) {
@@ -276,8 +272,9 @@ std::string first_tensor_difference(const SafetensorsFile& file, const ParamStor
       if (it->second.shape != p.shape)
         return fmt::format("{}: shape {} in the checkpoint vs {} in this model", name, shape_str(it->second.shape),
                            shape_str(p.shape));
-      if (it->second.dtype != DType::F32)
-        return fmt::format("{}: dtype {} in the checkpoint, expected F32", name, dtype_name(it->second.dtype));
+      if (it->second.dtype != DType::F32 && !(moments && it->second.dtype == DType::BF16))
+        return fmt::format("{}: dtype {} in the checkpoint, expected {}", name, dtype_name(it->second.dtype),
+                           moments ? "F32 or BF16" : "F32");
     }
   }
   for (const auto& [name, entry] : tensors)
@@ -327,17 +324,20 @@ std::string save_checkpoint(const std::string& save_dir, const ParamStore& store
     fs::create_directory(tmp);
     {
       HostTensors weights;
-      add_buffer(weights, store, store.params(), "");
-      point_tensors(weights, store);
+      add_buffer(weights, store, store.params(), DType::F32, "");
       // Same bytes as ParamStore::save_hf, so the step directory reads as an HF checkpoint.
       write_safetensors((tmp / kModelFile).string(), weights.tensors, {{"format", "pt"}});
     }
     kill_point("after_model", state.step);
     {
       HostTensors moments;
-      add_buffer(moments, store, store.adam_m(), "exp_avg.");
-      add_buffer(moments, store, store.adam_v(), "exp_avg_sq.");
-      point_tensors(moments, store);
+      if (store.bf16_moments()) {
+        add_buffer(moments, store, store.adam_m_bf16(), DType::BF16, "exp_avg.");
+        add_buffer(moments, store, store.adam_v_bf16(), DType::BF16, "exp_avg_sq.");
+      } else {
+        add_buffer(moments, store, store.adam_m(), DType::F32, "exp_avg.");
+        add_buffer(moments, store, store.adam_v(), DType::F32, "exp_avg_sq.");
+      }
       write_safetensors((tmp / kOptimizerFile).string(), moments.tensors, {{"format", "dsv-adamw"}});
     }
     write_new_file(tmp / kConfigFile, config_json_text);
@@ -396,6 +396,37 @@ std::string find_checkpoint(const std::string& dir) {
            dir, kStateFile);
 }
 
+namespace {
+// One Adam moment tensor into the store's moment buffer of whichever dtype it keeps: a checkpoint
+// written with the other optimizer.bf16_moments setting converts (bf16 -> fp32 exactly, fp32 -> bf16
+// rounded to nearest).
+void load_moment(const ops::Context& ctx, const ParamStore& store, const ParamSlot& p, const TensorEntry& t,
+                 float* f32_buffer, uint16_t* bf16_buffer) {
+  const size_t n = static_cast<size_t>(p.numel);
+  if (store.bf16_moments()) {
+    if (t.dtype == DType::BF16) {
+      ops::copy_to_backend(ctx, bf16_buffer + p.offset, t.data, n * sizeof(uint16_t));
+      return;
+    }
+    std::vector<uint16_t> rounded(n);
+    for (size_t i = 0; i < n; ++i) {
+      float x;  // the mapped file promises no alignment
+      std::memcpy(&x, t.data + i * sizeof(float), sizeof(float));
+      rounded[i] = f32_to_bf16(x);
+    }
+    ops::copy_to_backend(ctx, bf16_buffer + p.offset, rounded.data(), n * sizeof(uint16_t));
+    return;
+  }
+  if (t.dtype == DType::F32) {
+    ops::copy_to_backend(ctx, f32_buffer + p.offset, t.data, n * sizeof(float));
+    return;
+  }
+  std::vector<float> widened(n);
+  convert_to_f32(DType::BF16, t.data, widened.data(), n);
+  ops::copy_to_backend(ctx, f32_buffer + p.offset, widened.data(), n * sizeof(float));
+}
+}  // namespace
+
 TrainingState load_checkpoint(const std::string& step_dir, const ParamStore& store) {
   const fs::path d(step_dir);
   const fs::path state_path = d / kStateFile;
@@ -452,7 +483,7 @@ TrainingState load_checkpoint(const std::string& step_dir, const ParamStore& sto
                                  : "config.json differs: " + fmt::format("{}", fmt::join(config_diff, "; ")),
              tensor_diff.empty() ? "" : "; first differing tensor: ", tensor_diff);
   const SafetensorsFile moments((d / kOptimizerFile).string());
-  const std::string moments_diff = first_tensor_difference(moments, store, {"exp_avg.", "exp_avg_sq."});
+  const std::string moments_diff = first_tensor_difference(moments, store, {"exp_avg.", "exp_avg_sq."}, true);
   DSV_CHECK(moments_diff.empty(), "{}: optimizer state does not match the model: {}", moments.path(), moments_diff);
 
   // Everything matched: now (and only now) overwrite the store.
@@ -461,8 +492,9 @@ TrainingState load_checkpoint(const std::string& step_dir, const ParamStore& sto
     if (!p.numel) continue;
     const size_t bytes = static_cast<size_t>(p.numel) * sizeof(float);
     ops::copy_to_backend(ctx, store.params() + p.offset, weights.tensors().at(p.hf_name).data, bytes);
-    ops::copy_to_backend(ctx, store.adam_m() + p.offset, moments.tensors().at("exp_avg." + p.hf_name).data, bytes);
-    ops::copy_to_backend(ctx, store.adam_v() + p.offset, moments.tensors().at("exp_avg_sq." + p.hf_name).data, bytes);
+    load_moment(ctx, store, p, moments.tensors().at("exp_avg." + p.hf_name), store.adam_m(), store.adam_m_bf16());
+    load_moment(ctx, store, p, moments.tensors().at("exp_avg_sq." + p.hf_name), store.adam_v(),
+                store.adam_v_bf16());
   }
   return state;
 }

@@ -12,7 +12,7 @@ namespace {
 bool is_router_bias(const std::string& name) { return name.ends_with("e_score_correction_bias"); }
 }  // namespace
 
-void ParamStore::layout(const ModelConfig& config, int64_t mtp_modules, ops::Backend backend) {
+void ParamStore::layout(const ModelConfig& config, int64_t mtp_modules, ops::Backend backend, bool bf16_moments) {
   model_ = std::make_unique<Model>();
   model_->config = config;
   model_->backend = backend;
@@ -41,12 +41,23 @@ void ParamStore::layout(const ModelConfig& config, int64_t mtp_modules, ops::Bac
   }
   params_ = ops::Buffer<float>(backend, static_cast<size_t>(total_));
   grad_ = ops::Buffer<float>(backend, static_cast<size_t>(total_));
-  m_ = ops::Buffer<float>(backend, static_cast<size_t>(total_));
-  v_ = ops::Buffer<float>(backend, static_cast<size_t>(total_));
+  if (bf16_moments) {
+    m16_ = ops::Buffer<uint16_t>(backend, static_cast<size_t>(total_));
+    v16_ = ops::Buffer<uint16_t>(backend, static_cast<size_t>(total_));
+  } else {
+    m_ = ops::Buffer<float>(backend, static_cast<size_t>(total_));
+    v_ = ops::Buffer<float>(backend, static_cast<size_t>(total_));
+  }
   const ops::Context ctx = model_->context();
+  // Zero fill as fp32 words: a bf16 buffer of total_ (a multiple of 16) elements is total_ / 2 words.
+  const auto zero = [&](void* data, int64_t words) {
+    ops::copy2d(ctx, {.src = nullptr, .dst = static_cast<float*>(data), .rows = 1, .cols = words,
+                      .src_stride = words, .dst_stride = words});
+  };
   for (ops::Buffer<float>* b : {&params_, &grad_, &m_, &v_})
-    ops::copy2d(ctx, {.src = nullptr, .dst = b->data(), .rows = 1, .cols = total_, .src_stride = total_,
-                      .dst_stride = total_});
+    if (b->size()) zero(b->data(), total_);
+  for (ops::Buffer<uint16_t>* b : {&m16_, &v16_})
+    if (b->size()) zero(b->data(), total_ / 2);
   for (size_t i = 0; i < table.size(); ++i) {
     table[i].target->shape = slots_[i].shape;
     table[i].target->data = slots_[i].numel ? params_.data() + slots_[i].offset : nullptr;
@@ -56,14 +67,15 @@ void ParamStore::layout(const ModelConfig& config, int64_t mtp_modules, ops::Bac
   if (config.tie_word_embeddings) grads_.lm_head = grads_.embed_tokens;
 }
 
-ParamStore ParamStore::from_checkpoint(const std::string& dir, ops::Backend backend, int64_t mtp_modules) {
+ParamStore ParamStore::from_checkpoint(const std::string& dir, ops::Backend backend, int64_t mtp_modules,
+                                       bool bf16_moments) {
   std::unique_ptr<Model> host = load_model(dir);
   const int64_t stored = static_cast<int64_t>(host->weights.mtp.size());
   if (mtp_modules < 0) mtp_modules = stored;
   DSV_CHECK(mtp_modules <= stored, "{}: training {} MTP module(s) needs them in the checkpoint, which stores {}",
             dir, mtp_modules, stored);
   ParamStore s;
-  s.layout(host->config, mtp_modules, backend);
+  s.layout(host->config, mtp_modules, backend, bf16_moments);
   Weights& src = host->weights;
   std::vector<WeightSlot> from = hf_weight_table(host->config, stored, src);
   const ops::Context ctx = s.model_->context();
@@ -78,9 +90,9 @@ ParamStore ParamStore::from_checkpoint(const std::string& dir, ops::Backend back
 }
 
 ParamStore ParamStore::random(const ModelConfig& config, int64_t mtp_modules, ops::Backend backend, uint64_t seed,
-                              float init_std) {
+                              float init_std, bool bf16_moments) {
   ParamStore s;
-  s.layout(config, mtp_modules, backend);
+  s.layout(config, mtp_modules, backend, bf16_moments);
   const ops::Context ctx = s.model_->context();
   uint64_t stream = 0;
   for (const ParamSlot& p : s.slots_)

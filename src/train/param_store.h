@@ -1,5 +1,6 @@
 // ParamStore: a model's weights as trainable fp32 master parameters in one flat buffer on the
-// training backend, with the gradient and Adam moment buffers laid out the same way. The Model it
+// training backend, with the gradient and Adam moment buffers laid out the same way (the moments in
+// fp32, or in bf16 with optimizer.bf16_moments). The Model it
 // holds points into the flat parameter buffer, so the ordinary forward (dsv generate, dsv logits)
 // and the training forward read the very weights the optimizer updates.
 #pragma once
@@ -22,11 +23,12 @@ struct ParamSlot {
 class ParamStore {
  public:
   // From an HF checkpoint directory (its MTP modules up to `mtp_modules` are kept; -1: all stored).
-  static ParamStore from_checkpoint(const std::string& dir, ops::Backend backend, int64_t mtp_modules);
+  static ParamStore from_checkpoint(const std::string& dir, ops::Backend backend, int64_t mtp_modules,
+                                    bool bf16_moments = false);
   // Random init: projections N(0, init_std), norms 1, biases and router bias 0 (the counter RNG,
   // so the same on every backend).
   static ParamStore random(const ModelConfig& config, int64_t mtp_modules, ops::Backend backend, uint64_t seed,
-                           float init_std);
+                           float init_std, bool bf16_moments = false);
 
   ParamStore(ParamStore&&) = default;
   ParamStore& operator=(ParamStore&&) = default;
@@ -44,21 +46,27 @@ class ParamStore {
 
   float* params() const { return params_.data(); }
   float* grad_data() const { return grad_.data(); }
+  // Adam moments, zero at first: fp32 (adam_m, adam_v) or bf16 (adam_m_bf16, adam_v_bf16); the
+  // accessors of the other type return null.
+  bool bf16_moments() const { return m16_.size() > 0; }
   float* adam_m() const { return m_.data(); }
   float* adam_v() const { return v_.data(); }
+  uint16_t* adam_m_bf16() const { return m16_.data(); }
+  uint16_t* adam_v_bf16() const { return v16_.data(); }
   void zero_grads() const;
   // Writes the weights as an HF checkpoint (config.json copied from `config_json_text`).
   void save_hf(const std::string& dir, const std::string& config_json_text) const;
 
  private:
   ParamStore() = default;
-  void layout(const ModelConfig& config, int64_t mtp_modules, ops::Backend backend);
+  void layout(const ModelConfig& config, int64_t mtp_modules, ops::Backend backend, bool bf16_moments);
 
   std::unique_ptr<Model> model_;
   Weights grads_;
   std::vector<ParamSlot> slots_;
   int64_t total_ = 0, decay_end_ = 0, trainable_end_ = 0;
   ops::Buffer<float> params_, grad_, m_, v_;
+  ops::Buffer<uint16_t> m16_, v16_;
 };
 
 // A mutable pointer to gradient storage owned by a ParamStore (Weights hold const views).

@@ -79,7 +79,6 @@ Trainer::Trainer(const TrainConfig& config) : impl_(std::make_unique<Impl>()) {
             "implemented yet. Use --dry-run to see the plan for that layout, or --set parallel.gpus=1 "
             "--set parallel.tp=1 --set parallel.pp=1 --set parallel.ep=1 to train on one device",
             config.gpus, config.tp, config.pp, config.ep);
-  DSV_CHECK(!config.bf16_moments, "optimizer.bf16_moments = true is not implemented yet (fp32 moments only)");
   // Process-wide: the trainer owns the device's matrix-product precision while it runs.
   DSV_CHECK(!(config.tf32 && config.bf16), "train.tf32 and train.bf16 are both true: choose one product precision");
   ops::MatmulPrecision precision = ops::MatmulPrecision::Fp32;
@@ -89,7 +88,8 @@ Trainer::Trainer(const TrainConfig& config) : impl_(std::make_unique<Impl>()) {
   const ModelConfig mc = recipe_model_config(config);
   s.mtp_depth = resolved_mtp_depth(config, mc);
   if (!config.init_from.empty()) {
-    s.store = std::make_unique<ParamStore>(ParamStore::from_checkpoint(config.init_from, backend, s.mtp_depth));
+    s.store = std::make_unique<ParamStore>(ParamStore::from_checkpoint(config.init_from, backend, s.mtp_depth,
+                                                                       config.bf16_moments));
     // The master weights are fp32: a config of DeepSeek's FP8 release must not claim FP8 storage in
     // the checkpoints and HF directories written from them.
     nlohmann::ordered_json cj = nlohmann::ordered_json::parse(read_text(config.init_from + "/config.json"));
@@ -101,7 +101,7 @@ Trainer::Trainer(const TrainConfig& config) : impl_(std::make_unique<Impl>()) {
     }
   } else {
     s.store = std::make_unique<ParamStore>(ParamStore::random(mc, s.mtp_depth, backend, config.seed,
-                                                              static_cast<float>(config.init_std)));
+                                                              static_cast<float>(config.init_std), config.bf16_moments));
     s.config_json = read_text(config.model_config);
   }
   s.train_data = make_sample_source(config, mc, Split::Train);
@@ -274,11 +274,15 @@ StepMetrics Trainer::step() {
       const int64_t begin = ranges[r][0], n = ranges[r][1] - ranges[r][0];
       if (n == 0) continue;
       ops::adamw(ctx, {.param = store.params() + begin, .grad = store.grad_data() + begin,
-                       .m = store.adam_m() + begin, .v = store.adam_v() + begin, .n = n, .step = s.adam_steps,
+                       .m = store.bf16_moments() ? nullptr : store.adam_m() + begin,
+                       .v = store.bf16_moments() ? nullptr : store.adam_v() + begin, .n = n, .step = s.adam_steps,
                        .lr = static_cast<float>(out.lr), .beta1 = static_cast<float>(cfg.beta1),
                        .beta2 = static_cast<float>(cfg.beta2), .eps = static_cast<float>(cfg.eps),
                        .weight_decay = r == 0 ? static_cast<float>(cfg.weight_decay) : 0.0f, .grad_scale = clip,
-                       .param_bf16 = s.compute_copy.size() ? s.compute_copy.data() + begin : nullptr});
+                       .param_bf16 = s.compute_copy.size() ? s.compute_copy.data() + begin : nullptr,
+                       .m_bf16 = store.bf16_moments() ? store.adam_m_bf16() + begin : nullptr,
+                       .v_bf16 = store.bf16_moments() ? store.adam_v_bf16() + begin : nullptr,
+                       .offset = begin});
     }
     s.trainable_copy_current = s.compute_copy.size() > 0;
     // Auxiliary-loss-free balancing: bias_i += gamma * sign(mean load - load_i).

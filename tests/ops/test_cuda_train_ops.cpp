@@ -415,5 +415,40 @@ TEST_F(CudaTrainOps, AdamWMatchesCpu) {
   }
 }
 
+// bf16 moments: the same stochastic rounding noise (a hash of step and index) on both backends, so the
+// stored moments agree bit for bit except where the fp32 moment itself differs by an ulp (fused
+// multiply-adds on the device) and the noise falls between the two: ~2^-16 of the elements.
+TEST_F(CudaTrainOps, AdamWBf16MomentsMatchCpu) {
+  for (const int64_t n : {int64_t{5}, int64_t{1000003}}) {
+    SCOPED_TRACE(n);
+    auto param = randn(n, 81);
+    const auto grad = randn(n, 82, 0.0f, 0.1f);
+    std::vector<uint16_t> m = to_bf16(randn(n, 83, 0.0f, 0.01f)), v(n);
+    for (int64_t i = 0; i < n; ++i) v[i] = f32_to_bf16(float(1e-4 * (1 + i % 7)));
+    Dev<float> dparam(param), dgrad(grad);
+    Dev<uint16_t> dm(m), dv(v);
+    AdamWParams p{.param = param.data(), .grad = grad.data(), .n = n, .step = 7, .lr = 1e-3f, .beta1 = 0.9f,
+                  .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.1f, .m_bf16 = m.data(), .v_bf16 = v.data(),
+                  .offset = 12345};
+    cpu::adamw(p);
+    p.param = dparam.ptr;
+    p.grad = dgrad.ptr;
+    p.m_bf16 = dm.ptr;
+    p.v_bf16 = dv.ptr;
+    CUDA_OK(cuda::adamw(p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LE(rel_l2(dparam.download(), param), 1e-6) << "param";
+    for (const auto& [got, want, name] : {std::tuple{dm.download(), m, "m"}, std::tuple{dv.download(), v, "v"}}) {
+      int64_t differ = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        if (got[i] == want[i]) continue;
+        ++differ;
+        EXPECT_EQ(std::abs(int(got[i]) - int(want[i])), 1) << name << " element " << i;  // one bf16 step
+      }
+      EXPECT_LE(differ, 1 + n / 10000) << name;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace dsv::ops

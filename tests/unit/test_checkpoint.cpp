@@ -111,6 +111,45 @@ TEST(TrainCheckpoint, RoundTripIsBitExact) {
   fs::remove_all(dir);
 }
 
+// bf16 moments (optimizer.bf16_moments) are stored as BF16 and come back bit for bit; a checkpoint
+// written with the other setting converts: bf16 -> fp32 exactly, fp32 -> bf16 rounded to nearest.
+TEST(TrainCheckpoint, Bf16MomentsRoundTripAndConvert) {
+  const auto dir = test::temp_dir("ckpt_bf16_moments");
+  const ModelConfig config = parse_model_config(tiny_config_text(), "test config");
+  const ParamStore a = ParamStore::random(config, 1, ops::Backend::Cpu, 5, 0.02f, /*bf16_moments=*/true);
+  ASSERT_TRUE(a.bf16_moments());
+  EXPECT_EQ(a.adam_m(), nullptr);
+  for (const ParamSlot& p : a.slots())
+    for (int64_t i = p.offset; i < p.offset + p.numel; ++i) {
+      a.adam_m_bf16()[i] = f32_to_bf16(-0.01f * static_cast<float>(i % 311));
+      a.adam_v_bf16()[i] = f32_to_bf16(1e-5f * static_cast<float>(i % 97));
+    }
+  const std::string step_dir = save_checkpoint(dir.string(), a, state_at(3), tiny_config_text(), "", 1);
+  const auto n = static_cast<size_t>(a.total());
+
+  const ParamStore b = ParamStore::random(config, 1, ops::Backend::Cpu, 6, 0.02f, true);
+  load_checkpoint(step_dir, b);
+  EXPECT_TRUE(std::equal(a.adam_m_bf16(), a.adam_m_bf16() + n, b.adam_m_bf16()));
+  EXPECT_TRUE(std::equal(a.adam_v_bf16(), a.adam_v_bf16() + n, b.adam_v_bf16()));
+  EXPECT_TRUE(std::equal(a.params(), a.params() + n, b.params()));
+
+  const ParamStore wide = make_store(7);  // fp32 moments
+  load_checkpoint(step_dir, wide);
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_EQ(wide.adam_m()[i], bf16_to_f32(a.adam_m_bf16()[i])) << i;
+    ASSERT_EQ(wide.adam_v()[i], bf16_to_f32(a.adam_v_bf16()[i])) << i;
+  }
+
+  const ParamStore f32 = make_store(8);
+  const std::string f32_dir = save_checkpoint((dir / "f32").string(), f32, state_at(4), tiny_config_text(), "", 1);
+  load_checkpoint(f32_dir, b);
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_EQ(b.adam_m_bf16()[i], f32_to_bf16(f32.adam_m()[i])) << i;
+    ASSERT_EQ(b.adam_v_bf16()[i], f32_to_bf16(f32.adam_v()[i])) << i;
+  }
+  fs::remove_all(dir);
+}
+
 TEST(TrainCheckpoint, LatestPointerAndRetention) {
   const auto dir = test::temp_dir("ckpt_retention");
   ParamStore s = make_store(3);

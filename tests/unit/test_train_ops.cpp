@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "ops/counter_rng.h"
 #include "ops/ops.h"
 #include "test_helpers.h"
 
@@ -637,6 +639,73 @@ TEST(TrainOpsAdamW, FirstStepMovesEachParamByLr) {
   EXPECT_NEAR(param[2], 0.4f, 1e-5);
 }
 
+// Stochastic rounding is unbiased: the mean over many noise draws is the fp32 value, where
+// round-to-nearest is off by up to half a bf16 step. It keeps NaN, infinities and finite maxima.
+TEST(TrainOpsAdamW, StochasticBf16RoundingIsUnbiased) {
+  for (float x : {1.0f + 0.3f / 128.0f, -3.7e-5f, 0.001f * 0.999f, 12345.678f}) {
+    SCOPED_TRACE(x);
+    const float lo = bf16_to_f32(static_cast<uint16_t>(std::bit_cast<uint32_t>(x) >> 16));
+    const float step = bf16_to_f32(static_cast<uint16_t>((std::bit_cast<uint32_t>(x) >> 16) + 1)) - lo;
+    double sum = 0.0;
+    const int draws = 1 << 16;
+    for (int k = 0; k < draws; ++k) {
+      const float r = bf16_to_f32(ops::stochastic_round_bf16(x, ops::moment_noise(k + 1, 0)));
+      ASSERT_TRUE(r == lo || r == lo + step) << r;  // one of the two neighbours
+      sum += r;
+    }
+    EXPECT_NEAR(sum / draws, x, 0.01 * std::abs(step));
+  }
+  EXPECT_TRUE(std::isnan(bf16_to_f32(ops::stochastic_round_bf16(std::nanf(""), 0xffff))));
+  EXPECT_EQ(bf16_to_f32(ops::stochastic_round_bf16(INFINITY, 0xffff)), INFINITY);
+  EXPECT_TRUE(std::isfinite(bf16_to_f32(ops::stochastic_round_bf16(3.4e38f, 0xffff))));
+}
+
+// bf16 moments at beta2 = 0.999 follow the fp32 optimizer: with round-to-nearest, v * 0.999 rounds
+// back to v once v is about a third of g^2, and after 3000 steps v is 43% off its fp32 value (a
+// numpy emulation of this loop). Stochastic rounding is unbiased but noisy: each rounding adds
+// ~0.16% of v, which v keeps for ~1/(1 - beta2^2) = 500 steps, so ~3.7% rms is expected here.
+TEST(TrainOpsAdamW, Bf16MomentsTrackFp32Moments) {
+  const int64_t n = 64, steps = 3000;
+  const std::vector<float> p0 = randn(n, 97);
+  std::vector<float> p32 = p0, p16 = p0, m(n, 0.0f), v(n, 0.0f);
+  std::vector<uint16_t> m16(n, 0), v16(n, 0);
+  std::vector<float> grad(n);
+  for (int64_t step = 1; step <= steps; ++step) {
+    for (int64_t i = 0; i < n; ++i) grad[i] = 0.01f * (1.0f + 0.5f * std::sin(0.37f * i + 0.01f * step));
+    const ops::AdamWParams common{.grad = grad.data(), .n = n, .step = step, .lr = 1e-4f, .beta1 = 0.9f,
+                                  .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.1f};
+    ops::AdamWParams a = common, b = common;
+    a.param = p32.data(), a.m = m.data(), a.v = v.data();
+    b.param = p16.data(), b.m_bf16 = m16.data(), b.v_bf16 = v16.data(), b.offset = 1000;
+    ops::adamw(Context{}, a);
+    ops::adamw(Context{}, b);
+  }
+  double dv = 0.0, vn = 0.0, dm = 0.0, mn = 0.0, dp = 0.0, pn = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    dv += std::pow(bf16_to_f32(v16[i]) - v[i], 2.0), vn += double(v[i]) * v[i];
+    dm += std::pow(bf16_to_f32(m16[i]) - m[i], 2.0), mn += double(m[i]) * m[i];
+    dp += std::pow(p16[i] - p32[i], 2.0), pn += std::pow(p32[i] - p0[i], 2.0);  // against the total update
+  }
+  EXPECT_LE(std::sqrt(dv / vn), 0.08) << "second moment";
+  EXPECT_LE(std::sqrt(dm / mn), 0.02) << "first moment";
+  EXPECT_LE(std::sqrt(dp / pn), 0.02) << "parameter updates";
+}
+
+TEST(TrainOpsAdamW, Bf16MomentsAreReproducibleAndWriteTheCopy) {
+  std::vector<float> grad = randn(33, 98), p1 = randn(33, 99), p2 = p1;
+  std::vector<uint16_t> m1(33, 0), v1(33, 0), m2(33, 0), v2(33, 0), copy(33, 0);
+  for (int64_t step = 1; step <= 3; ++step) {
+    ops::adamw(Context{}, {.param = p1.data(), .grad = grad.data(), .n = 33, .step = step, .lr = 0.01f,
+                           .m_bf16 = m1.data(), .v_bf16 = v1.data()});
+    ops::adamw(Context{}, {.param = p2.data(), .grad = grad.data(), .n = 33, .step = step, .lr = 0.01f,
+                           .param_bf16 = copy.data(), .m_bf16 = m2.data(), .v_bf16 = v2.data()});
+  }
+  EXPECT_EQ(p1, p2);
+  EXPECT_EQ(m1, m2);
+  EXPECT_EQ(v1, v2);
+  for (size_t i = 0; i < p2.size(); ++i) EXPECT_EQ(copy[i], f32_to_bf16(p2[i])) << i;
+}
+
 TEST(TrainOpsAdamW, RejectsBadParams) {
   std::vector<float> b(4);
   test::expect_error(
@@ -651,6 +720,18 @@ TEST(TrainOpsAdamW, RejectsBadParams) {
       },
       {"adamw", "beta2=1"});
   test::expect_error([&] { ops::adamw(Context{}, {.param = b.data(), .n = 1}); }, {"adamw", "null pointer"});
+  std::vector<uint16_t> h(4);
+  test::expect_error(
+      [&] {
+        ops::adamw(Context{}, {.param = b.data(), .grad = b.data(), .m = b.data(), .v = b.data(), .n = 1,
+                               .m_bf16 = h.data(), .v_bf16 = h.data()});
+      },
+      {"adamw", "fp32 moments", "bf16 moments"});
+  test::expect_error(
+      [&] {
+        ops::adamw(Context{}, {.param = b.data(), .grad = b.data(), .m = b.data(), .n = 1, .v_bf16 = h.data()});
+      },
+      {"adamw", "expected fp32 moments"});
 }
 
 // Batched copy2d: the MLA layers copy the one shared rope key into every head's key with a source

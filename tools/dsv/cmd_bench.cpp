@@ -200,7 +200,7 @@ struct TrainBenchArgs {
 #endif
   int64_t batch = 2, seq = 4096, steps = 5, warmup = 2;
   uint64_t seed = 1;
-  bool tf32 = false, bf16 = false;
+  bool tf32 = false, bf16 = false, bf16_moments = false;
 };
 
 // Random tokens in a temporary file, removed when the benchmark ends.
@@ -226,7 +226,8 @@ void run_bench_train(const TrainBenchArgs& a) {
   DSV_CHECK(a.seq <= c.max_position_embeddings, "--seq {} exceeds the model's context of {} tokens", a.seq,
             c.max_position_embeddings);
   const int64_t params = train::trained_parameters(c, 0);
-  [[maybe_unused]] const double state_bytes = 16.0 * static_cast<double>(params);  // fp32 weights, grads, Adam m and v
+  // fp32 weights and grads, Adam m and v in fp32 or bf16
+  [[maybe_unused]] const double state_bytes = (a.bf16_moments ? 12.0 : 16.0) * static_cast<double>(params);
   [[maybe_unused]] const double act_bytes = train::activation_bytes_estimate(c, a.batch, a.seq, 0, a.recompute);
   if (a.device == "cuda") {
 #ifdef DSV_HAVE_CUDA
@@ -257,6 +258,7 @@ void run_bench_train(const TrainBenchArgs& a) {
   cfg.recompute = a.recompute;
   cfg.tf32 = a.tf32;
   cfg.bf16 = a.bf16;
+  cfg.bf16_moments = a.bf16_moments;
   cfg.schedule = "constant";
   cfg.lr = 1e-4;
   cfg.mtp_depth = 0;
@@ -290,9 +292,10 @@ void run_bench_train(const TrainBenchArgs& a) {
 #ifdef DSV_HAVE_CUDA
   if (a.device == "cuda") peak_bytes = static_cast<double>(ops::cuda::allocator_stats().peak_in_use);
 #endif
-  fmt::print("config        {} ({} layers, {} trained parameters), device {}, fp32 master weights, {} products\n",
+  fmt::print("config        {} ({} layers, {} trained parameters), device {}, fp32 master weights, {} Adam moments, "
+             "{} products\n",
              a.config, c.num_hidden_layers, human_count(static_cast<double>(params)), a.device,
-             a.bf16 ? "bf16" : a.tf32 ? "TF32" : "fp32");
+             a.bf16_moments ? "bf16" : "fp32", a.bf16 ? "bf16" : a.tf32 ? "TF32" : "fp32");
   fmt::print("batch         {} x {} tokens, recompute {}, {} timed steps after {} warm-up\n", a.batch, a.seq,
              a.recompute, a.steps, a.warmup);
   fmt::print("speed         {:.0f} tokens/s, {:.3f} s per step, {:.2f} GFLOP per token, MFU {:.2f}% (of dense bf16 "
@@ -304,7 +307,8 @@ void run_bench_train(const TrainBenchArgs& a) {
                         {"tokens_per_second", tps}, {"step_seconds", total_s / static_cast<double>(a.steps)},
                         {"mfu", mfu}, {"flops_per_token", flops}, {"peak_memory_bytes", peak_bytes},
                         {"trained_parameters", params}, {"last_loss", loss},
-                        {"precision", products_name(a.tf32, a.bf16)}};
+                        {"precision", products_name(a.tf32, a.bf16)},
+                        {"adam_moments", a.bf16_moments ? "bf16" : "fp32"}};
     write_file_atomic(a.json_out, j.dump(2) + "\n");
   }
 }
@@ -348,6 +352,8 @@ void register_bench(CLI::App& app) {
                   "Matrix products and attention on bf16 tensor cores (operands rounded to bf16 as autocast does, "
                   "fp32 accumulation, fp32 master weights)")
       ->excludes(train_tf32);
+  train->add_flag("--bf16-moments", t.bf16_moments,
+                  "Adam moments in bf16 with stochastic rounding (optimizer.bf16_moments; master weights stay fp32)");
   train->add_option("--seed", t.seed, "Seed of the random weights and tokens")->capture_default_str();
   train->add_option("--json", t.json_out, "Also write the results as JSON");
   train->callback([] { run_bench_train(t); });

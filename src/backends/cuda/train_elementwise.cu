@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "backends/cuda/cuda_ops.h"
+#include "ops/counter_rng.h"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -14,6 +15,7 @@ unsigned blocks_for(int64_t n) {
   const int64_t b = (n + kThreads - 1) / kThreads;
   return static_cast<unsigned>(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
 }
+__device__ inline float bf16_to_float(uint16_t h) { return __uint_as_float(static_cast<uint32_t>(h) << 16); }
 #define GRID_STRIDE(i, n) \
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -70,12 +72,21 @@ __global__ void axpby_kernel(AxpbyParams p) {
 // decay = 1 - lr * weight_decay, step_size = lr / (1 - b1^step), bc2_sqrt = sqrt(1 - b2^step):
 // scalars computed on the host in double (as torch does in Python), elements in fp32.
 __global__ void adamw_kernel(AdamWParams p, float decay, float step_size, float bc2_sqrt) {
+  const bool bf16_moments = p.m_bf16 != nullptr;
   GRID_STRIDE(i, p.n) {
     const float g = p.grad[i] * p.grad_scale;
-    const float m = p.beta1 * p.m[i] + (1.0f - p.beta1) * g;
-    const float v = p.beta2 * p.v[i] + (1.0f - p.beta2) * g * g;
-    p.m[i] = m;
-    p.v[i] = v;
+    const float m_old = bf16_moments ? bf16_to_float(p.m_bf16[i]) : p.m[i];
+    const float v_old = bf16_moments ? bf16_to_float(p.v_bf16[i]) : p.v[i];
+    const float m = p.beta1 * m_old + (1.0f - p.beta1) * g;
+    const float v = p.beta2 * v_old + (1.0f - p.beta2) * g * g;
+    if (bf16_moments) {  // this step's update uses the fp32 moments; only their storage is rounded
+      const uint32_t noise = moment_noise(p.step, p.offset + i);
+      p.m_bf16[i] = stochastic_round_bf16(m, noise);
+      p.v_bf16[i] = stochastic_round_bf16(v, noise >> 16);
+    } else {
+      p.m[i] = m;
+      p.v[i] = v;
+    }
     const float w = p.param[i] * decay - step_size * m / (sqrtf(v) / bc2_sqrt + p.eps);
     p.param[i] = w;
     if (p.param_bf16) reinterpret_cast<__nv_bfloat16*>(p.param_bf16)[i] = __float2bfloat16_rn(w);
