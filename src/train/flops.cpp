@@ -74,17 +74,25 @@ ActivationFloats activation_floats_per_token(const ModelConfig& c, int64_t seq_l
   // their balance-loss gradient (2E), top-K indices (K), per routed slot gate/up, the expert output
   // and three bookkeeping values (K (2Fe + D + 3)), the shared experts' gate and up (2 Fe n_shared).
   const double attn = 4 * D + 2 * Q + 2 * H * Dqk + 2 * H * Dv + 2 * C + R;
+  // Selective recompute (drop_recomputable) keeps of these only the residual stream before each norm
+  // (2D), the q latent before its norm (Q), kv_a (C + R) and the attention output (H Dv).
+  const double attn_selective = 2 * D + Q + C + R + H * Dv;
+  const double dense_ffn = 2 * F, moe_ffn = 2 * E + K + K * (2 * Fe + D + 3) + 2 * Fe * d(c.n_shared_experts);
   ActivationFloats a;
-  a.dense_working = attn + 2 * F;
-  a.moe_working = attn + 2 * E + K + K * (2 * Fe + D + 3) + 2 * Fe * d(c.n_shared_experts);
+  a.dense_working = attn + dense_ffn;
+  a.moe_working = attn + moe_ffn;
   // Full recompute keeps only each layer's input; the backward re-runs the layer.
-  const bool full = recompute == "full";
-  a.dense_layer = full ? D : a.dense_working;
-  a.moe_layer = full ? D : a.moe_working;
+  const bool full = recompute == "full", selective = recompute == "selective";
+  a.dense_layer = full ? D : selective ? attn_selective + dense_ffn : a.dense_working;
+  a.moe_layer = full ? D : selective ? attn_selective + moe_ffn : a.moe_working;
   a.head = 2 * V;
-  // Each MTP depth keeps a whole block plus its embedding, gathered state, concatenation, block
-  // output, normed output and its gradient (7D), over (S - k) / S of the rows.
-  const double S = d(seq_len), mtp_block = c.is_moe_layer(c.num_hidden_layers) ? a.moe_working : a.dense_working;
+  // Each MTP depth keeps a whole block (selective: what that keeps; full re-runs no MTP block) plus its
+  // embedding, gathered state, concatenation, block output, normed output and its gradient (7D), over
+  // (S - k) / S of the rows.
+  const bool moe_block = c.is_moe_layer(c.num_hidden_layers);
+  const double S = d(seq_len),
+               mtp_block = selective ? (moe_block ? a.moe_layer : a.dense_layer)
+                                     : (moe_block ? a.moe_working : a.dense_working);
   for (int64_t k = 1; k <= mtp_depth && k < seq_len; ++k) a.mtp += (S - d(k)) / S * (mtp_block + 7 * D);
   return a;
 }

@@ -24,7 +24,7 @@ int64_t trained_parameters(const ModelConfig& c, int64_t mtp_depth);
 
 // Rough peak bytes of saved activations for one micro-batch of B sequences of S tokens, in fp32,
 // following what the trainer keeps per layer (train/train_layers.h LayerSaved); see flops.cpp.
-// recompute: "none" and "selective" (estimated as none: an upper bound), or "full".
+// recompute: "none", "selective" (drop_recomputable's buffers not kept) or "full".
 // = 4 bytes * B * S * (sum of the layers' saved floats + the largest working set + head + mtp) of
 // activation_floats_per_token below.
 double activation_bytes_estimate(const ModelConfig& c, int64_t micro_batch, int64_t seq_len, int64_t mtp_depth,
@@ -33,7 +33,8 @@ double activation_bytes_estimate(const ModelConfig& c, int64_t micro_batch, int6
 // The pieces of activation_bytes_estimate, in fp32 floats kept per token of the micro-batch, so a
 // pipeline stage can add up only the layers it holds (train/parallel_plan.h).
 struct ActivationFloats {
-  double dense_layer = 0;    // one dense decoder layer as trained (recompute "full": only its input, D)
+  double dense_layer = 0;    // one dense decoder layer as trained (recompute "full": only its input, D;
+                             // "selective": without the buffers it re-makes)
   double moe_layer = 0;      // one MoE decoder layer as trained (likewise)
   double dense_working = 0;  // one dense layer without recompute: the backward's working set
   double moe_working = 0;    // the same for an MoE layer

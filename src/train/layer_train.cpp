@@ -31,6 +31,30 @@ void layer_forward(const ops::Context& ctx, const ModelConfig& c, const LayerWei
   ops::add(ctx, {.x = delta.data(), .y = x, .n = T * D});
 }
 
+void drop_recomputable(LayerSaved& s) {
+  s.xn1 = Buffer<float>();
+  s.xn2 = Buffer<float>();
+  s.attn.q_latent = Buffer<float>();
+  s.attn.q = Buffer<float>();
+  s.attn.latent = Buffer<float>();
+  s.attn.k = Buffer<float>();
+  s.attn.v = Buffer<float>();
+}
+
+void recompute_dropped(const ops::Context& ctx, const ModelConfig& c, const LayerWeights& w, Batch batch,
+                       const Ropes& ropes, LayerSaved& s) {
+  const int64_t T = batch.tokens(), D = c.hidden_size;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  s.xn1 = Buffer<float>(ctx.backend, T * D);
+  s.xn2 = Buffer<float>(ctx.backend, T * D);
+  ops::rmsnorm(ctx, {.x = s.x_in.data(), .weight = w.input_layernorm.data, .y = s.xn1.data(), .rows = T, .dim = D,
+                     .eps = eps});
+  ops::rmsnorm(ctx, {.x = s.x_mid.data(), .weight = w.post_attention_layernorm.data, .y = s.xn2.data(), .rows = T,
+                     .dim = D, .eps = eps});
+  mla_make_queries(ctx, c, w.attn, s.xn1.data(), batch, ropes, s.attn);
+  mla_make_keys_values(ctx, c, w.attn, batch, ropes, s.attn);
+}
+
 void layer_backward(const ops::Context& ctx, const ModelConfig& c, const LayerWeights& w, const LayerWeights& g,
                     Batch batch, const Ropes& ropes, const LayerSaved& s, float* dx) {
   const int64_t T = batch.tokens(), D = c.hidden_size;

@@ -25,18 +25,16 @@ Ropes make_ropes(const ops::Context& ctx, const ModelConfig& c, Batch batch, int
   return Ropes{layers::make_rope_table(ctx, c, positions), layers::make_rope_table(ctx, c, positions, true)};
 }
 
-void mla_forward(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, const float* xn, Batch batch,
-                 const Ropes& ropes, float* out, MlaSaved& s) {
-  const int64_t T = batch.tokens(), S = batch.length, D = c.hidden_size, H = c.num_attention_heads,
-                Q = c.q_lora_rank, C = c.kv_lora_rank, R = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim,
-                Dv = c.v_head_dim, Dqk = Dn + R;
+// The queries from the saved down-projection: q = rope(q_b_proj(norm(q_latent_raw))), or
+// rope(q_proj(xn)) without a q LoRA. Shared by the forward and selective recomputation.
+void mla_make_queries(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, const float* xn, Batch batch,
+                      const Ropes& ropes, MlaSaved& s) {
+  const int64_t T = batch.tokens(), D = c.hidden_size, H = c.num_attention_heads, Q = c.q_lora_rank,
+                Dn = c.qk_nope_head_dim, Dqk = Dn + c.qk_rope_head_dim;
   const ops::Backend be = ctx.backend;
   s.q = Buffer<float>(be, T * H * Dqk);
   if (Q > 0) {
-    s.q_latent_raw = Buffer<float>(be, T * Q);
     s.q_latent = Buffer<float>(be, T * Q);
-    ops::linear(ctx, {.x = xn, .w = w.q_a_proj.data, .bias = w.q_a_proj_bias.data, .y = s.q_latent_raw.data(),
-                      .M = T, .N = Q, .K = D});
     ops::rmsnorm(ctx, {.x = s.q_latent_raw.data(), .weight = w.q_a_layernorm.data, .y = s.q_latent.data(),
                        .rows = T, .dim = Q, .eps = kLatentNormEps});
     ops::linear(ctx, {.x = s.q_latent.data(), .w = w.q_b_proj.data, .y = s.q.data(), .M = T, .N = H * Dqk, .K = Q});
@@ -44,11 +42,16 @@ void mla_forward(const ops::Context& ctx, const ModelConfig& c, const MlaWeights
     ops::linear(ctx, {.x = xn, .w = w.q_proj.data, .y = s.q.data(), .M = T, .N = H * Dqk, .K = D});
   }
   rope_rows(ctx, c, ropes.forward, s.q.data(), T, H, H * Dqk, Dqk, Dn);
+}
 
-  s.kv_a = Buffer<float>(be, T * (C + R));
+// Keys and values from the saved kv_a = [latent before its norm ; rope key before rope]:
+// latent = norm(kv_a[:, :C]), k = [kv_b_proj(latent) key rows ; rope(kv_a[:, C:])], v = value rows.
+void mla_make_keys_values(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, Batch batch,
+                          const Ropes& ropes, MlaSaved& s) {
+  const int64_t T = batch.tokens(), H = c.num_attention_heads, C = c.kv_lora_rank, R = c.qk_rope_head_dim,
+                Dn = c.qk_nope_head_dim, Dv = c.v_head_dim, Dqk = Dn + R;
+  const ops::Backend be = ctx.backend;
   s.latent = Buffer<float>(be, T * C);
-  ops::linear(ctx, {.x = xn, .w = w.kv_a_proj.data, .bias = w.kv_a_proj_bias.data, .y = s.kv_a.data(), .M = T,
-                    .N = C + R, .K = D});
   ops::rmsnorm(ctx, {.x = s.kv_a.data(), .weight = w.kv_a_layernorm.data, .y = s.latent.data(), .rows = T, .dim = C,
                      .x_stride = C + R, .eps = kLatentNormEps});
   Buffer<float> k_rope(be, T * R);
@@ -68,6 +71,24 @@ void mla_forward(const ops::Context& ctx, const ModelConfig& c, const MlaWeights
                     .dst_stride = H * Dqk, .batch = H, .src_batch_stride = 0, .dst_batch_stride = Dqk});  // shared by all heads
   ops::copy2d(ctx, {.src = kv.data() + Dn, .dst = s.v.data(), .rows = T * H, .cols = Dv, .src_stride = Dn + Dv,
                     .dst_stride = Dv});
+}
+
+void mla_forward(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, const float* xn, Batch batch,
+                 const Ropes& ropes, float* out, MlaSaved& s) {
+  const int64_t T = batch.tokens(), S = batch.length, D = c.hidden_size, H = c.num_attention_heads,
+                Q = c.q_lora_rank, C = c.kv_lora_rank, R = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim,
+                Dv = c.v_head_dim, Dqk = Dn + R;
+  const ops::Backend be = ctx.backend;
+  if (Q > 0) {
+    s.q_latent_raw = Buffer<float>(be, T * Q);
+    ops::linear(ctx, {.x = xn, .w = w.q_a_proj.data, .bias = w.q_a_proj_bias.data, .y = s.q_latent_raw.data(),
+                      .M = T, .N = Q, .K = D});
+  }
+  mla_make_queries(ctx, c, w, xn, batch, ropes, s);
+  s.kv_a = Buffer<float>(be, T * (C + R));
+  ops::linear(ctx, {.x = xn, .w = w.kv_a_proj.data, .bias = w.kv_a_proj_bias.data, .y = s.kv_a.data(), .M = T,
+                    .N = C + R, .K = D});
+  mla_make_keys_values(ctx, c, w, batch, ropes, s);
 
   s.attn = Buffer<float>(be, T * H * Dv);
   const float scale = static_cast<float>(c.softmax_scale());

@@ -110,6 +110,7 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
       saved[l] = LayerSaved{};
       saved[l].x_in = std::move(keep);
     }
+    if (opt.recompute == Recompute::Selective) drop_recomputable(saved[l]);
   }
   Buffer<float> h(be, T * D), dh(be, backward ? T * D : 0);
   ops::rmsnorm(ctx, {.x = x.data(), .weight = w.norm.data, .y = h.data(), .rows = T, .dim = D,
@@ -154,6 +155,7 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
     st.ropes = make_ropes(ctx, c, st.batch, k);
     MoeStats ignored;
     layer_forward(ctx, c, mw.block, st.block_out.data(), st.batch, st.ropes, AuxSpec{}, st.block, ignored);
+    if (opt.recompute == Recompute::Selective) drop_recomputable(st.block);  // (full keeps MTP blocks whole)
     st.h = Buffer<float>(be, n * D);
     st.dh = Buffer<float>(be, n * D);
     ops::rmsnorm(ctx, {.x = st.block_out.data(), .weight = mw.shared_head_norm.data, .y = st.h.data(), .rows = n,
@@ -180,6 +182,7 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
     ops::rmsnorm_backward(ctx, {.x = st.block_out.data(), .weight = mw.shared_head_norm.data, .dy = st.dh.data(),
                                 .dx = dx.data(), .dweight = mut(mg.shared_head_norm), .rows = n, .dim = D, .eps = eps});
     // block_out was overwritten in place by the block; its input is the block's saved x_in.
+    if (opt.recompute == Recompute::Selective) recompute_dropped(ctx, c, mw.block, st.batch, st.ropes, st.block);
     layer_backward(ctx, c, mw.block, mg.block, st.batch, st.ropes, st.block, dx.data());
     ops::linear_weight_grad(ctx, {.dy = dx.data(), .x = st.cat.data(), .dw = mut(mg.eh_proj), .M = n, .N = D,
                                   .K = 2 * D, .accumulate = true});
@@ -208,6 +211,7 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
       MoeStats ignored;
       layer_forward(ctx, c, w.layers[l], x_again.data(), batch, ropes, opt.aux, saved[l], ignored);
     }
+    if (opt.recompute == Recompute::Selective) recompute_dropped(ctx, c, w.layers[l], batch, ropes, saved[l]);
     layer_backward(ctx, c, w.layers[l], grads.layers[l], batch, ropes, saved[l], dx.data());
     saved[l] = LayerSaved{};  // free as we go
   }

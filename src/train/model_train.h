@@ -8,7 +8,9 @@
 
 namespace dsv::train {
 
-enum class Recompute { None, Full };
+// None keeps every activation the backward reads; Selective drops and re-makes the cheap ones
+// (drop_recomputable in train_layers.h); Full keeps only each layer's input and re-runs the layer.
+enum class Recompute { None, Selective, Full };
 
 struct PassOptions {
   int64_t mtp_depth = 0;        // MTP modules to train (<= weights.mtp.size())

@@ -272,9 +272,9 @@ std::string describe_plan(const ParallelPlan& p) {
                      "gradients (4 B/param) whole on every GPU; fp32 master + Adam m, v ({} B/param, {} moments) "
                      "sharded over dp {} (dense) and expert-dp {} (routed experts)\n",
                      p.bf16_moments ? 8 : 12, p.bf16_moments ? "bf16" : "fp32", p.dp, p.expert_dp);
-  out += fmt::format("activations  the trainer's fp32 estimate per micro-batch of {} x {} tokens (recompute {}{}){}; "
+  out += fmt::format("activations  the trainer's fp32 estimate per micro-batch of {} x {} tokens (recompute {}){}; "
                      "balanced routing\n",
-                     p.micro_batch, p.seq_len, p.recompute, p.recompute == "selective" ? ", estimated as none" : "",
+                     p.micro_batch, p.seq_len, p.recompute,
                      p.tp > 1 ? fmt::format(", / tp {} (sequence parallel)", p.tp) : "");
   // One row per stage; the header goes through the same widths as the rows.
   auto row = [](const std::string& stage, const std::string& layers, const std::string& params,

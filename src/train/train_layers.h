@@ -86,6 +86,12 @@ struct MoeStats {
 
 void mla_forward(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, const float* xn, Batch batch,
                  const Ropes& ropes, float* out, MlaSaved& saved);
+// The two halves of mla_forward after its down-projections, also used by selective recomputation:
+// queries (s.q, and s.q_latent with a q LoRA) from s.q_latent_raw or xn; s.latent, s.k and s.v from s.kv_a.
+void mla_make_queries(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, const float* xn, Batch batch,
+                      const Ropes& ropes, MlaSaved& s);
+void mla_make_keys_values(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, Batch batch,
+                          const Ropes& ropes, MlaSaved& s);
 // dxn is overwritten.
 void mla_backward(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, const MlaWeights& g,
                   const float* xn, Batch batch, const Ropes& ropes, const MlaSaved& saved, const float* dout, float* dxn);
@@ -103,6 +109,15 @@ void moe_backward(const ops::Context& ctx, const ModelConfig& c, const MoeWeight
 
 // dst[0, n) = src[0, n) on the backend.
 void copy_values(const ops::Context& ctx, const float* src, float* dst, int64_t n);
+
+// Selective recomputation (train.recompute = selective): after the forward, drop_recomputable frees
+// what is cheap to re-make (both norm outputs, MLA's normalized latents, its queries, keys and
+// values: about 2D + Q + C + H (2 Dqk + Dv) floats per token); before the backward,
+// recompute_dropped re-makes them from what stays (x_in, x_mid, q_latent_raw, kv_a) with the
+// forward's own ops, so the gradients are bit-identical to keeping everything.
+void drop_recomputable(LayerSaved& s);
+void recompute_dropped(const ops::Context& ctx, const ModelConfig& c, const LayerWeights& w, Batch batch,
+                       const Ropes& ropes, LayerSaved& s);
 
 // x[T, D]: the residual stream, updated in place (x += attn(norm x); x += ffn(norm x)).
 void layer_forward(const ops::Context& ctx, const ModelConfig& c, const LayerWeights& w, float* x, Batch batch,

@@ -36,7 +36,9 @@ PassOptions pass_options(const TrainConfig& cfg, int64_t mtp_depth) {
                      .aux = AuxSpec{.seq_aux_alpha = cfg.seq_aux_alpha, .expert_aux_alpha = cfg.expert_aux_alpha,
                                     .sequence_weight = 1.0 / static_cast<double>(cfg.micro_batch * cfg.grad_accum)},
                      .micro_batches = cfg.grad_accum,
-                     .recompute = cfg.recompute == "full" ? Recompute::Full : Recompute::None};
+                     .recompute = cfg.recompute == "full"        ? Recompute::Full
+                                   : cfg.recompute == "selective" ? Recompute::Selective
+                                                                  : Recompute::None};
 }
 
 struct Trainer::Impl {
@@ -71,9 +73,6 @@ Trainer::Trainer(const TrainConfig& config) : impl_(std::make_unique<Impl>()) {
   const ops::Backend backend = config.device == "cuda" ? ops::Backend::Cuda : ops::Backend::Cpu;
   DSV_CHECK(ops::backend_available(backend), "train.device = {}: that backend is not available in this build",
             config.device);
-  DSV_CHECK(config.recompute != "selective",
-            "train.recompute = selective is not implemented yet; use none or full (full keeps only each layer's "
-            "input and re-runs the layer in the backward)");
   DSV_CHECK(config.gpus == 1,
             "parallel.gpus = {} (tp {}, pp {}, ep {}): this build trains on one device; multi-GPU training is not "
             "implemented yet. Use --dry-run to see the plan for that layout, or --set parallel.gpus=1 "

@@ -236,7 +236,7 @@ void run_bench_train(const TrainBenchArgs& a) {
     cudaMemGetInfo(&free_bytes, &total_bytes);
     DSV_CHECK(state_bytes + act_bytes < 0.95 * static_cast<double>(free_bytes),
               "this run needs about {} of GPU memory (weights, grads and Adam moments {}, activations {}); {} are "
-              "free: refused before any work (try a smaller --batch or --seq, or --recompute full)",
+              "free: refused before any work (try a smaller --batch or --seq, or --recompute selective or full)",
               human_bytes(state_bytes + act_bytes), human_bytes(state_bytes), human_bytes(act_bytes),
               human_bytes(static_cast<double>(free_bytes)));
 #else
@@ -344,7 +344,10 @@ void register_bench(CLI::App& app) {
   train->add_option("--seq", t.seq, "Tokens per sequence")->capture_default_str();
   train->add_option("--steps", t.steps, "Timed optimizer steps")->capture_default_str();
   train->add_option("--warmup", t.warmup, "Untimed steps first")->capture_default_str();
-  train->add_option("--recompute", t.recompute, "none or full activation recomputation")->capture_default_str();
+  train->add_option("--recompute", t.recompute,
+                    "Activation recomputation: none, selective (norms, MLA queries, keys and values) or full")
+      ->check(CLI::IsMember({"none", "selective", "full"}))
+      ->capture_default_str();
   train->add_option("--device", t.device, "cuda or cpu")->capture_default_str();
   auto* train_tf32 = train->add_flag(
       "--tf32", t.tf32, "Matrix products and attention on TF32 tensor cores (fp32 storage and accumulation)");
