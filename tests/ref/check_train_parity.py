@@ -8,6 +8,7 @@ balance losses, aux-free bias update).
     python3 tests/ref/check_train_parity.py --dsv build/cpu/tools/dsv/dsv --count 10 --seed 1
     python3 tests/ref/check_train_parity.py --dsv build/cuda/tools/dsv/dsv --device cuda --count 10
     python3 tests/ref/check_train_parity.py --reference-only --count 3     # the reference side alone
+    python3 tests/ref/check_train_parity.py --dsv ... --recompute mixed     # dsv with none / selective / full
 
 For each configuration it writes a random checkpoint and tokens.bin, runs the reference for --steps
 steps, runs
@@ -132,6 +133,10 @@ def main():
     ap.add_argument("--grad-norm-rtol", type=float, default=1e-2)
     ap.add_argument("--timeout", type=int, default=600, help="seconds per dsv run")
     ap.add_argument("--keep", help="keep every configuration's directory under this path")
+    ap.add_argument("--recompute", default="none", choices=["none", "selective", "full", "mixed"],
+                    help="train.recompute for dsv (mixed: one of the three per configuration)")
+    ap.add_argument("--bf16-moments", action="store_true",
+                    help="optimizer.bf16_moments for dsv (then compare with a looser --rtol)")
     ap.add_argument("--reference-only", action="store_true", help="run the reference side only (no dsv)")
     args = ap.parse_args()
     if not args.reference_only:
@@ -190,6 +195,11 @@ def main():
             metrics = os.path.join(d, "metrics.jsonl")
             recipe = dict(cfg)
             recipe.update({"train.device": args.device, "output.metrics_jsonl": metrics, "output.out_dir": out_dir})
+            recipe["train.recompute"] = (random.Random(args.seed * 7919 + i).choice(["none", "selective", "full"])
+                                         if args.recompute == "mixed" else args.recompute)
+            if args.bf16_moments:
+                recipe["optimizer.bf16_moments"] = True
+            desc += f" recompute {recipe['train.recompute']}"
             recipe_path = os.path.join(d, "recipe.toml")
             write_recipe(recipe_path, recipe)
             cmd = [args.dsv, "train", "--recipe", recipe_path, "--metrics-jsonl", metrics]

@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "backends/cuda/cuda_ops.h"
-#include "ops/counter_rng.h"
+#include "ops/adamw_element.h"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -15,7 +15,6 @@ unsigned blocks_for(int64_t n) {
   const int64_t b = (n + kThreads - 1) / kThreads;
   return static_cast<unsigned>(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
 }
-__device__ inline float bf16_to_float(uint16_t h) { return __uint_as_float(static_cast<uint32_t>(h) << 16); }
 #define GRID_STRIDE(i, n) \
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -69,28 +68,8 @@ __global__ void axpby_kernel(AxpbyParams p) {
   }
 }
 
-// decay = 1 - lr * weight_decay, step_size = lr / (1 - b1^step), bc2_sqrt = sqrt(1 - b2^step):
-// scalars computed on the host in double (as torch does in Python), elements in fp32.
-__global__ void adamw_kernel(AdamWParams p, float decay, float step_size, float bc2_sqrt) {
-  const bool bf16_moments = p.m_bf16 != nullptr;
-  GRID_STRIDE(i, p.n) {
-    const float g = p.grad[i] * p.grad_scale;
-    const float m_old = bf16_moments ? bf16_to_float(p.m_bf16[i]) : p.m[i];
-    const float v_old = bf16_moments ? bf16_to_float(p.v_bf16[i]) : p.v[i];
-    const float m = p.beta1 * m_old + (1.0f - p.beta1) * g;
-    const float v = p.beta2 * v_old + (1.0f - p.beta2) * g * g;
-    if (bf16_moments) {  // this step's update uses the fp32 moments; only their storage is rounded
-      const uint32_t noise = moment_noise(p.step, p.offset + i);
-      p.m_bf16[i] = stochastic_round_bf16(m, noise);
-      p.v_bf16[i] = stochastic_round_bf16(v, noise >> 16);
-    } else {
-      p.m[i] = m;
-      p.v[i] = v;
-    }
-    const float w = p.param[i] * decay - step_size * m / (sqrtf(v) / bc2_sqrt + p.eps);
-    p.param[i] = w;
-    if (p.param_bf16) reinterpret_cast<__nv_bfloat16*>(p.param_bf16)[i] = __float2bfloat16_rn(w);
-  }
+__global__ void adamw_kernel(AdamWParams p, AdamWScalars scalars) {
+  GRID_STRIDE(i, p.n) adamw_element(p, scalars, i);
 }
 
 }  // namespace
@@ -123,13 +102,7 @@ cudaError_t axpby(const AxpbyParams& p, cudaStream_t s) {
 
 cudaError_t adamw(const AdamWParams& p, cudaStream_t s) {
   if (p.n <= 0) return cudaSuccess;
-  const double step = static_cast<double>(p.step);
-  const double bc1 = 1.0 - std::pow(static_cast<double>(p.beta1), step);
-  const double bc2 = 1.0 - std::pow(static_cast<double>(p.beta2), step);
-  const float step_size = static_cast<float>(static_cast<double>(p.lr) / bc1);
-  const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
-  const float decay = static_cast<float>(1.0 - static_cast<double>(p.lr) * static_cast<double>(p.weight_decay));
-  adamw_kernel<<<blocks_for(p.n), kThreads, 0, s>>>(p, decay, step_size, bc2_sqrt);
+  adamw_kernel<<<blocks_for(p.n), kThreads, 0, s>>>(p, adamw_scalars(p));
   return cudaGetLastError();
 }
 
