@@ -1,15 +1,11 @@
 // A counter-based normal generator usable from host and device code (no state, no headers beyond
-// <cstdint>/<cmath>): splitmix64 of (seed, index) -> two uniforms -> Box-Muller. Identical results
+// <cstdint>/<cmath> and core/host_device.h): splitmix64 of (seed, index) -> two uniforms -> Box-Muller. Identical results
 // on every backend, so random-weight benchmarks and tests are reproducible.
 #pragma once
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DSV_HOST_DEVICE __host__ __device__
-#else
-#define DSV_HOST_DEVICE
-#endif
+#include "core/host_device.h"
 
 namespace dsv::ops {
 
@@ -33,12 +29,7 @@ DSV_HOST_DEVICE inline float counter_normal(uint64_t seed, uint64_t index) {
 // distance from the truncated value, in units of the bf16 step: unbiased, E[round(x)] = x. NaN and
 // infinities are kept; a finite x never becomes infinite.
 DSV_HOST_DEVICE inline uint16_t stochastic_round_bf16(float x, uint32_t noise16) {
-  uint32_t bits;
-#if defined(__CUDA_ARCH__)
-  bits = __float_as_uint(x);
-#else
-  __builtin_memcpy(&bits, &x, 4);
-#endif
+  const uint32_t bits = float_as_bits(x);
   if ((bits & 0x7f800000u) == 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | ((bits & 0x7fffffu) ? 0x40u : 0u));
   const uint32_t rounded = (bits + (noise16 & 0xffffu)) >> 16;
   return static_cast<uint16_t>((rounded & 0x7f80u) == 0x7f80u ? bits >> 16 : rounded);
