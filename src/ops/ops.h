@@ -237,6 +237,24 @@ struct LinearWeightGradParams {
 };
 void linear_weight_grad(const Context& ctx, const LinearWeightGradParams& p);
 
+// Both gradients of y = x . w^T (+ bias), w [N, K] row-major as in ops::linear:
+//   dw (+)= dy^T . x, dbias (+)= column sums of dy     (linear_weight_grad; accumulate_dw)
+//   dx (+)= dy . w                                      (linear with w_transposed; accumulate_dx)
+// One op so that a device computing in bf16 rounds dy once for both products (bit-identical to the
+// two calls).
+struct LinearBackwardParams {
+  const float* dy = nullptr;  // [M, N]
+  const float* x = nullptr;   // [M, K]
+  const float* w = nullptr;   // [N, K]
+  float* dx = nullptr;        // [M, K]; null: no input gradient wanted. May alias x (dw comes first), not dy
+  float* dw = nullptr;        // [N, K]
+  float* dbias = nullptr;     // [N], optional
+  int64_t M = 0, N = 0, K = 0;
+  int64_t dy_stride = 0, x_stride = 0, dx_stride = 0;  // row strides; 0 means dense
+  bool accumulate_dx = false, accumulate_dw = false;
+};
+void linear_backward(const Context& ctx, const LinearBackwardParams& p);
+
 // Backward of rmsnorm (y = weight * x * r, r = 1/sqrt(mean(x^2) + eps)), recomputing r from x:
 //   dx[r, :] (+)= r * (weight*dy - x * r^2 * mean(weight*dy*x))      (accumulate_dx)
 //   dweight[:] += sum_rows dy * x * r                                 (always accumulates)
@@ -474,6 +492,7 @@ struct BackendTable {
   void (*moe_experts)(const MoeExpertsParams&, void* stream) = nullptr;
   void (*cast)(const CastParams&, void* stream) = nullptr;
   void (*linear_weight_grad)(const LinearWeightGradParams&, void* stream) = nullptr;
+  void (*linear_backward)(const LinearBackwardParams&, void* stream) = nullptr;
   void (*rmsnorm_backward)(const RmsNormBackwardParams&, void* stream) = nullptr;
   void (*attention_backward)(const AttentionBackwardParams&, void* stream) = nullptr;
   void (*swiglu_backward)(const SwigluBackwardParams&, void* stream) = nullptr;

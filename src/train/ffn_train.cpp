@@ -31,19 +31,17 @@ void mlp_backward(const ops::Context& ctx, const MlpWeights& w, const MlpWeights
   const ops::Backend be = ctx.backend;
   Buffer<float> h(be, T * F), dgate(be, T * F), dup(be, T * F);
   ops::swiglu(ctx, {.gate = s.gate.data(), .up = s.up.data(), .out = h.data(), .n = T * F});  // recomputed
-  ops::linear_weight_grad(ctx, {.dy = dy, .x = h.data(), .dw = mut(g.down_proj), .dbias = mut(g.down_bias), .M = T,
-                                .N = D, .K = F, .accumulate = true});
-  ops::linear(ctx, {.x = dy, .w = w.down_proj.data, .y = h.data(), .M = T, .N = F, .K = D, .w_transposed = true});
+  ops::linear_backward(ctx, {.dy = dy, .x = h.data(), .w = w.down_proj.data, .dx = h.data(),  // dh over h
+                             .dw = mut(g.down_proj), .dbias = mut(g.down_bias), .M = T, .N = D, .K = F,
+                             .accumulate_dw = true});
   ops::swiglu_backward(ctx, {.gate = s.gate.data(), .up = s.up.data(), .dout = h.data(), .dgate = dgate.data(),
                              .dup = dup.data(), .n = T * F});
-  ops::linear_weight_grad(ctx, {.dy = dgate.data(), .x = x, .dw = mut(g.gate_proj), .dbias = mut(g.gate_bias), .M = T,
-                                .N = F, .K = D, .accumulate = true});
-  ops::linear_weight_grad(ctx, {.dy = dup.data(), .x = x, .dw = mut(g.up_proj), .dbias = mut(g.up_bias), .M = T,
-                                .N = F, .K = D, .accumulate = true});
-  ops::linear(ctx, {.x = dgate.data(), .w = w.gate_proj.data, .y = dx, .M = T, .N = D, .K = F,
-                    .accumulate = accumulate_dx, .w_transposed = true});
-  ops::linear(ctx, {.x = dup.data(), .w = w.up_proj.data, .y = dx, .M = T, .N = D, .K = F, .accumulate = true,
-                    .w_transposed = true});
+  ops::linear_backward(ctx, {.dy = dgate.data(), .x = x, .w = w.gate_proj.data, .dx = dx, .dw = mut(g.gate_proj),
+                             .dbias = mut(g.gate_bias), .M = T, .N = F, .K = D, .accumulate_dx = accumulate_dx,
+                             .accumulate_dw = true});
+  ops::linear_backward(ctx, {.dy = dup.data(), .x = x, .w = w.up_proj.data, .dx = dx, .dw = mut(g.up_proj),
+                             .dbias = mut(g.up_bias), .M = T, .N = F, .K = D, .accumulate_dx = true,
+                             .accumulate_dw = true});
 }
 
 namespace {
@@ -277,10 +275,8 @@ void moe_backward(const ops::Context& ctx, const ModelConfig& c, const MoeWeight
                             .norm_topk_prob = c.norm_topk_prob,
                             .routed_scaling_factor = static_cast<float>(c.routed_scaling_factor)});
   if (s.aux_dlogits.size()) ops::add(ctx, {.x = s.aux_dlogits.data(), .y = dlogits.data(), .n = T * E});
-  ops::linear_weight_grad(ctx, {.dy = dlogits.data(), .x = xn, .dw = mut(g.router), .M = T, .N = E, .K = D,
-                                .accumulate = true});
-  ops::linear(ctx, {.x = dlogits.data(), .w = w.router.data, .y = dxn, .M = T, .N = D, .K = E, .accumulate = true,
-                    .w_transposed = true});
+  ops::linear_backward(ctx, {.dy = dlogits.data(), .x = xn, .w = w.router.data, .dx = dxn, .dw = mut(g.router), .M = T,
+                             .N = E, .K = D, .accumulate_dx = true, .accumulate_dw = true});
 }
 
 }  // namespace dsv::train

@@ -109,10 +109,9 @@ void mla_backward(const ops::Context& ctx, const ModelConfig& c, const MlaWeight
 
   // o_proj
   Buffer<float> dattn(be, T * H * Dv);
-  ops::linear_weight_grad(ctx, {.dy = dout, .x = s.attn.data(), .dw = mut(g.o_proj), .dbias = mut(g.o_proj_bias),
-                                .M = T, .N = D, .K = H * Dv, .accumulate = true});
-  ops::linear(ctx, {.x = dout, .w = w.o_proj.data, .y = dattn.data(), .M = T, .N = H * Dv, .K = D,
-                    .w_transposed = true});
+  ops::linear_backward(ctx, {.dy = dout, .x = s.attn.data(), .w = w.o_proj.data, .dx = dattn.data(),
+                             .dw = mut(g.o_proj), .dbias = mut(g.o_proj_bias), .M = T, .N = D, .K = H * Dv,
+                             .accumulate_dw = true});
 
   // attention, per sequence
   Buffer<float> dq(be, T * H * Dqk), dk(be, T * H * Dqk), dv(be, T * H * Dv);
@@ -142,41 +141,32 @@ void mla_backward(const ops::Context& ctx, const ModelConfig& c, const MlaWeight
     }
   }
   Buffer<float> dlatent(be, T * C);
-  ops::linear_weight_grad(ctx, {.dy = dkv.data(), .x = s.latent.data(), .dw = mut(g.kv_b_proj), .M = T,
-                                .N = H * (Dn + Dv), .K = C, .accumulate = true});
-  ops::linear(ctx, {.x = dkv.data(), .w = w.kv_b_proj.data, .y = dlatent.data(), .M = T, .N = C, .K = H * (Dn + Dv),
-                    .w_transposed = true});
+  ops::linear_backward(ctx, {.dy = dkv.data(), .x = s.latent.data(), .w = w.kv_b_proj.data, .dx = dlatent.data(),
+                             .dw = mut(g.kv_b_proj), .M = T, .N = H * (Dn + Dv), .K = C, .accumulate_dw = true});
   rope_rows(ctx, c, ropes.backward, dk_rope.data(), T, 1, R, R, 0);
   ops::rmsnorm_backward(ctx, {.x = s.kv_a.data(), .weight = w.kv_a_layernorm.data, .dy = dlatent.data(),
                               .dx = dkv_a.data(), .dweight = mut(g.kv_a_layernorm), .rows = T, .dim = C,
                               .x_stride = C + R, .dy_stride = C, .dx_stride = C + R, .eps = kLatentNormEps});
   ops::copy2d(ctx, {.src = dk_rope.data(), .dst = dkv_a.data() + C, .rows = T, .cols = R, .src_stride = R,
                     .dst_stride = C + R});
-  ops::linear_weight_grad(ctx, {.dy = dkv_a.data(), .x = xn, .dw = mut(g.kv_a_proj), .dbias = mut(g.kv_a_proj_bias),
-                                .M = T, .N = C + R, .K = D, .accumulate = true});
-  ops::linear(ctx, {.x = dkv_a.data(), .w = w.kv_a_proj.data, .y = dxn, .M = T, .N = D, .K = C + R,
-                    .w_transposed = true});
+  ops::linear_backward(ctx, {.dy = dkv_a.data(), .x = xn, .w = w.kv_a_proj.data, .dx = dxn, .dw = mut(g.kv_a_proj),
+                             .dbias = mut(g.kv_a_proj_bias), .M = T, .N = C + R, .K = D, .accumulate_dw = true});
 
   // queries
   rope_rows(ctx, c, ropes.backward, dq.data(), T, H, H * Dqk, Dqk, Dn);
   if (Q > 0) {
     Buffer<float> dq_latent(be, T * Q), dq_latent_raw(be, T * Q);
-    ops::linear_weight_grad(ctx, {.dy = dq.data(), .x = s.q_latent.data(), .dw = mut(g.q_b_proj), .M = T,
-                                  .N = H * Dqk, .K = Q, .accumulate = true});
-    ops::linear(ctx, {.x = dq.data(), .w = w.q_b_proj.data, .y = dq_latent.data(), .M = T, .N = Q, .K = H * Dqk,
-                      .w_transposed = true});
+    ops::linear_backward(ctx, {.dy = dq.data(), .x = s.q_latent.data(), .w = w.q_b_proj.data, .dx = dq_latent.data(),
+                               .dw = mut(g.q_b_proj), .M = T, .N = H * Dqk, .K = Q, .accumulate_dw = true});
     ops::rmsnorm_backward(ctx, {.x = s.q_latent_raw.data(), .weight = w.q_a_layernorm.data, .dy = dq_latent.data(),
                                 .dx = dq_latent_raw.data(), .dweight = mut(g.q_a_layernorm), .rows = T, .dim = Q,
                                 .eps = kLatentNormEps});
-    ops::linear_weight_grad(ctx, {.dy = dq_latent_raw.data(), .x = xn, .dw = mut(g.q_a_proj),
-                                  .dbias = mut(g.q_a_proj_bias), .M = T, .N = Q, .K = D, .accumulate = true});
-    ops::linear(ctx, {.x = dq_latent_raw.data(), .w = w.q_a_proj.data, .y = dxn, .M = T, .N = D, .K = Q,
-                      .accumulate = true, .w_transposed = true});
+    ops::linear_backward(ctx, {.dy = dq_latent_raw.data(), .x = xn, .w = w.q_a_proj.data, .dx = dxn,
+                               .dw = mut(g.q_a_proj), .dbias = mut(g.q_a_proj_bias), .M = T, .N = Q, .K = D,
+                               .accumulate_dx = true, .accumulate_dw = true});
   } else {
-    ops::linear_weight_grad(ctx, {.dy = dq.data(), .x = xn, .dw = mut(g.q_proj), .M = T, .N = H * Dqk, .K = D,
-                                  .accumulate = true});
-    ops::linear(ctx, {.x = dq.data(), .w = w.q_proj.data, .y = dxn, .M = T, .N = D, .K = H * Dqk, .accumulate = true,
-                      .w_transposed = true});
+    ops::linear_backward(ctx, {.dy = dq.data(), .x = xn, .w = w.q_proj.data, .dx = dxn, .dw = mut(g.q_proj), .M = T,
+                               .N = H * Dqk, .K = D, .accumulate_dx = true, .accumulate_dw = true});
   }
 }
 

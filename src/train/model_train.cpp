@@ -25,12 +25,9 @@ double head_cross_entropy(const ops::Context& ctx, const ModelConfig& c, const W
     ops::linear(ctx, {.x = h + r0 * D, .w = w.lm_head.data, .y = logits.data(), .M = rows, .N = V, .K = D});
     ops::cross_entropy(ctx, {.logits = logits.data(), .targets = targets + r0, .loss = loss.data(), .T = rows, .V = V,
                              .grad_scale = grad_scale});
-    if (dh) {
-    ops::linear_weight_grad(ctx, {.dy = logits.data(), .x = h + r0 * D, .dw = mut(g.lm_head), .M = rows, .N = V,
-                                  .K = D, .accumulate = true});
-    ops::linear(ctx, {.x = logits.data(), .w = w.lm_head.data, .y = dh + r0 * D, .M = rows, .N = D, .K = V,
-                      .w_transposed = true});
-    }
+    if (dh)
+      ops::linear_backward(ctx, {.dy = logits.data(), .x = h + r0 * D, .w = w.lm_head.data, .dx = dh + r0 * D,
+                                 .dw = mut(g.lm_head), .M = rows, .N = V, .K = D, .accumulate_dw = true});
     const std::vector<float> l = loss.to_host(ctx);
     for (int64_t r = 0; r < rows; ++r) total += l[r];
   }
@@ -184,10 +181,8 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
     // block_out was overwritten in place by the block; its input is the block's saved x_in.
     if (opt.recompute == Recompute::Selective) recompute_dropped(ctx, c, mw.block, st.batch, st.ropes, st.block);
     layer_backward(ctx, c, mw.block, mg.block, st.batch, st.ropes, st.block, dx.data());
-    ops::linear_weight_grad(ctx, {.dy = dx.data(), .x = st.cat.data(), .dw = mut(mg.eh_proj), .M = n, .N = D,
-                                  .K = 2 * D, .accumulate = true});
-    ops::linear(ctx, {.x = dx.data(), .w = mw.eh_proj.data, .y = dcat.data(), .M = n, .N = 2 * D, .K = D,
-                      .w_transposed = true});
+    ops::linear_backward(ctx, {.dy = dx.data(), .x = st.cat.data(), .w = mw.eh_proj.data, .dx = dcat.data(),
+                               .dw = mut(mg.eh_proj), .M = n, .N = D, .K = 2 * D, .accumulate_dw = true});
     ops::rmsnorm_backward(ctx, {.x = st.emb.data(), .weight = mw.enorm.data, .dy = dcat.data(), .dx = dpart.data(),
                                 .dweight = mut(mg.enorm), .rows = n, .dim = D, .dy_stride = 2 * D, .eps = eps});
     ops::embed_backward(ctx, {.ids = st.ids.data(), .dout = dpart.data(), .dtable = mut(grads.embed_tokens), .T = n,

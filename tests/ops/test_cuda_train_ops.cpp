@@ -74,6 +74,35 @@ TEST_F(CudaTrainOps, LinearWeightGradMatchesCpu) {
   }
 }
 
+// linear_backward rounds dy to bf16 once for both products: the same bits as the two separate calls,
+// in fp32 and in bf16 products, with strides, accumulation and dx over x.
+TEST_F(CudaTrainOps, LinearBackwardEqualsTheTwoCalls) {
+  for (const MatmulPrecision mp : {MatmulPrecision::Fp32, MatmulPrecision::Bf16}) {
+    set_matmul_precision(mp);
+    for (const bool alias : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "bf16 " << (mp == MatmulPrecision::Bf16) << " alias " << alias);
+      const int64_t M = 300, N = 96, K = 64, dys = 100, xs = 72;
+      const auto dy = randn(M * dys, 41), x = randn(M * xs, 42), w = randn(N * K, 43), dw0 = randn(N * K, 44),
+                 db0 = randn(N, 45), dx0 = randn(M * xs, 46);
+      Dev<float> ddy(dy), dw_(w), x1(x), x2(x), dw1(dw0), dw2(dw0), db1(db0), db2(db0), dx1(dx0), dx2(dx0);
+      float* out1 = alias ? x1.ptr : dx1.ptr;
+      float* out2 = alias ? x2.ptr : dx2.ptr;
+      CUDA_OK(cuda::linear_weight_grad({.dy = ddy.ptr, .x = x1.ptr, .dw = dw1.ptr, .dbias = db1.ptr, .M = M, .N = N,
+                                        .K = K, .dy_stride = dys, .x_stride = xs, .accumulate = true}, 0));
+      CUDA_OK(cuda::linear({.x = ddy.ptr, .w = dw_.ptr, .y = out1, .M = M, .N = K, .K = N, .x_stride = dys,
+                            .y_stride = xs, .accumulate = !alias, .w_transposed = true}, 0));
+      CUDA_OK(cuda::linear_backward({.dy = ddy.ptr, .x = x2.ptr, .w = dw_.ptr, .dx = out2, .dw = dw2.ptr,
+                                     .dbias = db2.ptr, .M = M, .N = N, .K = K, .dy_stride = dys, .x_stride = xs,
+                                     .dx_stride = xs, .accumulate_dx = !alias, .accumulate_dw = true}, 0));
+      CUDA_OK(cudaDeviceSynchronize());
+      EXPECT_EQ(dw1.download(), dw2.download());
+      EXPECT_EQ(db1.download(), db2.download());
+      EXPECT_EQ(alias ? x1.download() : dx1.download(), alias ? x2.download() : dx2.download());
+    }
+  }
+  set_matmul_precision(MatmulPrecision::Fp32);
+}
+
 TEST_F(CudaTrainOps, RmsNormBackwardMatchesCpu) {
   struct Case { int64_t rows, dim, pad; bool accumulate_dx, dweight, alias; };
   // (dim 1 is left out: dx is then a total cancellation, 1 - x^2 / (x^2 + eps), in any precision.)

@@ -120,6 +120,61 @@ TEST(TrainOpsLinearWeightGrad, MatchesDoubleReference) {
   }
 }
 
+// linear_backward is linear_weight_grad followed by the transposed product for dx, bit for bit,
+// with strides, both accumulate flags, dx aliasing x (dw reads x first) and no dx at all.
+TEST(TrainOpsLinearBackward, EqualsWeightGradThenTransposedProduct) {
+  const int64_t M = 23, N = 11, K = 17, dys = 13, xs = 20, dxs = 19;
+  const auto dy = randn(static_cast<size_t>(M * dys), 5), w = randn(static_cast<size_t>(N * K), 6);
+  for (const bool acc_dx : {false, true})
+    for (const bool acc_dw : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "accumulate dx " << acc_dx << " dw " << acc_dw);
+      const auto x = randn(static_cast<size_t>(M * xs), 7);
+      auto dw_want = randn(static_cast<size_t>(N * K), 8), db_want = randn(static_cast<size_t>(N), 9);
+      auto dx_want = randn(static_cast<size_t>(M * dxs), 10);
+      auto dw = dw_want, db = db_want, dx = dx_want;
+      ops::linear_weight_grad(Context{}, {.dy = dy.data(), .x = x.data(), .dw = dw_want.data(), .dbias = db_want.data(),
+                                          .M = M, .N = N, .K = K, .dy_stride = dys, .x_stride = xs,
+                                          .accumulate = acc_dw});
+      ops::linear(Context{}, {.x = dy.data(), .w = w.data(), .y = dx_want.data(), .M = M, .N = K, .K = N,
+                              .x_stride = dys, .y_stride = dxs, .accumulate = acc_dx, .w_transposed = true});
+      ops::linear_backward(Context{}, {.dy = dy.data(), .x = x.data(), .w = w.data(), .dx = dx.data(), .dw = dw.data(),
+                                       .dbias = db.data(), .M = M, .N = N, .K = K, .dy_stride = dys, .x_stride = xs,
+                                       .dx_stride = dxs, .accumulate_dx = acc_dx, .accumulate_dw = acc_dw});
+      EXPECT_EQ(dw, dw_want);
+      EXPECT_EQ(db, db_want);
+      EXPECT_EQ(dx, dx_want);
+      // dx over x itself (the MLP's down projection writes dh over h).
+      auto x_then_dx = x, dw2 = randn(static_cast<size_t>(N * K), 8);
+      ops::linear_backward(Context{}, {.dy = dy.data(), .x = x_then_dx.data(), .w = w.data(), .dx = x_then_dx.data(),
+                                       .dw = dw2.data(), .M = M, .N = N, .K = K, .dy_stride = dys, .x_stride = xs,
+                                       .dx_stride = xs, .accumulate_dw = acc_dw});
+      auto dw3 = randn(static_cast<size_t>(N * K), 8);
+      ops::linear_weight_grad(Context{}, {.dy = dy.data(), .x = x.data(), .dw = dw3.data(), .M = M, .N = N, .K = K,
+                                          .dy_stride = dys, .x_stride = xs, .accumulate = acc_dw});
+      EXPECT_EQ(dw2, dw3);
+      auto dx_plain = x;  // the product over a copy of x: same strides, same untouched gaps
+      ops::linear(Context{}, {.x = dy.data(), .w = w.data(), .y = dx_plain.data(), .M = M, .N = K, .K = N,
+                              .x_stride = dys, .y_stride = xs, .w_transposed = true});
+      EXPECT_EQ(x_then_dx, dx_plain);
+    }
+}
+
+TEST(TrainOpsLinearBackward, WithoutDxOnlyTheWeightGradient) {
+  const auto dy = randn(12, 11), x = randn(15, 12), w = randn(20, 13);
+  std::vector<float> dw(20, kNaN), want(20, kNaN);
+  ops::linear_backward(Context{}, {.dy = dy.data(), .x = x.data(), .w = w.data(), .dw = dw.data(), .M = 3, .N = 4,
+                                   .K = 5});
+  ops::linear_weight_grad(Context{}, {.dy = dy.data(), .x = x.data(), .dw = want.data(), .M = 3, .N = 4, .K = 5});
+  EXPECT_EQ(dw, want);
+  test::expect_error(
+      [&] {
+        std::vector<float> b(64);
+        ops::linear_backward(Context{}, {.dy = b.data(), .x = b.data(), .w = b.data(), .dx = b.data(), .dw = b.data(),
+                                         .M = 2, .N = 2, .K = 2});
+      },
+      {"linear_backward", "alias dy"});
+}
+
 TEST(TrainOpsLinearWeightGrad, NoRowsZeroesOrKeeps) {
   const float dummy = 1.0f;
   std::vector<float> dw(6, kNaN), db(3, kNaN);

@@ -24,6 +24,7 @@ void cast(const CastParams& p);
 
 // Training ops.
 void linear_weight_grad(const LinearWeightGradParams& p);
+void linear_backward(const LinearBackwardParams& p);  // linear_weight_grad, then linear for dx
 void rmsnorm_backward(const RmsNormBackwardParams& p);
 void attention_backward(const AttentionBackwardParams& p);
 void swiglu_backward(const SwigluBackwardParams& p);

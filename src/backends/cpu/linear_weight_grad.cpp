@@ -50,4 +50,12 @@ void linear_weight_grad(const LinearWeightGradParams& p) {
   }
 }
 
+void linear_backward(const LinearBackwardParams& p) {
+  linear_weight_grad({.dy = p.dy, .x = p.x, .dw = p.dw, .dbias = p.dbias, .M = p.M, .N = p.N, .K = p.K,
+                      .dy_stride = p.dy_stride, .x_stride = p.x_stride, .accumulate = p.accumulate_dw});
+  if (p.dx)
+    linear({.x = p.dy, .w = p.w, .y = p.dx, .M = p.M, .N = p.K, .K = p.N, .x_stride = p.dy_stride,
+            .y_stride = p.dx_stride, .accumulate = p.accumulate_dx, .w_transposed = true});
+}
+
 }  // namespace dsv::ops::cpu

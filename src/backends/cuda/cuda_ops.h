@@ -133,6 +133,8 @@ class DeviceScratch {
 
 // dw through cuBLASLt in fp32 (linear.cpp); dbias through column_sum (two-stage, deterministic).
 cudaError_t linear_weight_grad(const LinearWeightGradParams& p, cudaStream_t stream);
+// Both gradients of a product; with bf16 products dy is rounded once for both (linear.cpp).
+cudaError_t linear_backward(const LinearBackwardParams& p, cudaStream_t stream);
 // out[c] (+)= sum_r a[r, c] * (b ? b[r, c] : 1) * (row_scale ? row_scale[r] : 1) for c < cols, rows
 // in fixed chunks (partials in a cached scratch buffer, then summed in chunk order). train_reduce.cu.
 cudaError_t column_sum(const float* a, int64_t a_stride, const float* b, int64_t b_stride, const float* row_scale,

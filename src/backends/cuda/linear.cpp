@@ -52,7 +52,9 @@ namespace {
 constexpr int64_t kGemvMaxRows = 8;
 }  // namespace
 
-cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
+namespace {
+// x16: a bf16 copy of x (same strides) the caller already made, or null (made here when needed).
+cudaError_t linear_impl(const LinearParams& p, const uint16_t* x16, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   const int64_t xs = p.x_stride ? p.x_stride : p.K, ys = p.y_stride ? p.y_stride : p.N;
   // Bf16 products with fp32 weights (train.bf16, autocast-style): a bf16 compute copy of the weights
@@ -70,16 +72,18 @@ cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
       if (e != cudaSuccess) return e;
       q.w_bf16 = w16;
     }
-    return linear(q, stream);
+    return linear_impl(q, x16, stream);
   }
   const bool bf16 = p.w_bf16 != nullptr;
   if (bf16 && (p.M <= kGemvMaxRows || p.K == 0)) return linear_bf16_rows(p, stream);
   DeviceScratch scratch;
-  uint16_t* x_bf16 = nullptr;  // bf16(x) over the span of x the product reads, same strides
-  if (bf16) {
+  const uint16_t* x_bf16 = x16;  // bf16(x) over the span of x the product reads, same strides
+  if (bf16 && !x_bf16) {
+    uint16_t* made = nullptr;
     const int64_t span = (p.batch - 1) * p.x_batch_stride + (p.M - 1) * xs + p.K;
-    const cudaError_t e = scratch.bf16_copy(p.x, span, stream, &x_bf16);
+    const cudaError_t e = scratch.bf16_copy(p.x, span, stream, &made);
     if (e != cudaSuccess) return e;
+    x_bf16 = made;
   }
   const cudaDataType_t in_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
   const cublasComputeType_t compute = bf16 ? CUBLAS_COMPUTE_32F : compute_type();
@@ -134,11 +138,16 @@ cudaError_t linear(const LinearParams& p, cudaStream_t stream) {
   }
   return cudaSuccess;
 }
+}  // namespace
+
+cudaError_t linear(const LinearParams& p, cudaStream_t stream) { return linear_impl(p, nullptr, stream); }
 
 // dw[N, K] (+)= dy[M, N]^T . x[M, K], row-major. Column-major, dw is dw^T[K, N] (ld K) = x^T[K, M] .
 // dy[M, N]: A = x as stored ([K, M], ld x_stride), B = dy transposed (stored [N, M], ld dy_stride).
 // The bias gradient is a deterministic column sum of dy.
-cudaError_t linear_weight_grad(const LinearWeightGradParams& p, cudaStream_t stream) {
+namespace {
+// dy16: a bf16 copy of dy (same strides) the caller already made, or null (made here when needed).
+cudaError_t weight_grad_impl(const LinearWeightGradParams& p, const uint16_t* dy16_given, cudaStream_t stream) {
   const int64_t xs = p.x_stride ? p.x_stride : p.K, dys = p.dy_stride ? p.dy_stride : p.N;
   if (p.N > 0 && p.K > 0) {
     if (p.M == 0) {  // an empty sum: zeros (cuBLASLt is not asked about k = 0)
@@ -151,10 +160,15 @@ cudaError_t linear_weight_grad(const LinearWeightGradParams& p, cudaStream_t str
       // Bf16 products: bf16 copies of x and dy (same strides), fp32 sums into the fp32 dw.
       const bool bf16 = matmul_precision() == MatmulPrecision::Bf16;
       DeviceScratch scratch;
-      uint16_t *x16 = nullptr, *dy16 = nullptr;
+      uint16_t* x16 = nullptr;
+      const uint16_t* dy16 = dy16_given;
       if (bf16) {
         cudaError_t e = scratch.bf16_copy(p.x, (p.M - 1) * xs + p.K, stream, &x16);
-        if (e == cudaSuccess) e = scratch.bf16_copy(p.dy, (p.M - 1) * dys + p.N, stream, &dy16);
+        if (e == cudaSuccess && !dy16) {
+          uint16_t* made = nullptr;
+          e = scratch.bf16_copy(p.dy, (p.M - 1) * dys + p.N, stream, &made);
+          dy16 = made;
+        }
         if (e != cudaSuccess) return e;
       }
       const cudaDataType_t in_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
@@ -184,6 +198,30 @@ cudaError_t linear_weight_grad(const LinearWeightGradParams& p, cudaStream_t str
   }
   if (!p.dbias) return cudaSuccess;
   return column_sum(p.dy, dys, nullptr, 0, nullptr, p.dbias, p.M, p.N, p.accumulate, stream);
+}
+}  // namespace
+
+cudaError_t linear_weight_grad(const LinearWeightGradParams& p, cudaStream_t stream) {
+  return weight_grad_impl(p, nullptr, stream);
+}
+
+// Bf16 products: dy rounded to bf16 once, read by both products (each used to round it itself).
+cudaError_t linear_backward(const LinearBackwardParams& p, cudaStream_t stream) {
+  const LinearWeightGradParams wg{.dy = p.dy, .x = p.x, .dw = p.dw, .dbias = p.dbias, .M = p.M, .N = p.N,
+                                  .K = p.K, .dy_stride = p.dy_stride, .x_stride = p.x_stride,
+                                  .accumulate = p.accumulate_dw};
+  const LinearParams dx{.x = p.dy, .w = p.w, .y = p.dx, .M = p.M, .N = p.K, .K = p.N, .x_stride = p.dy_stride,
+                        .y_stride = p.dx_stride, .accumulate = p.accumulate_dx, .w_transposed = true};
+  DeviceScratch scratch;
+  uint16_t* dy16 = nullptr;
+  if (matmul_precision() == MatmulPrecision::Bf16 && p.M > 0 && p.N > 0 && p.K > 0) {
+    const cudaError_t e =
+        scratch.bf16_copy(p.dy, (p.M - 1) * (p.dy_stride ? p.dy_stride : p.N) + p.N, stream, &dy16);
+    if (e != cudaSuccess) return e;
+  }
+  cudaError_t e = weight_grad_impl(wg, dy16, stream);
+  if (e == cudaSuccess && p.dx) e = linear_impl(dx, dy16, stream);
+  return e;
 }
 
 }  // namespace dsv::ops::cuda

@@ -50,6 +50,9 @@ void register_cuda_backend() {
   t.linear_weight_grad = [](const LinearWeightGradParams& p, void* s) {
     check(linear_weight_grad(p, as_stream(s)), "linear_weight_grad");
   };
+  t.linear_backward = [](const LinearBackwardParams& p, void* s) {
+    check(linear_backward(p, as_stream(s)), "linear_backward");
+  };
   t.rmsnorm_backward = [](const RmsNormBackwardParams& p, void* s) {
     check(rmsnorm_backward(p, as_stream(s)), "rmsnorm_backward");
   };
