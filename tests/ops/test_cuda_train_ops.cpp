@@ -445,8 +445,10 @@ TEST_F(CudaTrainOps, AdamWMatchesCpu) {
 }
 
 // bf16 moments: the same stochastic rounding noise (a hash of step and index) on both backends, so the
-// stored moments agree bit for bit except where the fp32 moment itself differs by an ulp (fused
-// multiply-adds on the device) and the noise falls between the two: ~2^-16 of the elements.
+// stored moments agree bit for bit except where the fp32 moment itself differs (the device fuses
+// multiply-adds) and the noise falls between the two values: rare, and then the stored values differ
+// by at most that fp32 difference plus one bf16 step. The fp32 difference is a few ulps of the terms
+// summed, |b1 m| + |(1 - b1) g|, which can be many bf16 steps of m itself where the two cancel.
 TEST_F(CudaTrainOps, AdamWBf16MomentsMatchCpu) {
   for (const int64_t n : {int64_t{5}, int64_t{1000003}}) {
     SCOPED_TRACE(n);
@@ -454,6 +456,7 @@ TEST_F(CudaTrainOps, AdamWBf16MomentsMatchCpu) {
     const auto grad = randn(n, 82, 0.0f, 0.1f);
     std::vector<uint16_t> m = to_bf16(randn(n, 83, 0.0f, 0.01f)), v(n);
     for (int64_t i = 0; i < n; ++i) v[i] = f32_to_bf16(float(1e-4 * (1 + i % 7)));
+    const std::vector<uint16_t> m_before = m, v_before = v;
     Dev<float> dparam(param), dgrad(grad);
     Dev<uint16_t> dm(m), dv(v);
     AdamWParams p{.param = param.data(), .grad = grad.data(), .n = n, .step = 7, .lr = 1e-3f, .beta1 = 0.9f,
@@ -467,12 +470,19 @@ TEST_F(CudaTrainOps, AdamWBf16MomentsMatchCpu) {
     CUDA_OK(cuda::adamw(p, 0));
     CUDA_OK(cudaDeviceSynchronize());
     EXPECT_LE(rel_l2(dparam.download(), param), 1e-6) << "param";
-    for (const auto& [got, want, name] : {std::tuple{dm.download(), m, "m"}, std::tuple{dv.download(), v, "v"}}) {
+    const auto bf16_step = [](float x) { return std::ldexp(1.0f, std::ilogb(x) - 7); };  // at |x|'s exponent
+    for (const auto& [got, want, name, beta] :
+         {std::tuple{dm.download(), m, "m", 0.9f}, std::tuple{dv.download(), v, "v", 0.999f}}) {
+      const std::vector<uint16_t>& old = name[0] == 'm' ? m_before : v_before;
       int64_t differ = 0;
       for (int64_t i = 0; i < n; ++i) {
         if (got[i] == want[i]) continue;
         ++differ;
-        EXPECT_EQ(std::abs(int(got[i]) - int(want[i])), 1) << name << " element " << i;  // one bf16 step
+        const float g = grad[i] * (name[0] == 'm' ? 1.0f : grad[i]);
+        const float terms = std::abs(beta * bf16_to_f32(old[i])) + std::abs((1.0f - beta) * g);
+        const float a = bf16_to_f32(got[i]), b = bf16_to_f32(want[i]);
+        const float bound = bf16_step(std::max(std::abs(a), std::abs(b))) + 4.0f * std::ldexp(terms, -23);
+        EXPECT_LE(std::abs(a - b), bound) << name << " element " << i << ": " << a << " vs " << b;
       }
       EXPECT_LE(differ, 1 + n / 10000) << name;
     }
