@@ -162,6 +162,7 @@ void attention(const Context& ctx, const AttentionParams& p) {
   DSV_CHECK(p.H > 0 && p.Dqk > 0 && p.Dv > 0, "attention: bad sizes H={} Dqk={} Dv={}", p.H, p.Dqk, p.Dv);
   DSV_CHECK(p.Hkv == 0 || p.Hkv == 1 || p.Hkv == p.H, "attention: Hkv={} must be 1 or H={}", p.Hkv, p.H);
   DSV_CHECK(p.batch >= 1, "attention: batch must be >= 1, found {}", p.batch);
+  DSV_CHECK(!p.lse || (p.k && !p.kv_lengths), "attention: lse output needs fp32 k / v and no kv_lengths");
   run(ctx, p, cpu::attention, &BackendTable::attention, "attention");
 }
 
@@ -294,6 +295,8 @@ void attention_backward(const Context& ctx, const AttentionBackwardParams& p) {
   DSV_CHECK(p.T >= 0 && p.T <= p.S, "attention_backward: {} queries over {} keys (queries must be the last keys)",
             p.T, p.S);
   DSV_CHECK(p.H > 0 && p.Dqk > 0 && p.Dv > 0, "attention_backward: bad sizes H={} Dqk={} Dv={}", p.H, p.Dqk, p.Dv);
+  DSV_CHECK(!p.out == !p.lse, "attention_backward: the forward's out and lse go together (out={}, lse={})",
+            (const void*)p.out, (const void*)p.lse);
   run(ctx, p, cpu::attention_backward, &BackendTable::attention_backward, "attention_backward");
 }
 

@@ -88,6 +88,9 @@ struct AttentionParams {
   int64_t batch = 1;
   int64_t k_batch_stride = 0, v_batch_stride = 0;  // elements between problems' keys / values
   const int32_t* kv_lengths = nullptr;             // [batch], or null: every problem has S keys
+  // Optional output [batch, T, H]: each row's logsumexp over its visible keys of scale * q.k (natural
+  // log), for attention_backward (training); fp32 k / v and no kv_lengths.
+  float* lse = nullptr;
 };
 void attention(const Context& ctx, const AttentionParams& p);
 
@@ -275,7 +278,10 @@ void rmsnorm_backward(const Context& ctx, const RmsNormBackwardParams& p);
 
 // Backward of causal attention with Hkv == H (training: the queries are the last T of S keys).
 // Inputs as AttentionParams plus dout[T, H, Dv]; outputs dq[T, H, Dqk], dk[S, H, Dqk], dv[S, H, Dv]
-// (overwritten, dense). Probabilities are recomputed from q, k.
+// (overwritten, dense). Probabilities are recomputed from q, k. The forward's out and lse (both or
+// neither) may be given: the tensor-core backends then skip running the forward again for them
+// (bit-identical when they come from the same backend and precision); the fp32 kernels and the
+// CPU, which get them in the same pass as dq, ignore them.
 struct AttentionBackwardParams {
   const float* q = nullptr;
   const float* k = nullptr;
@@ -286,6 +292,8 @@ struct AttentionBackwardParams {
   float* dv = nullptr;
   int64_t T = 0, S = 0, H = 0, Dqk = 0, Dv = 0;
   float scale = 1.0f;
+  const float* out = nullptr;  // optional [T, H, Dv]: the forward's output
+  const float* lse = nullptr;  // optional [T, H]: the forward's AttentionParams::lse
 };
 void attention_backward(const Context& ctx, const AttentionBackwardParams& p);
 

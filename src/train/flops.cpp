@@ -69,14 +69,15 @@ ActivationFloats activation_floats_per_token(const ModelConfig& c, int64_t seq_l
                V = d(c.vocab_size);
   // Floats kept per token by one layer (LayerSaved): the residual stream and both norm outputs
   // (4D); MLA: q latent before/after its norm (2Q), roped q and expanded k (2 H Dqk), v and the
-  // attention output (2 H Dv), kv_a and the normed latent (2C + R). Attention probabilities are
-  // recomputed in the backward, never stored. Dense FFN: gate and up (2F). MoE: router logits and
+  // attention output (2 H Dv), its logsumexp per head (H), kv_a and the normed latent (2C + R).
+  // Attention probabilities are recomputed in the backward, never stored. Dense FFN: gate and up (2F). MoE: router logits and
   // their balance-loss gradient (2E), top-K indices (K), per routed slot gate/up, the expert output
   // and three bookkeeping values (K (2Fe + D + 3)), the shared experts' gate and up (2 Fe n_shared).
-  const double attn = 4 * D + 2 * Q + 2 * H * Dqk + 2 * H * Dv + 2 * C + R;
+  const double attn = 4 * D + 2 * Q + 2 * H * Dqk + 2 * H * Dv + H + 2 * C + R;
   // Selective recompute (drop_recomputable) keeps of these only the residual stream before each norm
-  // (2D), the q latent before its norm (Q), kv_a (C + R) and the attention output (H Dv).
-  const double attn_selective = 2 * D + Q + C + R + H * Dv;
+  // (2D), the q latent before its norm (Q), kv_a (C + R) and the attention output and logsumexp
+  // (H Dv + H).
+  const double attn_selective = 2 * D + Q + C + R + H * Dv + H;
   const double dense_ffn = 2 * F, moe_ffn = 2 * E + K + K * (2 * Fe + D + 3) + 2 * Fe * d(c.n_shared_experts);
   ActivationFloats a;
   a.dense_working = attn + dense_ffn;

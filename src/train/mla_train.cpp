@@ -91,11 +91,12 @@ void mla_forward(const ops::Context& ctx, const ModelConfig& c, const MlaWeights
   mla_make_keys_values(ctx, c, w, batch, ropes, s);
 
   s.attn = Buffer<float>(be, T * H * Dv);
+  s.lse = Buffer<float>(be, T * H);
   const float scale = static_cast<float>(c.softmax_scale());
   for (int64_t b = 0; b < batch.sequences; ++b)  // causal within each sequence
     ops::attention(ctx, {.q = s.q.data() + b * S * H * Dqk, .k = s.k.data() + b * S * H * Dqk,
                          .v = s.v.data() + b * S * H * Dv, .out = s.attn.data() + b * S * H * Dv, .T = S, .S = S,
-                         .H = H, .Dqk = Dqk, .Dv = Dv, .scale = scale});
+                         .H = H, .Dqk = Dqk, .Dv = Dv, .scale = scale, .lse = s.lse.data() + b * S * H});
   ops::linear(ctx, {.x = s.attn.data(), .w = w.o_proj.data, .bias = w.o_proj_bias.data, .y = out, .M = T, .N = D,
                     .K = H * Dv});
 }
@@ -121,7 +122,8 @@ void mla_backward(const ops::Context& ctx, const ModelConfig& c, const MlaWeight
                                   .v = s.v.data() + b * S * H * Dv, .dout = dattn.data() + b * S * H * Dv,
                                   .dq = dq.data() + b * S * H * Dqk, .dk = dk.data() + b * S * H * Dqk,
                                   .dv = dv.data() + b * S * H * Dv, .T = S, .S = S, .H = H, .Dqk = Dqk, .Dv = Dv,
-                                  .scale = scale});
+                                  .scale = scale, .out = s.attn.data() + b * S * H * Dv,
+                                  .lse = s.lse.data() + b * S * H});
 
   // k, v -> kv_b_proj and the latent; the shared rope key collects every head's rope gradient.
   Buffer<float> dkv(be, T * H * (Dn + Dv)), dkv_a(be, T * (C + R)), dk_rope(be, T * R);

@@ -32,6 +32,7 @@ struct MlaSaved {
   Buffer<float> latent;                  // [T, C] normalized
   Buffer<float> k, v;                    // [T, H, Dn + R], [T, H, Dv]
   Buffer<float> attn;                    // [T, H, Dv]
+  Buffer<float> lse;                     // [T, H] attention logsumexp: its backward skips the forward
 };
 
 struct MlpSaved {

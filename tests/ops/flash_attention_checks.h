@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <initializer_list>
+#include <utility>
 #include <vector>
 
 #include "backends/cpu/cpu_ops.h"
@@ -37,18 +38,24 @@ void check_flash_forward(const char* label, FlashForward forward, FlashSupported
     AttentionParams p{.q = q.data(), .k = k.data(), .v = v.data(), .out = want.data(), .T = c.T, .S = c.S, .H = c.H,
                       .Dqk = c.Dqk, .Dv = c.Dv, .k_stride = c.k_pad ? ks : 0,
                       .scale = 1.0f / std::sqrt(static_cast<float>(c.Dqk))};
+    std::vector<float> want_lse(c.T * c.H);
+    p.lse = want_lse.data();
     cpu::attention(p);
-    Dev<float> dq(q), dk(k), dv(v), dout(std::vector<float>(want.size(), NAN));
+    Dev<float> dq(q), dk(k), dv(v), dout(std::vector<float>(want.size(), NAN)),
+        dlse(std::vector<float>(want_lse.size(), NAN));
     p.q = dq.ptr;
     p.k = dk.ptr;
     p.v = dv.ptr;
     p.out = dout.ptr;
+    p.lse = dlse.ptr;
     ASSERT_EQ(forward(p, 0), cudaSuccess);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    const double err = rel_l2(dout.download(), want);
-    std::printf("%s forward T%ld S%ld H%ld Dqk%ld Dv%ld: rel L2 %.2e\n", label, static_cast<long>(c.T),
-                static_cast<long>(c.S), static_cast<long>(c.H), static_cast<long>(c.Dqk), static_cast<long>(c.Dv), err);
+    const double err = rel_l2(dout.download(), want), err_lse = rel_l2(dlse.download(), want_lse);
+    std::printf("%s forward T%ld S%ld H%ld Dqk%ld Dv%ld: rel L2 %.2e, lse %.2e\n", label, static_cast<long>(c.T),
+                static_cast<long>(c.S), static_cast<long>(c.H), static_cast<long>(c.Dqk), static_cast<long>(c.Dv), err,
+                err_lse);
     EXPECT_LE(err, bound);
+    EXPECT_LE(err_lse, bound) << "lse";  // logsumexp of scores made from the same rounded operands
     if (must_round) EXPECT_GT(err, 0.0);
   }
 }
@@ -83,6 +90,37 @@ void check_flash_backward(const char* label, FlashBackward backward, std::initia
     EXPECT_LE(eq, bound_dq_dk) << "dq";
     EXPECT_LE(ek, bound_dq_dk) << "dk";
     EXPECT_LE(ev, bound_dv) << "dv";
+  }
+}
+
+// The forward's out and lse handed to the backward replace its own rerun of the forward: the same
+// bits as without them (T == S and T < S).
+void check_flash_backward_given_stats(FlashForward forward, FlashBackward backward) {
+  for (const auto [T, S] : {std::pair<int64_t, int64_t>{200, 200}, {77, 300}}) {
+    SCOPED_TRACE(testing::Message() << "T" << T << " S" << S);
+    const int64_t H = 2, Dqk = 192, Dv = 128;
+    const auto q = randn(T * H * Dqk, 1), k = randn(S * H * Dqk, 2), v = randn(S * H * Dv, 3), g = randn(T * H * Dv, 4);
+    Dev<float> dq(q), dk(k), dv(v), dg(g), ddq(q), ddk(k), ddv(v), out(std::vector<float>(T * H * Dv, NAN)),
+        lse(std::vector<float>(T * H, NAN));
+    const AttentionParams fp{.q = dq.ptr, .k = dk.ptr, .v = dv.ptr, .out = out.ptr, .T = T, .S = S, .H = H,
+                             .Dqk = Dqk, .Dv = Dv, .scale = 0.07f, .lse = lse.ptr};
+    ASSERT_EQ(forward(fp, 0), cudaSuccess);
+    AttentionBackwardParams p{.q = dq.ptr, .k = dk.ptr, .v = dv.ptr, .dout = dg.ptr, .dq = ddq.ptr, .dk = ddk.ptr,
+                              .dv = ddv.ptr, .T = T, .S = S, .H = H, .Dqk = Dqk, .Dv = Dv, .scale = 0.07f};
+    ASSERT_EQ(backward(p, 0), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const auto a = ddq.download(), b = ddk.download(), c = ddv.download();
+    for (auto [ptr, n] : {std::pair{ddq.ptr, q.size()}, std::pair{ddk.ptr, k.size()}, std::pair{ddv.ptr, v.size()}}) {
+      const std::vector<float> poison(n, NAN);  // the second run must write every gradient again
+      ASSERT_EQ(cudaMemcpy(ptr, poison.data(), n * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
+    }
+    p.out = out.ptr;
+    p.lse = lse.ptr;
+    ASSERT_EQ(backward(p, 0), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(std::memcmp(a.data(), ddq.download().data(), a.size() * sizeof(float)), 0) << "dq";
+    EXPECT_EQ(std::memcmp(b.data(), ddk.download().data(), b.size() * sizeof(float)), 0) << "dk";
+    EXPECT_EQ(std::memcmp(c.data(), ddv.download().data(), c.size() * sizeof(float)), 0) << "dv";
   }
 }
 

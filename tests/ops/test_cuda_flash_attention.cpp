@@ -41,6 +41,10 @@ TEST_F(CudaFlashAttention, BackwardMatchesCpu) {
                        5e-3, 2e-3);
 }
 
+TEST_F(CudaFlashAttention, BackwardWithTheForwardsStatsIsTheSame) {
+  check_flash_backward_given_stats(cuda::flash_attention, cuda::flash_attention_backward);
+}
+
 TEST_F(CudaFlashAttention, BackwardIsDeterministic) { check_flash_backward_deterministic(cuda::flash_attention_backward); }
 
 TEST_F(CudaFlashAttention, SupportedShapes) {

@@ -52,6 +52,10 @@ TEST_F(CudaFlashAttentionBf16, BackwardMatchesCpu) {
                        2e-2, 1e-2);
 }
 
+TEST_F(CudaFlashAttentionBf16, BackwardWithTheForwardsStatsIsTheSame) {
+  check_flash_backward_given_stats(cuda::flash_attention_bf16, cuda::flash_attention_bf16_backward);
+}
+
 TEST_F(CudaFlashAttentionBf16, BackwardIsDeterministic) {
   check_flash_backward_deterministic(cuda::flash_attention_bf16_backward);
 }

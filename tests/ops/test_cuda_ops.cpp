@@ -232,6 +232,23 @@ TEST_F(CudaOps, AttentionMatchesCpu) {
     CUDA_OK(cuda::attention(p, 0));
     CUDA_OK(cudaDeviceSynchronize());
     EXPECT_LE(rel_l2(dout.download(), want), 1e-5);
+    // With the logsumexp requested (training): the per-row kernels, which keep it, even for shapes
+    // that would take the split-key paths.
+    std::vector<float> want_lse(c.T * c.H);
+    AttentionParams host = p;
+    host.q = q.data();
+    host.k = k.data();
+    host.v = row ? k.data() : v.data();
+    host.out = want.data();
+    host.lse = want_lse.data();
+    cpu::attention(host);
+    DeviceBuffer dlse(std::vector<float>(want_lse.size(), NAN)), dout2(std::vector<float>(want.size(), NAN));
+    p.out = dout2.ptr;
+    p.lse = dlse.ptr;
+    CUDA_OK(cuda::attention(p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LE(rel_l2(dout2.download(), want), 1e-5) << "with lse";
+    EXPECT_LE(rel_l2(dlse.download(), want_lse), 1e-6) << "lse";
   }
 }
 

@@ -461,14 +461,14 @@ TEST_F(CudaTrainOps, AdamWBf16MomentsMatchCpu) {
     const std::vector<uint16_t> m_before = m, v_before = v;
     Dev<float> dparam(param), dgrad(grad);
     Dev<uint16_t> dm(m), dv(v);
-    AdamWParams p{.param = param.data(), .grad = grad.data(), .n = n, .step = 7, .lr = 1e-3f, .beta1 = 0.9f,
-                  .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.1f, .m_bf16 = m.data(), .v_bf16 = v.data(),
-                  .offset = 12345};
+    AdamWParams p{.param = param.data() + shift, .grad = grad.data() + shift, .n = n - shift, .step = 7,
+                  .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.1f,
+                  .m_bf16 = m.data() + shift, .v_bf16 = v.data() + shift, .offset = 12345 + shift};
     cpu::adamw(p);
-    p.param = dparam.ptr;
-    p.grad = dgrad.ptr;
-    p.m_bf16 = dm.ptr;
-    p.v_bf16 = dv.ptr;
+    p.param = dparam.ptr + shift;
+    p.grad = dgrad.ptr + shift;
+    p.m_bf16 = dm.ptr + shift;
+    p.v_bf16 = dv.ptr + shift;
     CUDA_OK(cuda::adamw(p, 0));
     CUDA_OK(cudaDeviceSynchronize());
     EXPECT_LE(rel_l2(dparam.download(), param), 1e-6) << "param";

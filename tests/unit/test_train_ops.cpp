@@ -405,6 +405,43 @@ TEST(TrainOpsAttention, RejectsBadParams) {
                                             .T = 1, .S = 1, .H = 1, .Dqk = 2, .Dv = 2});
       },
       {"attention_backward", "null pointer"});
+  test::expect_error(
+      [&] {
+        ops::attention_backward(Context{}, {.q = p, .k = p, .v = p, .dout = p, .dq = p, .dk = p, .dv = p, .T = 1,
+                                            .S = 1, .H = 1, .Dqk = 2, .Dv = 2, .lse = p});
+      },
+      {"attention_backward", "out and lse go together"});
+  std::vector<uint16_t> cache(64);
+  test::expect_error(
+      [&] {
+        ops::attention(Context{}, {.q = p, .k_bf16 = cache.data(), .v_bf16 = cache.data(), .out = p, .T = 1, .S = 1,
+                                   .H = 1, .Dqk = 2, .Dv = 2, .lse = p});
+      },
+      {"attention", "lse output needs fp32 k / v"});
+}
+
+// The forward's optional logsumexp: log sum_s exp(scale q.k_s) over each row's visible keys, per
+// problem of a batched call (computed here in double from the definition).
+TEST(TrainOpsAttention, ForwardLogsumexp) {
+  const int64_t batch = 2, T = 3, S = 7, H = 2, D = 5;
+  const auto q = randn(batch * T * H * D, 41), k = randn(batch * S * H * D, 42), v = randn(batch * S * H * D, 43);
+  std::vector<float> out(batch * T * H * D), lse(batch * T * H, NAN);
+  const float scale = 0.4f;
+  ops::attention(Context{}, {.q = q.data(), .k = k.data(), .v = v.data(), .out = out.data(), .T = T, .S = S, .H = H,
+                             .Dqk = D, .Dv = D, .scale = scale, .batch = batch, .k_batch_stride = S * H * D,
+                             .v_batch_stride = S * H * D, .lse = lse.data()});
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h) {
+        double sum = 0.0;
+        for (int64_t s = 0; s <= S - T + t; ++s) {
+          double dot = 0.0;
+          for (int64_t d = 0; d < D; ++d)
+            dot += double(q[((b * T + t) * H + h) * D + d]) * k[((b * S + s) * H + h) * D + d];
+          sum += std::exp(scale * dot);
+        }
+        EXPECT_NEAR(lse[(b * T + t) * H + h], std::log(sum), 1e-5) << "problem " << b << " query " << t << " head " << h;
+      }
 }
 
 // ---------------------------------------------------------------- swiglu_backward

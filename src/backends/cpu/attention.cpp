@@ -35,6 +35,7 @@ void attention_impl(const AttentionParams& p, const KV* keys, const KV* values) 
         denom += scores[s];
       }
       const float inv = static_cast<float>(1.0 / denom);
+      if (p.lse) p.lse[t * p.H + h] = max_score + static_cast<float>(std::log(denom));
       float* out = p.out + (t * p.H + h) * p.Dv;
       for (int64_t d = 0; d < p.Dv; ++d) out[d] = 0.0f;
       for (int64_t s = 0; s < visible; ++s) {
@@ -52,6 +53,7 @@ void attention_batched(const AttentionParams& p, const KV* keys, const KV* value
     AttentionParams one = p;
     one.q = p.q + b * p.T * p.H * p.Dqk;
     one.out = p.out + b * p.T * p.H * p.Dv;
+    if (p.lse) one.lse = p.lse + b * p.T * p.H;
     if (p.kv_lengths) {
       one.S = p.kv_lengths[b];
       DSV_CHECK(one.S >= p.T && one.S <= p.S, "attention: problem {} has {} keys; expected {} .. {}", b, one.S, p.T,

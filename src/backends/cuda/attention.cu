@@ -72,7 +72,8 @@ __global__ void attention_kernel(AttentionParams p, const KV* K, const KV* V, in
     for (int64_t d = 0; d < p.Dqk; ++d) dot += q[d] * widen(k[d]);
     local_sum += __expf(dot * p.scale - row_max);
   }
-  const float inv_sum = 1.0f / block_sum(local_sum, reduce);
+  const float total = block_sum(local_sum, reduce), inv_sum = 1.0f / total;
+  if (p.lse && threadIdx.x == 0) p.lse[(b * p.T + t) * p.H + h] = row_max + logf(total);
   // Pass 3: out[d] = sum_s p_s v_s[d], threads over d, keys in order (deterministic).
   float* out = p.out + ((b * p.T + t) * p.H + h) * p.Dv;
   __shared__ float probs[kThreads];
@@ -126,7 +127,8 @@ __global__ void attention_smem_kernel(AttentionParams p, const KV* K, const KV* 
     scores[s] = e;
     local_sum += e;
   }
-  const float inv_sum = 1.0f / block_sum(local_sum, reduce);
+  const float total = block_sum(local_sum, reduce), inv_sum = 1.0f / total;
+  if (p.lse && threadIdx.x == 0) p.lse[(b * p.T + t) * p.H + h] = row_max + logf(total);
   float* out = p.out + ((b * p.T + t) * p.H + h) * p.Dv;
   for (int64_t d = threadIdx.x; d < p.Dv; d += blockDim.x) {
     float acc = 0.0f;
@@ -488,10 +490,11 @@ cudaError_t attention_typed(const AttentionParams& p, const KV* K, const KV* V, 
   const int64_t ks = p.k_stride ? p.k_stride : hkv * p.Dqk, vs = p.v_stride ? p.v_stride : hkv * p.Dv;
   // Few query rows per problem over many keys (decode steps, batched or not): split the keys across
   // blocks. Per-problem key counts (kv_lengths) always take this path: its grid depends only on S.
-  if (latent_decode_applies(p, K, V, hkv, ks, vs) && (p.kv_lengths || p.S > kMinChunk))
+  // (The split-key paths keep no per-row statistics: a request for lse takes the per-row kernels.)
+  if (!p.lse && latent_decode_applies(p, K, V, hkv, ks, vs) && (p.kv_lengths || p.S > kMinChunk))
     return latent_decode_attention(p, K, ks, stream);
   const int64_t rows = p.batch * p.T * p.H;
-  if (rows <= 65535 && (p.kv_lengths || (p.T * p.H < 256 && p.S > kMinChunk)))
+  if (!p.lse && rows <= 65535 && (p.kv_lengths || (p.T * p.H < 256 && p.S > kMinChunk)))
     return decode_attention(p, K, V, hkv, ks, vs, stream);
   const dim3 grid(static_cast<unsigned>(p.T), static_cast<unsigned>(p.H), static_cast<unsigned>(p.batch));
   if (p.S <= kMaxSmemKeys) {

@@ -741,23 +741,27 @@ bool flash_attention_supported(int64_t H, int64_t Hkv, int64_t Dqk, int64_t Dv, 
 
 cudaError_t flash_attention(const AttentionParams& p, cudaStream_t stream) {
   if (!flash_attention_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S)) return cudaErrorInvalidValue;
-  return forward(p, p.out, nullptr, stream);
+  return forward(p, p.out, p.lse, stream);
 }
 
 cudaError_t flash_attention_backward(const AttentionBackwardParams& p, cudaStream_t stream) {
   if (!flash_attention_supported(p.H, p.H, p.Dqk, p.Dv, p.T, p.S)) return cudaErrorInvalidValue;
-  // Statistics: the forward again (out and logsumexp), then D = dout . out per (query, head).
+  // Statistics: the forward's out and logsumexp (given, or the forward again), then D = dout . out per
+  // (query, head).
   const size_t rows = static_cast<size_t>(p.T * p.H);
-  float* out = static_cast<float*>(cached_allocate(rows * static_cast<size_t>(p.Dv) * sizeof(float)));
-  float* lse = static_cast<float*>(cached_allocate(rows * sizeof(float)));
+  const bool given = p.out && p.lse;
+  float* out = given ? nullptr : static_cast<float*>(cached_allocate(rows * static_cast<size_t>(p.Dv) * sizeof(float)));
+  float* lse = given ? nullptr : static_cast<float*>(cached_allocate(rows * sizeof(float)));
   float* Dsum = static_cast<float*>(cached_allocate(rows * sizeof(float)));
-  cudaError_t e = out && lse && Dsum ? cudaSuccess : cudaErrorMemoryAllocation;
-  if (e == cudaSuccess) {
+  cudaError_t e = (given || (out && lse)) && Dsum ? cudaSuccess : cudaErrorMemoryAllocation;
+  if (e == cudaSuccess && !given) {
     const AttentionParams fp{.q = p.q, .k = p.k, .v = p.v, .out = out, .T = p.T, .S = p.S, .H = p.H,
                              .Dqk = p.Dqk, .Dv = p.Dv, .scale = p.scale};
     e = forward(fp, out, lse, stream);
   }
-  if (e == cudaSuccess) e = attention_row_dots(p.dout, out, Dsum, static_cast<int64_t>(rows), p.Dv, stream);
+  if (e == cudaSuccess)
+    e = attention_row_dots(p.dout, given ? p.out : out, Dsum, static_cast<int64_t>(rows), p.Dv, stream);
+  const float* stats = given ? p.lse : lse;
   const Strides st{p.H * p.Dqk, p.H * p.Dqk, p.H * p.Dv, p.H * p.Dv};
   if (e == cudaSuccess && mma_path(p.Dqk, p.Dv)) {
     const bool vec = vec_ok(p.q, p.k, p.v, p.dout, st.q, st.v, p.Dqk, p.Dv);
@@ -765,16 +769,16 @@ cudaError_t flash_attention_backward(const AttentionBackwardParams& p, cudaStrea
     if (e == cudaSuccess) e = allow_smem(mma_bwd_q_kernel, mma_q_smem(p.Dqk, p.Dv));
     if (e == cudaSuccess) {
       mma_bwd_kv_kernel<<<dim3(tiles(p.S, kMmaKvK), static_cast<unsigned>(p.H)), kMmaThreads,
-                          mma_kv_smem(p.Dqk, p.Dv), stream>>>(p, st, lse, Dsum, vec);
+                          mma_kv_smem(p.Dqk, p.Dv), stream>>>(p, st, stats, Dsum, vec);
       e = cudaGetLastError();
     }
     if (e == cudaSuccess) {
       mma_bwd_q_kernel<<<dim3(tiles(p.T, kMmaDqQ), static_cast<unsigned>(p.H)), kMmaThreads,
-                         mma_q_smem(p.Dqk, p.Dv), stream>>>(p, st, lse, Dsum, vec);
+                         mma_q_smem(p.Dqk, p.Dv), stream>>>(p, st, stats, Dsum, vec);
       e = cudaGetLastError();
     }
-    cached_release(out);
-    cached_release(lse);
+    if (out) cached_release(out);
+    if (lse) cached_release(lse);
     cached_release(Dsum);
     return e;
   }
@@ -782,12 +786,12 @@ cudaError_t flash_attention_backward(const AttentionBackwardParams& p, cudaStrea
   if (e == cudaSuccess) e = allow_smem(flash_bwd_q_kernel, bwd_q_smem(p.Dqk, p.Dv));
   if (e == cudaSuccess) {
     flash_bwd_kv_kernel<<<dim3(tiles(p.S, kBwdK), static_cast<unsigned>(p.H)), kThreads, bwd_kv_smem(p.Dqk, p.Dv),
-                          stream>>>(p, st, lse, Dsum);
+                          stream>>>(p, st, stats, Dsum);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess) {
     flash_bwd_q_kernel<<<dim3(tiles(p.T, kDqQ), static_cast<unsigned>(p.H)), kThreads, bwd_q_smem(p.Dqk, p.Dv),
-                         stream>>>(p, st, lse, Dsum);
+                         stream>>>(p, st, stats, Dsum);
     e = cudaGetLastError();
   }
   // The caching allocator reuses these only for later work on the same stream.

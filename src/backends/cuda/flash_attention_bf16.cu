@@ -696,7 +696,7 @@ cudaError_t flash_attention_bf16(const AttentionParams& p, cudaStream_t stream) 
   if (!flash_attention_bf16_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S)) return cudaErrorInvalidValue;
   const Dims d{p.T, p.S, static_cast<int>(p.H), static_cast<int>(p.Dqk), static_cast<int>(p.Dv), p.scale};
   const int64_t qw = p.H * p.Dqk, vw = p.H * p.Dv;
-  return forward(p.q, p.k, p.k_stride ? p.k_stride : qw, p.v, p.v_stride ? p.v_stride : vw, d, p.out, nullptr, stream);
+  return forward(p.q, p.k, p.k_stride ? p.k_stride : qw, p.v, p.v_stride ? p.v_stride : vw, d, p.out, p.lse, stream);
 }
 
 cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cudaStream_t stream) {
@@ -709,15 +709,18 @@ cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cuda
   if (e == cudaSuccess) e = bf16_rows(scratch, p.k, qw, p.S, qw, stream, &k);
   if (e == cudaSuccess) e = bf16_rows(scratch, p.v, vw, p.S, vw, stream, &v);
   if (e == cudaSuccess) e = bf16_rows(scratch, p.dout, vw, p.T, vw, stream, &g);
-  // Statistics: the forward again (out and logsumexp), then D = dout . out per (query, head).
-  float* out = scratch.get<float>(rows * p.Dv);
-  float* lse = scratch.get<float>(rows);
+  // Statistics: the forward's out and logsumexp (given, or the forward again), then D = dout . out per
+  // (query, head).
+  const bool given = p.out && p.lse;
+  const float* out = given ? p.out : scratch.get<float>(rows * p.Dv);
+  const float* lse = given ? p.lse : scratch.get<float>(rows);
   float* Dsum = scratch.get<float>(rows);
   const int64_t Tp = (p.T + kKvQ - 1) / kKvQ * kKvQ;
   float* lse_h = scratch.get<float>(2 * p.H * Tp);  // then D_h
   float* D_h = lse_h + p.H * Tp;
   if (e == cudaSuccess && scratch.failed()) e = cudaErrorMemoryAllocation;
-  if (e == cudaSuccess) e = forward(p.q, p.k, qw, p.v, vw, d, out, lse, stream);
+  if (e == cudaSuccess && !given)
+    e = forward(p.q, p.k, qw, p.v, vw, d, const_cast<float*>(out), const_cast<float*>(lse), stream);
   if (e == cudaSuccess) e = attention_row_dots(p.dout, out, Dsum, rows, p.Dv, stream);
   if (e == cudaSuccess) {
     head_major_stats_kernel<<<grid_for(p.H * Tp), 256, 0, stream>>>(lse, Dsum, p.T, d.H, Tp, lse_h, D_h);
