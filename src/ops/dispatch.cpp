@@ -262,8 +262,10 @@ void linear_weight_grad(const Context& ctx, const LinearWeightGradParams& p) {
 }
 
 void linear_backward(const Context& ctx, const LinearBackwardParams& p) {
-  DSV_CHECK(p.dy && p.x && p.w && p.dw, "linear_backward: null pointer (dy={}, x={}, w={}, dw={})", (void*)p.dy,
-            (void*)p.x, (void*)p.w, (void*)p.dw);
+  DSV_CHECK(p.x && p.w && p.dw, "linear_backward: null pointer (x={}, w={}, dw={})", (void*)p.x, (void*)p.w,
+            (void*)p.dw);
+  DSV_CHECK(!p.dy != !p.dy_bf16, "linear_backward: expected exactly one of dy and dy_bf16 (dy={}, dy_bf16={})",
+            (const void*)p.dy, (const void*)p.dy_bf16);
   DSV_CHECK(p.M >= 0 && p.N >= 0 && p.K >= 0, "linear_backward: negative size M={} N={} K={}", p.M, p.N, p.K);
   DSV_CHECK(p.dy_stride == 0 || p.dy_stride >= p.N, "linear_backward: dy_stride {} < N {}", p.dy_stride, p.N);
   DSV_CHECK(p.x_stride == 0 || p.x_stride >= p.K, "linear_backward: x_stride {} < K {}", p.x_stride, p.K);
@@ -271,7 +273,8 @@ void linear_backward(const Context& ctx, const LinearBackwardParams& p) {
   DSV_CHECK(std::max({p.M, p.N, p.K, p.dy_stride, p.x_stride, p.dx_stride}) <= std::numeric_limits<int>::max(),
             "linear_backward: sizes M={} N={} K={} (strides {}, {}, {}) exceed the BLAS int range", p.M, p.N, p.K,
             p.dy_stride, p.x_stride, p.dx_stride);
-  DSV_CHECK(p.dx != p.dy, "linear_backward: dx may not alias dy");
+  DSV_CHECK(!p.dx || (p.dx != p.dy && static_cast<const void*>(p.dx) != p.dy_bf16),
+            "linear_backward: dx may not alias dy");
   run(ctx, p, cpu::linear_backward, &BackendTable::linear_backward, "linear_backward");
 }
 

@@ -246,7 +246,7 @@ void linear_weight_grad(const Context& ctx, const LinearWeightGradParams& p);
 // One op so that a device computing in bf16 rounds dy once for both products (bit-identical to the
 // two calls).
 struct LinearBackwardParams {
-  const float* dy = nullptr;  // [M, N]
+  const float* dy = nullptr;  // [M, N]; or dy_bf16 instead (exactly one of the two)
   const float* x = nullptr;   // [M, K]
   const float* w = nullptr;   // [N, K]
   float* dx = nullptr;        // [M, K]; null: no input gradient wanted. May alias x (dw comes first), not dy
@@ -255,6 +255,7 @@ struct LinearBackwardParams {
   int64_t M = 0, N = 0, K = 0;
   int64_t dy_stride = 0, x_stride = 0, dx_stride = 0;  // row strides; 0 means dense
   bool accumulate_dx = false, accumulate_dw = false;
+  const uint16_t* dy_bf16 = nullptr;  // [M, N] bf16 (e.g. cross_entropy's dlogits_bf16), stride dy_stride
 };
 void linear_backward(const Context& ctx, const LinearBackwardParams& p);
 
@@ -415,13 +416,16 @@ MoeTrainRows plan_moe_train_rows(const std::vector<int32_t>& indices, int64_t E)
 //   grad_scale * (softmax(logits[t]) - onehot(targets[t]))
 // and loss[t] = logsumexp(logits[t]) - logits[t, targets[t]] (fp32). Rows whose target is negative
 // (ignored) get loss 0 and a zero gradient. Callers run it on chunks of rows so that the logits of
-// a whole batch never exist at once.
+// a whole batch never exist at once. With dlogits_bf16 the gradient goes there instead, rounded to
+// bf16 (what a bf16 product of it would round it to anyway), and logits are only read: half the bytes
+// written, and linear_backward takes it as dy_bf16 without a cast.
 struct CrossEntropyParams {
   float* logits = nullptr;
   const int32_t* targets = nullptr;
   float* loss = nullptr;  // [T]
   int64_t T = 0, V = 0;
   float grad_scale = 1.0f;
+  uint16_t* dlogits_bf16 = nullptr;  // optional [T, V]
 };
 void cross_entropy(const Context& ctx, const CrossEntropyParams& p);
 

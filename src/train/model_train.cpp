@@ -19,15 +19,20 @@ double head_cross_entropy(const ops::Context& ctx, const ModelConfig& c, const W
   const int64_t D = c.hidden_size, V = c.vocab_size;
   const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 26) / V, 1, n);  // <= 256 MB of fp32 logits
   Buffer<float> logits(ctx.backend, chunk * V), loss(ctx.backend, chunk);
+  // Bf16 products round the logits' gradient to bf16 anyway: the cross-entropy writes it so (half the
+  // bytes, and no separate cast before the two products).
+  const bool bf16_grad = dh && ops::matmul_precision() == ops::MatmulPrecision::Bf16;
+  Buffer<uint16_t> dlogits16(ctx.backend, bf16_grad ? chunk * V : 0);
   double total = 0.0;
   for (int64_t r0 = 0; r0 < n; r0 += chunk) {
     const int64_t rows = std::min(chunk, n - r0);
     ops::linear(ctx, {.x = h + r0 * D, .w = w.lm_head.data, .y = logits.data(), .M = rows, .N = V, .K = D});
     ops::cross_entropy(ctx, {.logits = logits.data(), .targets = targets + r0, .loss = loss.data(), .T = rows, .V = V,
-                             .grad_scale = grad_scale});
+                             .grad_scale = grad_scale, .dlogits_bf16 = bf16_grad ? dlogits16.data() : nullptr});
     if (dh)
-      ops::linear_backward(ctx, {.dy = logits.data(), .x = h + r0 * D, .w = w.lm_head.data, .dx = dh + r0 * D,
-                                 .dw = mut(g.lm_head), .M = rows, .N = V, .K = D, .accumulate_dw = true});
+      ops::linear_backward(ctx, {.dy = bf16_grad ? nullptr : logits.data(), .x = h + r0 * D, .w = w.lm_head.data,
+                                 .dx = dh + r0 * D, .dw = mut(g.lm_head), .M = rows, .N = V, .K = D,
+                                 .accumulate_dw = true, .dy_bf16 = bf16_grad ? dlogits16.data() : nullptr});
     const std::vector<float> l = loss.to_host(ctx);
     for (int64_t r = 0; r < rows; ++r) total += l[r];
   }

@@ -364,7 +364,49 @@ TEST_F(CudaTrainOps, CrossEntropyMatchesCpu) {
     CUDA_OK(cudaDeviceSynchronize());
     EXPECT_LE(rel_l2(dlogits.download(), logits), 1e-5) << "gradient";
     EXPECT_LE(rel_l2(dloss.download(), want_loss), 1e-5) << "loss";
+    // The bf16 gradient: the device's fp32 gradient rounded (bit for bit), logits untouched, same loss.
+    const std::vector<float> device_grad = dlogits.download(), device_loss = dloss.download();
+    Dev<float> fresh(randn(c.T * c.V, c.V, 0.0f, 4.0f));  // the same logits as above (same seed)
+    Dev<uint16_t> dgrad16(std::vector<uint16_t>(c.T * c.V, 0xffff));
+    const std::vector<float> before = fresh.download();
+    p.logits = fresh.ptr;
+    p.dlogits_bf16 = dgrad16.ptr;
+    CUDA_OK(cuda::cross_entropy(p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(fresh.download(), before) << "logits must stay";
+    EXPECT_EQ(dloss.download(), device_loss);
+    EXPECT_EQ(dgrad16.download(), to_bf16(device_grad));
   }
+}
+
+// dy_bf16 (cross_entropy's bf16 gradient) against dy = the same values widened, bit for bit: used
+// directly in bf16 mode, widened on the other paths (fp32 mode, a bias gradient, few rows).
+TEST_F(CudaTrainOps, LinearBackwardFromABf16Gradient) {
+  for (const MatmulPrecision mp : {MatmulPrecision::Fp32, MatmulPrecision::Bf16}) {
+    set_matmul_precision(mp);
+    for (const auto [M, bias] : {std::pair<int64_t, bool>{300, false}, {300, true}, {5, false}}) {
+      SCOPED_TRACE(testing::Message() << "bf16 " << (mp == MatmulPrecision::Bf16) << " M " << M << " bias " << bias);
+      const int64_t N = 96, K = 64, dys = 104;
+      const auto x = randn(M * K, 52), w = randn(N * K, 53), dw0 = randn(N * K, 54);
+      const std::vector<uint16_t> dy16 = to_bf16(randn(M * dys, 51));
+      std::vector<float> widened(dy16.size());
+      for (size_t i = 0; i < dy16.size(); ++i) widened[i] = bf16_to_f32(dy16[i]);
+      Dev<float> ddy(widened), dx_(x), dw_(w), dw1(dw0), dw2(dw0), db1(std::vector<float>(N, 0.0f)),
+          db2(std::vector<float>(N, 0.0f)), dx1(nans(M * K)), dx2(nans(M * K));
+      Dev<uint16_t> ddy16(dy16);
+      CUDA_OK(cuda::linear_backward({.dy = ddy.ptr, .x = dx_.ptr, .w = dw_.ptr, .dx = dx1.ptr, .dw = dw1.ptr,
+                                     .dbias = bias ? db1.ptr : nullptr, .M = M, .N = N, .K = K, .dy_stride = dys,
+                                     .accumulate_dw = true}, 0));
+      CUDA_OK(cuda::linear_backward({.x = dx_.ptr, .w = dw_.ptr, .dx = dx2.ptr, .dw = dw2.ptr,
+                                     .dbias = bias ? db2.ptr : nullptr, .M = M, .N = N, .K = K, .dy_stride = dys,
+                                     .accumulate_dw = true, .dy_bf16 = ddy16.ptr}, 0));
+      CUDA_OK(cudaDeviceSynchronize());
+      EXPECT_EQ(dx1.download(), dx2.download());
+      EXPECT_EQ(dw1.download(), dw2.download());
+      EXPECT_EQ(db1.download(), db2.download());
+    }
+  }
+  set_matmul_precision(MatmulPrecision::Fp32);
 }
 
 TEST_F(CudaTrainOps, AxpbyMatchesCpu) {

@@ -636,6 +636,48 @@ TEST(TrainOpsCrossEntropy, LossAndGradientMatchDouble) {
   }
 }
 
+// dlogits_bf16: the same gradient rounded to bf16, the logits left as they were, the same loss.
+TEST(TrainOpsCrossEntropy, Bf16GradientIsTheRoundedGradient) {
+  const int64_t T = 4, V = 53;
+  const std::vector<int32_t> targets = {0, -1, 52, 7};
+  const auto original = randn(T * V, 72, 2.0f);
+  auto in_place = original, kept = original;
+  std::vector<float> loss1(T), loss2(T);
+  std::vector<uint16_t> grad16(T * V, 0xffff);
+  ops::cross_entropy(Context{}, {.logits = in_place.data(), .targets = targets.data(), .loss = loss1.data(), .T = T,
+                                 .V = V, .grad_scale = 0.5f});
+  ops::cross_entropy(Context{}, {.logits = kept.data(), .targets = targets.data(), .loss = loss2.data(), .T = T,
+                                 .V = V, .grad_scale = 0.5f, .dlogits_bf16 = grad16.data()});
+  EXPECT_EQ(loss1, loss2);
+  EXPECT_EQ(kept, original);
+  for (int64_t i = 0; i < T * V; ++i) ASSERT_EQ(grad16[i], f32_to_bf16(in_place[i])) << i;
+}
+
+// linear_backward with dy_bf16 is linear_backward with that gradient widened to fp32 (strided rows).
+TEST(TrainOpsLinear, BackwardFromABf16GradientIsTheWidenedOne) {
+  const int64_t M = 9, N = 6, K = 5, dys = 8;
+  const auto dy = randn(M * dys, 73), x = randn(M * K, 74), w = randn(N * K, 75);
+  std::vector<uint16_t> dy16(dy.size());
+  std::vector<float> widened(dy.size());
+  for (size_t i = 0; i < dy.size(); ++i) widened[i] = bf16_to_f32(dy16[i] = f32_to_bf16(dy[i]));
+  std::vector<float> dx1(M * K), dx2(M * K), dw1(N * K, 1.0f), dw2(N * K, 1.0f), db1(N), db2(N);
+  ops::linear_backward(Context{}, {.dy = widened.data(), .x = x.data(), .w = w.data(), .dx = dx1.data(),
+                                   .dw = dw1.data(), .dbias = db1.data(), .M = M, .N = N, .K = K, .dy_stride = dys,
+                                   .accumulate_dw = true});
+  ops::linear_backward(Context{}, {.x = x.data(), .w = w.data(), .dx = dx2.data(), .dw = dw2.data(),
+                                   .dbias = db2.data(), .M = M, .N = N, .K = K, .dy_stride = dys,
+                                   .accumulate_dw = true, .dy_bf16 = dy16.data()});
+  EXPECT_EQ(dx1, dx2);
+  EXPECT_EQ(dw1, dw2);
+  EXPECT_EQ(db1, db2);
+  test::expect_error(
+      [&] {
+        ops::linear_backward(Context{}, {.dy = widened.data(), .x = x.data(), .w = w.data(), .dw = dw2.data(), .M = M,
+                                         .N = N, .K = K, .dy_stride = dys, .dy_bf16 = dy16.data()});
+      },
+      {"linear_backward", "exactly one of dy and dy_bf16"});
+}
+
 TEST(TrainOpsCrossEntropy, TargetOutsideVocabularyIsAnError) {
   auto logits = randn(3 * 5, 71);
   const auto original = logits;

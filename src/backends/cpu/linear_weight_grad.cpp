@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "backends/cpu/cpu_ops.h"
+#include "core/dtype.h"
 
 #ifdef DSV_HAVE_BLAS
 #include <cblas.h>
@@ -51,6 +52,17 @@ void linear_weight_grad(const LinearWeightGradParams& p) {
 }
 
 void linear_backward(const LinearBackwardParams& p) {
+  if (p.dy_bf16) {  // the bf16 gradient widened (exactly) to a dense fp32 one
+    std::vector<float> dy(static_cast<size_t>(p.M * p.N));
+    const int64_t dys = p.dy_stride ? p.dy_stride : p.N;
+    for (int64_t m = 0; m < p.M; ++m)
+      for (int64_t n = 0; n < p.N; ++n) dy[m * p.N + n] = bf16_to_f32(p.dy_bf16[m * dys + n]);
+    LinearBackwardParams q = p;
+    q.dy = dy.data();
+    q.dy_bf16 = nullptr;
+    q.dy_stride = 0;
+    return linear_backward(q);
+  }
   linear_weight_grad({.dy = p.dy, .x = p.x, .dw = p.dw, .dbias = p.dbias, .M = p.M, .N = p.N, .K = p.K,
                       .dy_stride = p.dy_stride, .x_stride = p.x_stride, .accumulate = p.accumulate_dw});
   if (p.dx)

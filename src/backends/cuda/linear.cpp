@@ -120,6 +120,7 @@ cudaError_t linear_impl(const LinearParams& p, const uint16_t* x16, cudaStream_t
   cublasLtMatmulDescDestroy(op);
   // Shapes the bf16 tensor-core kernels refuse (odd strides) take the GEMV kernels, 8 rows a pass.
   if (bf16 && status == CUBLAS_STATUS_NOT_SUPPORTED) {
+    if (!p.x) return cudaErrorNotSupported;  // only a bf16 x was given (linear_backward's dy_bf16)
     static bool warned = false;  // slow for many rows: say so once
     if (!warned) std::fprintf(stderr, "warning: cuBLASLt has no bf16 kernel for a %ldx%ldx%ld product (batch %ld); "
                                       "using the GEMV kernels\n", static_cast<long>(p.M), static_cast<long>(p.N),
@@ -205,19 +206,41 @@ cudaError_t linear_weight_grad(const LinearWeightGradParams& p, cudaStream_t str
   return weight_grad_impl(p, nullptr, stream);
 }
 
-// Bf16 products: dy rounded to bf16 once, read by both products (each used to round it itself).
+// Bf16 products: dy rounded to bf16 once, read by both products (each used to round it itself). A
+// given dy_bf16 is that copy already; where it cannot serve as one (other precisions, a bias gradient,
+// few rows, unaligned rows), it is widened to fp32 and the call goes on as with dy.
 cudaError_t linear_backward(const LinearBackwardParams& p, cudaStream_t stream) {
+  const int64_t dys = p.dy_stride ? p.dy_stride : p.N;
+  if (p.dy_bf16) {
+    const bool direct = matmul_precision() == MatmulPrecision::Bf16 && !p.dbias && p.M > kGemvMaxRows && p.K > 0 &&
+                        p.N > 0 && dys % 8 == 0 && reinterpret_cast<uintptr_t>(p.dy_bf16) % 16 == 0;
+    if (!direct) {
+      DeviceScratch scratch;
+      const int64_t span = p.M > 0 ? (p.M - 1) * dys + p.N : 0;
+      float* dy = scratch.get<float>(span);
+      if (!dy) return cudaErrorMemoryAllocation;
+      if (span > 0) {
+        const cudaError_t e = cast({.x = p.dy_bf16, .y = dy, .n = span, .to_bf16 = false}, stream);
+        if (e != cudaSuccess) return e;
+      }
+      LinearBackwardParams q = p;
+      q.dy = dy;
+      q.dy_bf16 = nullptr;
+      return linear_backward(q, stream);
+    }
+  }
   const LinearWeightGradParams wg{.dy = p.dy, .x = p.x, .dw = p.dw, .dbias = p.dbias, .M = p.M, .N = p.N,
                                   .K = p.K, .dy_stride = p.dy_stride, .x_stride = p.x_stride,
                                   .accumulate = p.accumulate_dw};
   const LinearParams dx{.x = p.dy, .w = p.w, .y = p.dx, .M = p.M, .N = p.K, .K = p.N, .x_stride = p.dy_stride,
                         .y_stride = p.dx_stride, .accumulate = p.accumulate_dx, .w_transposed = true};
   DeviceScratch scratch;
-  uint16_t* dy16 = nullptr;
-  if (matmul_precision() == MatmulPrecision::Bf16 && p.M > 0 && p.N > 0 && p.K > 0) {
-    const cudaError_t e =
-        scratch.bf16_copy(p.dy, (p.M - 1) * (p.dy_stride ? p.dy_stride : p.N) + p.N, stream, &dy16);
+  const uint16_t* dy16 = p.dy_bf16;
+  if (!dy16 && matmul_precision() == MatmulPrecision::Bf16 && p.M > 0 && p.N > 0 && p.K > 0) {
+    uint16_t* made = nullptr;
+    const cudaError_t e = scratch.bf16_copy(p.dy, (p.M - 1) * dys + p.N, stream, &made);
     if (e != cudaSuccess) return e;
+    dy16 = made;
   }
   cudaError_t e = weight_grad_impl(wg, dy16, stream);
   if (e == cudaSuccess && p.dx) e = linear_impl(dx, dy16, stream);

@@ -1,9 +1,11 @@
-// cross_entropy (one block per row: max, then sum of exp(x - max), then the gradient in place) and
+// cross_entropy (one block per row: max and sum of exp(x - max) in one pass, then the gradient, in place
+// or as bf16) and
 // sum_squares (a fixed grid of per-block partial sums in double, then one block adds them in order:
 // deterministic for a given n).
 #include <cmath>
 
 #include "backends/cuda/cuda_ops.h"
+#include "core/dtype.h"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -31,28 +33,42 @@ struct SumOp {
   __device__ T operator()(T a, T b) const { return a + b; }
 };
 
+// One pass over the row for its statistics (a running max and sum of exp(x - max) per thread,
+// merged across the block), a second for the gradient: the row is read twice, not three times.
 __global__ void cross_entropy_kernel(CrossEntropyParams p) {
   __shared__ float scratch[kThreads / 32];
   const int64_t t = blockIdx.x, V = p.V;
   float* x = p.logits + t * V;
+  uint16_t* g16 = p.dlogits_bf16 ? p.dlogits_bf16 + t * V : nullptr;
   const int64_t target = p.targets[t];
   if (target < 0) {  // ignored row
-    for (int64_t i = threadIdx.x; i < V; i += kThreads) x[i] = 0.0f;
+    for (int64_t i = threadIdx.x; i < V; i += kThreads) {
+      if (g16) g16[i] = 0;
+      else x[i] = 0.0f;
+    }
     if (threadIdx.x == 0) p.loss[t] = 0.0f;
     return;
   }
   const float target_logit = target < V ? x[target] : NAN;  // read before anything is written
-  float m = -INFINITY;
-  for (int64_t i = threadIdx.x; i < V; i += kThreads) m = fmaxf(m, x[i]);
-  m = block_reduce<kThreads>(m, scratch, MaxOp{});
-  float sum = 0.0f;
-  for (int64_t i = threadIdx.x; i < V; i += kThreads) sum += expf(x[i] - m);
-  sum = block_reduce<kThreads>(sum, scratch, SumOp{});
-  if (threadIdx.x == 0) p.loss[t] = logf(sum) + (m - target_logit);  // the small difference first
+  float m = -INFINITY, l = 0.0f;
+  for (int64_t i = threadIdx.x; i < V; i += kThreads) {
+    const float v = x[i];
+    if (v > m) {
+      l = l * expf(m - v) + 1.0f;  // expf(-inf) = 0 on a thread's first value
+      m = v;
+    } else {
+      l += expf(v - m);
+    }
+  }
+  const float row_max = block_reduce<kThreads>(m, scratch, MaxOp{});
+  const float sum = block_reduce<kThreads>(l == 0.0f ? 0.0f : l * expf(m - row_max), scratch, SumOp{});
+  if (threadIdx.x == 0) p.loss[t] = logf(sum) + (row_max - target_logit);  // the small difference first
   const float inv = 1.0f / sum;
   for (int64_t i = threadIdx.x; i < V; i += kThreads) {
-    const float prob = expf(x[i] - m) * inv;
-    x[i] = p.grad_scale * (i == target ? prob - 1.0f : prob);
+    const float prob = expf(x[i] - row_max) * inv;
+    const float grad = p.grad_scale * (i == target ? prob - 1.0f : prob);
+    if (g16) g16[i] = f32_to_bf16(grad);
+    else x[i] = grad;
   }
 }
 
