@@ -712,15 +712,17 @@ cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cuda
   // Statistics: the forward's out and logsumexp (given, or the forward again), then D = dout . out per
   // (query, head).
   const bool given = p.out && p.lse;
-  const float* out = given ? p.out : scratch.get<float>(rows * p.Dv);
-  const float* lse = given ? p.lse : scratch.get<float>(rows);
+  float* own_out = given ? nullptr : scratch.get<float>(rows * p.Dv);
+  float* own_lse = given ? nullptr : scratch.get<float>(rows);
+  const float* out = given ? p.out : own_out;
+  const float* lse = given ? p.lse : own_lse;
   float* Dsum = scratch.get<float>(rows);
   const int64_t Tp = (p.T + kKvQ - 1) / kKvQ * kKvQ;
   float* lse_h = scratch.get<float>(2 * p.H * Tp);  // then D_h
   float* D_h = lse_h + p.H * Tp;
   if (e == cudaSuccess && scratch.failed()) e = cudaErrorMemoryAllocation;
   if (e == cudaSuccess && !given)
-    e = forward(p.q, p.k, qw, p.v, vw, d, const_cast<float*>(out), const_cast<float*>(lse), stream);
+    e = forward(p.q, p.k, qw, p.v, vw, d, own_out, own_lse, stream);
   if (e == cudaSuccess) e = attention_row_dots(p.dout, out, Dsum, rows, p.Dv, stream);
   if (e == cudaSuccess) {
     head_major_stats_kernel<<<grid_for(p.H * Tp), 256, 0, stream>>>(lse, Dsum, p.T, d.H, Tp, lse_h, D_h);

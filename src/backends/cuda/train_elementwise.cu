@@ -73,6 +73,11 @@ __global__ void adamw_kernel(AdamWParams p, AdamWScalars scalars) {
   GRID_STRIDE(i, p.n) adamw_element(p, scalars, i);
 }
 
+// Four bf16 values as one 8-byte word (element 0 in the low half).
+__device__ uint2 pack_bf16x4(const uint16_t (&h)[4]) {
+  return make_uint2(h[0] | uint32_t{h[1]} << 16, h[2] | uint32_t{h[3]} << 16);
+}
+
 // Four elements per thread with 16-byte (fp32) and 8-byte (bf16) loads and stores, for buffers aligned
 // to that: one element per thread keeps too few bytes in flight to reach the copy bandwidth with bf16
 // moments (12 bytes read per thread). Same arithmetic (adamw_update); the caller does the tail.
@@ -87,8 +92,8 @@ __global__ void adamw_vec4_kernel(AdamWParams p, AdamWScalars s) {
       const uint2 mb = *reinterpret_cast<const uint2*>(p.m_bf16 + i), vb = *reinterpret_cast<const uint2*>(p.v_bf16 + i);
       const uint32_t mw[2] = {mb.x, mb.y}, vw[2] = {vb.x, vb.y};
       for (int k = 0; k < 4; ++k) {
-        m[k] = bits_as_float((mw[k / 2] >> (16 * (k % 2))) << 16);
-        v[k] = bits_as_float((vw[k / 2] >> (16 * (k % 2))) << 16);
+        m[k] = bf16_to_f32(static_cast<uint16_t>(mw[k / 2] >> (16 * (k % 2))));
+        v[k] = bf16_to_f32(static_cast<uint16_t>(vw[k / 2] >> (16 * (k % 2))));
       }
     } else {
       const float4 m4 = *reinterpret_cast<const float4*>(p.m + i), v4 = *reinterpret_cast<const float4*>(p.v + i);
@@ -107,8 +112,8 @@ __global__ void adamw_vec4_kernel(AdamWParams p, AdamWScalars s) {
       if constexpr (kBf16Moments) round_moments_bf16(p, p.offset + i + k, u.m, u.v, m16[k], v16[k]);
     }
     if constexpr (kBf16Moments) {
-      *reinterpret_cast<uint2*>(p.m_bf16 + i) = make_uint2(m16[0] | uint32_t{m16[1]} << 16, m16[2] | uint32_t{m16[3]} << 16);
-      *reinterpret_cast<uint2*>(p.v_bf16 + i) = make_uint2(v16[0] | uint32_t{v16[1]} << 16, v16[2] | uint32_t{v16[3]} << 16);
+      *reinterpret_cast<uint2*>(p.m_bf16 + i) = pack_bf16x4(m16);
+      *reinterpret_cast<uint2*>(p.v_bf16 + i) = pack_bf16x4(v16);
     } else {
       *reinterpret_cast<float4*>(p.m + i) = make_float4(m[0], m[1], m[2], m[3]);
       *reinterpret_cast<float4*>(p.v + i) = make_float4(v[0], v[1], v[2], v[3]);
@@ -117,7 +122,7 @@ __global__ void adamw_vec4_kernel(AdamWParams p, AdamWScalars s) {
     if (p.param_bf16) {
       uint16_t c[4];
       for (int k = 0; k < 4; ++k) c[k] = f32_to_bf16(wk[k]);
-      *reinterpret_cast<uint2*>(p.param_bf16 + i) = make_uint2(c[0] | uint32_t{c[1]} << 16, c[2] | uint32_t{c[3]} << 16);
+      *reinterpret_cast<uint2*>(p.param_bf16 + i) = pack_bf16x4(c);
     }
   }
 }
