@@ -59,7 +59,14 @@ TEST_F(CudaBf16, LinearMatchesCpu) {
                         Case{5, 130, 40, 2, true, true, true, 8},        // transposed, split K, bias
                         Case{2, 37, 24, 3, true, true, true, 0},         // transposed, odd N: per-column
                         Case{1, 128, 512, 16, false, false, false, 0},   // o . W_UV^T per head
-                        Case{9, 24, 40, 3, false, true, true, 0}}) {
+                        Case{9, 24, 40, 3, false, true, true, 0},
+                        // weights loaded before the wait: 2 and 4 chunks per lane, past the limit, x unaligned
+                        Case{3, 65, 2056, 1, false, false, false, 0},
+                        Case{1, 33, 4096, 1, false, true, false, 0},
+                        Case{2, 70, 7168, 1, false, true, true, 0},
+                        Case{1, 100, 9000, 1, false, false, false, 0},
+                        Case{1, 96, 1024, 1, false, false, false, 1},
+                        Case{2, 64, 24, 2, true, false, true, 0}}) {  // transposed, K <= 32
     SCOPED_TRACE(testing::Message() << c.M << "x" << c.N << "x" << c.K << " batch " << c.batch
                                     << (c.transposed ? " transposed" : ""));
     const int64_t xs = c.K + c.x_pad, xbs = c.M * xs, wbs = c.N * c.K, ybs = c.M * c.N;

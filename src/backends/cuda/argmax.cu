@@ -3,6 +3,7 @@
 // best (value, index) over a strided part of its slice, a shared-memory tree keeps the larger value
 // and, on ties, the lower index (NaNs never enter); a second kernel merges the slices of each row.
 #include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/launch.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -18,6 +19,7 @@ __device__ __forceinline__ bool better(float v, int64_t i, float bv, int64_t bi)
 __global__ void argmax_slices_kernel(ArgmaxParams p, int64_t slice, float* best_values, int64_t* best_indices) {
   __shared__ float values[kThreads];
   __shared__ int64_t indices[kThreads];
+  dependent_start();
   const float* x = p.x + static_cast<int64_t>(blockIdx.y) * p.n;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * slice, end = begin + slice < p.n ? begin + slice : p.n;
   float bv = 0.0f;
@@ -50,6 +52,7 @@ __global__ void argmax_slices_kernel(ArgmaxParams p, int64_t slice, float* best_
 // One thread per row: the slices' winners in order (ties: the earlier slice has the lower index).
 __global__ void argmax_merge_kernel(ArgmaxParams p, int64_t slices, const float* best_values,
                                     const int64_t* best_indices) {
+  dependent_start();
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= p.rows) return;
   float bv = 0.0f;
@@ -75,12 +78,13 @@ cudaError_t argmax_rows(const ArgmaxParams& p, cudaStream_t stream) {
   if (!scratch) return cudaErrorMemoryAllocation;
   int64_t* best_indices = reinterpret_cast<int64_t*>(scratch);
   float* best_values = reinterpret_cast<float*>(scratch + p.rows * slices * sizeof(int64_t));
-  argmax_slices_kernel<<<dim3(static_cast<unsigned>(slices), static_cast<unsigned>(p.rows)), kThreads, 0, stream>>>(
-      p, slice, best_values, best_indices);
-  argmax_merge_kernel<<<static_cast<unsigned>((p.rows + 127) / 128), 128, 0, stream>>>(p, slices, best_values,
-                                                                                      best_indices);
+  cudaError_t e = launch_dependent(argmax_slices_kernel, dim3(static_cast<unsigned>(slices), static_cast<unsigned>(p.rows)),
+                                   kThreads, 0, stream, p, slice, best_values, best_indices);
+  if (e == cudaSuccess)
+    e = launch_dependent(argmax_merge_kernel, static_cast<unsigned>((p.rows + 127) / 128), 128, 0, stream, p, slices,
+                         static_cast<const float*>(best_values), static_cast<const int64_t*>(best_indices));
   cached_release(scratch);  // stream-ordered reuse
-  return cudaGetLastError();
+  return e;
 }
 
 }  // namespace dsv::ops::cuda

@@ -8,6 +8,7 @@
 
 #include "backends/cuda/bf16_dot.cuh"
 #include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/launch.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -158,6 +159,7 @@ __global__ void decode_partial_kernel(AttentionParams p, const KV* K, const KV* 
   float* qs = sm;
   float* sc = qs + p.Dqk;
   __shared__ float reduce[kThreads];
+  dependent_start();
   // row = (b * T + t) * H + h
   const int64_t c = blockIdx.x, row = blockIdx.y, h = row % p.H, t = (row / p.H) % p.T, b = row / (p.H * p.T);
   const int64_t visible = problem_keys(p, b) - p.T + t + 1, s_begin = c * chunk;
@@ -211,6 +213,7 @@ constexpr int kMaxCombineChunks = 4096;
 __global__ void decode_combine_kernel(AttentionParams p, int64_t chunks, const float* partial) {
   __shared__ float weight[kMaxCombineChunks];
   __shared__ float reduce[kThreads];
+  dependent_start();
   const int64_t row = blockIdx.x;
   const float* part = partial + row * chunks * (p.Dv + 2);
   float local_max = -INFINITY;
@@ -237,8 +240,8 @@ __global__ void decode_combine_kernel(AttentionParams p, int64_t chunks, const f
 cudaError_t combine_partials(const AttentionParams& p, int64_t rows, int64_t chunks, float* partial, cudaError_t e,
                              cudaStream_t stream) {
   if (e == cudaSuccess) {
-    decode_combine_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(p, chunks, partial);
-    e = cudaGetLastError();
+    e = launch_dependent(decode_combine_kernel, static_cast<unsigned>(rows), kThreads, 0, stream, p, chunks,
+                         static_cast<const float*>(partial));
   }
   cached_release(partial);
   return e;
@@ -262,9 +265,8 @@ cudaError_t decode_attention(const AttentionParams& p, const KV* K, const KV* V,
     e = cudaFuncSetAttribute(decode_partial_kernel<KV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(smem));
   if (e == cudaSuccess) {
-    decode_partial_kernel<KV><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(rows)), kThreads, smem,
-                                stream>>>(p, K, V, hkv, ks, vs, chunks, chunk, partial);
-    e = cudaGetLastError();
+    e = launch_dependent(decode_partial_kernel<KV>, dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(rows)),
+                         kThreads, smem, stream, p, K, V, hkv, ks, vs, chunks, chunk, partial);
   }
   return combine_partials(p, rows, chunks, partial, e, stream);
 }
@@ -333,6 +335,7 @@ __global__ void __launch_bounds__(kLatentThreads)
     latent_decode_kernel(AttentionParams p, const KV* K, int64_t ks, int64_t splits, int64_t split_keys, float* partial) {
   static_assert(HEADS % kLatentWarps == 0, "whole heads per warp");
   constexpr int kHeadsPerWarp = HEADS / kLatentWarps;
+  dependent_start();
   extern __shared__ float sm[];
   const int Dqk = static_cast<int>(p.Dqk), Dv = static_cast<int>(p.Dv), pitch = static_cast<int>(latent_pitch(p.Dqk));
   float* qs = sm;                                // [HEADS][pitch]
@@ -477,9 +480,8 @@ cudaError_t latent_decode_attention(const AttentionParams& p, const KV* K, int64
                                            : (heads == 8 ? latent_decode_kernel<KV, 4, 8> : latent_decode_kernel<KV, 4, 16>);
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e == cudaSuccess) {
-    kernel<<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(groups), static_cast<unsigned>(p.batch)),
-             kLatentThreads, smem, stream>>>(p, K, ks, splits, split_keys, partial);
-    e = cudaGetLastError();
+    e = launch_dependent(kernel, dim3(static_cast<unsigned>(splits), static_cast<unsigned>(groups), static_cast<unsigned>(p.batch)),
+                         kLatentThreads, smem, stream, p, K, ks, splits, split_keys, partial);
   }
   return combine_partials(p, rows, splits, partial, e, stream);
 }

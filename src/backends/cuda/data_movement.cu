@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/launch.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -19,9 +20,11 @@ unsigned blocks_for(int64_t n) {
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
 __global__ void embed_kernel(EmbedParams p) {
+  dependent_start();
   GRID_STRIDE(i, p.T * p.D) p.out[i] = p.table[static_cast<int64_t>(p.ids[i / p.D]) * p.D + i % p.D];
 }
 __global__ void add_kernel(AddParams p) {
+  dependent_start();
   GRID_STRIDE(i, p.n) p.y[i] += p.x[i];
 }
 // One row (of batch * rows) per y-step, columns across x: no per-element division, and float4 moves
@@ -29,6 +32,7 @@ __global__ void add_kernel(AddParams p) {
 // 128-float rows at strides of multiples of 4).
 template <int vec>
 __global__ void copy2d_kernel(Copy2dParams p) {
+  dependent_start();
   const int64_t groups = p.cols / vec;
   for (int64_t y = blockIdx.y; y < p.batch * p.rows; y += gridDim.y) {
     const int64_t b = y / p.rows, r = y % p.rows;
@@ -44,6 +48,7 @@ __global__ void copy2d_kernel(Copy2dParams p) {
   }
 }
 __global__ void gather_rows_kernel(RowsParams p) {
+  dependent_start();
   GRID_STRIDE(i, p.n * p.D) {
     const int64_t r = i / p.D;
     const float v = p.x[static_cast<int64_t>(p.rows[r]) * p.D + i % p.D];
@@ -51,6 +56,7 @@ __global__ void gather_rows_kernel(RowsParams p) {
   }
 }
 __global__ void scatter_add_rows_kernel(RowsParams p) {  // rows are unique within a call: no races
+  dependent_start();
   GRID_STRIDE(i, p.n * p.D) {
     const int64_t r = i / p.D;
     p.y[static_cast<int64_t>(p.rows[r]) * p.D + i % p.D] += (p.scale ? p.scale[r] : 1.0f) * p.x[i];
@@ -58,6 +64,7 @@ __global__ void scatter_add_rows_kernel(RowsParams p) {  // rows are unique with
 }
 
 __global__ void store_rows_kernel(StoreRowsParams p, int64_t ys) {  // rows are unique: no races
+  dependent_start();
   GRID_STRIDE(i, p.n * p.D) {
     const int64_t dst = static_cast<int64_t>(p.rows[i / p.D]) * ys + i % p.D;
     if (p.y) p.y[dst] = p.x[i];
@@ -69,16 +76,13 @@ __global__ void store_rows_kernel(StoreRowsParams p, int64_t ys) {  // rows are 
 
 cudaError_t store_rows(const StoreRowsParams& p, cudaStream_t s) {
   if (p.n * p.D == 0) return cudaSuccess;
-  store_rows_kernel<<<blocks_for(p.n * p.D), kThreads, 0, s>>>(p, p.y_stride ? p.y_stride : p.D);
-  return cudaGetLastError();
+  return launch_dependent(store_rows_kernel, blocks_for(p.n * p.D), kThreads, 0, s, p, p.y_stride ? p.y_stride : p.D);
 }
 cudaError_t embed(const EmbedParams& p, cudaStream_t s) {
-  embed_kernel<<<blocks_for(p.T * p.D), kThreads, 0, s>>>(p);
-  return cudaGetLastError();
+  return launch_dependent(embed_kernel, blocks_for(p.T * p.D), kThreads, 0, s, p);
 }
 cudaError_t add(const AddParams& p, cudaStream_t s) {
-  add_kernel<<<blocks_for(p.n), kThreads, 0, s>>>(p);
-  return cudaGetLastError();
+  return launch_dependent(add_kernel, blocks_for(p.n), kThreads, 0, s, p);
 }
 cudaError_t copy2d(const Copy2dParams& p, cudaStream_t s) {
   const int64_t rows = p.batch * p.rows;
@@ -92,17 +96,13 @@ cudaError_t copy2d(const Copy2dParams& p, cudaStream_t s) {
   const int threads = groups >= 256 ? 256 : static_cast<int>((groups + 31) / 32 * 32);
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>((groups + threads - 1) / threads, 1024)),
                   static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
-  if (vec4) copy2d_kernel<4><<<grid, threads, 0, s>>>(p);
-  else copy2d_kernel<1><<<grid, threads, 0, s>>>(p);
-  return cudaGetLastError();
+  return launch_dependent(vec4 ? copy2d_kernel<4> : copy2d_kernel<1>, grid, threads, 0, s, p);
 }
 cudaError_t gather_rows(const RowsParams& p, cudaStream_t s) {
-  gather_rows_kernel<<<blocks_for(p.n * p.D), kThreads, 0, s>>>(p);
-  return cudaGetLastError();
+  return launch_dependent(gather_rows_kernel, blocks_for(p.n * p.D), kThreads, 0, s, p);
 }
 cudaError_t scatter_add_rows(const RowsParams& p, cudaStream_t s) {
-  scatter_add_rows_kernel<<<blocks_for(p.n * p.D), kThreads, 0, s>>>(p);
-  return cudaGetLastError();
+  return launch_dependent(scatter_add_rows_kernel, blocks_for(p.n * p.D), kThreads, 0, s, p);
 }
 
 }  // namespace dsv::ops::cuda

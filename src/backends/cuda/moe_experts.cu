@@ -6,6 +6,7 @@
 // or 8-aligned (bf16 tables, through lane_dots_bf16_rows). Deterministic (no atomics).
 #include "backends/cuda/bf16_dot.cuh"
 #include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/launch.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -31,6 +32,7 @@ __device__ float warp_dot(const float* a, const float* b, int64_t n) {
 
 // h[pair, f] = silu(x . gate[e][f]) * (x . up[e][f]); one warp per (pair, f).
 __global__ void experts_up_kernel(MoeExpertsParams p) {
+  dependent_start();
   const int64_t pair = blockIdx.y;
   const int64_t f = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (f >= p.F) return;
@@ -43,6 +45,7 @@ __global__ void experts_up_kernel(MoeExpertsParams p) {
 
 // y[pair, d] = h[pair] . down[e][d]; one warp per (pair, d).
 __global__ void experts_down_kernel(MoeExpertsParams p) {
+  dependent_start();
   const int64_t pair = blockIdx.y;
   const int64_t d = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (d >= p.D) return;
@@ -54,6 +57,7 @@ __global__ void experts_down_kernel(MoeExpertsParams p) {
 
 // The same two products with bf16 weights: x and h rounded to bf16 before the products.
 __global__ void experts_up_bf16_kernel(MoeExpertsParams p) {
+  dependent_start();
   const int64_t pair = blockIdx.y;
   const int64_t f = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (f >= p.F) return;
@@ -67,6 +71,7 @@ __global__ void experts_up_bf16_kernel(MoeExpertsParams p) {
 }
 
 __global__ void experts_down_bf16_kernel(MoeExpertsParams p) {
+  dependent_start();
   const int64_t pair = blockIdx.y;
   const int64_t d = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (d >= p.D) return;
@@ -80,6 +85,7 @@ __global__ void experts_down_bf16_kernel(MoeExpertsParams p) {
 
 // out[t, d] = sum_k weights[t, k] * y[t*K + k, d], k ascending (deterministic, no atomics).
 __global__ void experts_combine_kernel(MoeExpertsParams p) {
+  dependent_start();
   const float* y = p.scratch + p.T * p.K * p.F;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.T * p.D;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -140,6 +146,7 @@ __global__ void plan_kernel(const int32_t* __restrict__ indices, int64_t P, int6
   __shared__ int32_t idx[kMaxGroupedPairs];  // 32 KB
   __shared__ int32_t counts[kMaxGroupedExperts], offsets[kMaxGroupedExperts], active[kMaxGroupedExperts];
   __shared__ int32_t n_active;
+  dependent_start();
   for (int64_t i = threadIdx.x; i < P; i += blockDim.x) idx[i] = indices[i];
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
@@ -233,6 +240,7 @@ __device__ __forceinline__ void grouped_down_rows(const MoeExpertsParams& p, con
 // Grid (column groups, min(E, P)): block y takes the y-th active expert; its slots go 8, 4, 2, 1 at a time.
 template <typename W>
 __global__ void grouped_up_kernel(MoeExpertsParams p, GroupPlan plan, const W* const* gate, const W* const* up) {
+  dependent_start();
   if (static_cast<int32_t>(blockIdx.y) >= *plan.n_active) return;
   const int32_t e = plan.active[blockIdx.y];
   const int64_t f0 = (static_cast<int64_t>(blockIdx.x) * kGroupWarps + threadIdx.x / 32) * kUpColsPerWarp;
@@ -247,6 +255,7 @@ __global__ void grouped_up_kernel(MoeExpertsParams p, GroupPlan plan, const W* c
 
 template <typename W>
 __global__ void grouped_down_kernel(MoeExpertsParams p, GroupPlan plan, const W* const* down) {
+  dependent_start();
   if (static_cast<int32_t>(blockIdx.y) >= *plan.n_active) return;
   const int32_t e = plan.active[blockIdx.y];
   const int64_t d0 = (static_cast<int64_t>(blockIdx.x) * kGroupWarps + threadIdx.x / 32) * kDownColsPerWarp;
@@ -263,6 +272,7 @@ __global__ void grouped_down_kernel(MoeExpertsParams p, GroupPlan plan, const W*
 
 // out[t, d] = sum_k weights[t, k] * y[slot_of[t*K + k], d], k ascending.
 __global__ void grouped_combine_kernel(MoeExpertsParams p, const int32_t* __restrict__ slot_of) {
+  dependent_start();
   const float* y = p.scratch + p.T * p.K * p.F;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.T * p.D;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -280,17 +290,21 @@ cudaError_t grouped(const MoeExpertsParams& p, const W* const* gate, const W* co
   int32_t* ints = static_cast<int32_t*>(cached_allocate(static_cast<size_t>(3 * E + 2 * P + 1) * sizeof(int32_t)));
   if (!ints) return cudaErrorMemoryAllocation;
   const GroupPlan plan{ints, ints + E, ints + 2 * E, ints + 2 * E + P, ints + 2 * E + 2 * P, ints + 3 * E + 2 * P};
-  plan_kernel<<<1, 1024, 0, s>>>(p.indices, P, E, plan);
   const unsigned experts = static_cast<unsigned>(E < P ? E : P);
   const int64_t up_cols = kGroupWarps * kUpColsPerWarp, down_cols = kGroupWarps * kDownColsPerWarp;
-  grouped_up_kernel<W><<<dim3(static_cast<unsigned>((p.F + up_cols - 1) / up_cols), experts), kGroupWarps * 32, 0,
-                         s>>>(p, plan, gate, up);
-  grouped_down_kernel<W><<<dim3(static_cast<unsigned>((p.D + down_cols - 1) / down_cols), experts),
-                           kGroupWarps * 32, 0, s>>>(p, plan, down);
   const int64_t blocks = (p.T * p.D + 255) / 256;
-  grouped_combine_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(p, plan.slot_of);
+  cudaError_t e = launch_dependent(plan_kernel, 1, 1024, 0, s, p.indices, P, E, plan);
+  if (e == cudaSuccess)
+    e = launch_dependent(grouped_up_kernel<W>, dim3(static_cast<unsigned>((p.F + up_cols - 1) / up_cols), experts),
+                         kGroupWarps * 32, 0, s, p, plan, gate, up);
+  if (e == cudaSuccess)
+    e = launch_dependent(grouped_down_kernel<W>, dim3(static_cast<unsigned>((p.D + down_cols - 1) / down_cols), experts),
+                         kGroupWarps * 32, 0, s, p, plan, down);
+  if (e == cudaSuccess)
+    e = launch_dependent(grouped_combine_kernel, static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0, s, p,
+                         static_cast<const int32_t*>(plan.slot_of));
   cached_release(ints);  // stream-ordered reuse
-  return cudaGetLastError();
+  return e;
 }
 
 }  // namespace
@@ -312,16 +326,13 @@ cudaError_t moe_experts(const MoeExpertsParams& p, cudaStream_t s) {
   const unsigned pairs = static_cast<unsigned>(p.T * p.K);
   const dim3 up_grid(static_cast<unsigned>((p.F + kWarps - 1) / kWarps), pairs);
   const dim3 down_grid(static_cast<unsigned>((p.D + kWarps - 1) / kWarps), pairs);
-  if (p.gate_bf16) {
-    experts_up_bf16_kernel<<<up_grid, kWarps * 32, 0, s>>>(p);
-    experts_down_bf16_kernel<<<down_grid, kWarps * 32, 0, s>>>(p);
-  } else {
-    experts_up_kernel<<<up_grid, kWarps * 32, 0, s>>>(p);
-    experts_down_kernel<<<down_grid, kWarps * 32, 0, s>>>(p);
-  }
+  cudaError_t e = launch_dependent(p.gate_bf16 ? experts_up_bf16_kernel : experts_up_kernel, up_grid, kWarps * 32, 0, s, p);
+  if (e == cudaSuccess)
+    e = launch_dependent(p.gate_bf16 ? experts_down_bf16_kernel : experts_down_kernel, down_grid, kWarps * 32, 0, s, p);
   const int64_t n = p.T * p.D, blocks = (n + 255) / 256;
-  experts_combine_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(p);
-  return cudaGetLastError();
+  if (e == cudaSuccess)
+    e = launch_dependent(experts_combine_kernel, static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0, s, p);
+  return e;
 }
 
 }  // namespace dsv::ops::cuda

@@ -1,5 +1,6 @@
 // RMSNorm, fp32: one block per row; the sum of squares is reduced through warp shuffles.
 #include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/launch.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -10,6 +11,7 @@ constexpr int kThreads = 256;
 // latency, not bandwidth, sets the time).
 __global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ weight, float* y, int dim,
                                int64_t x_stride, int64_t y_stride, float eps) {
+  dependent_start();
   const float* xr = x + blockIdx.x * x_stride;
   float* yr = y + blockIdx.x * y_stride;
   float sum = 0.0f;
@@ -36,9 +38,8 @@ cudaError_t rmsnorm(const RmsNormParams& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
   const int64_t xs = p.x_stride ? p.x_stride : p.dim, ys = p.y_stride ? p.y_stride : p.dim;
   if (p.dim > INT32_MAX) return cudaErrorInvalidValue;
-  rmsnorm_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p.x, p.weight, p.y, static_cast<int>(p.dim), xs,
-                                                                         ys, p.eps);
-  return cudaGetLastError();
+  return launch_dependent(rmsnorm_kernel, static_cast<unsigned>(p.rows), kThreads, 0, stream, p.x, p.weight, p.y,
+                          static_cast<int>(p.dim), xs, ys, p.eps);
 }
 
 }  // namespace dsv::ops::cuda

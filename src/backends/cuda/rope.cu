@@ -1,10 +1,12 @@
 // RoPE in place on the rope span of each head; one thread per rotary pair.
 #include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/launch.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
 
 __global__ void rope_kernel(RopeParams p) {
+  dependent_start();
   const int64_t half = p.rope_dim / 2;
   const int64_t total = p.tokens * p.heads * half;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
@@ -27,8 +29,7 @@ cudaError_t rope(const RopeParams& p, cudaStream_t stream) {
   if (total == 0) return cudaSuccess;
   const int threads = 256;
   const int64_t blocks = (total + threads - 1) / threads;
-  rope_kernel<<<static_cast<unsigned>(blocks < 65535 ? blocks : 65535), threads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_dependent(rope_kernel, static_cast<unsigned>(blocks < 65535 ? blocks : 65535), threads, 0, stream, p);
 }
 
 }  // namespace dsv::ops::cuda

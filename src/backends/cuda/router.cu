@@ -5,6 +5,7 @@
 #include <cfloat>
 
 #include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/launch.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -22,6 +23,7 @@ __device__ __forceinline__ void warp_best(float& v, int& i) {
 }
 
 __global__ void route_kernel(RouterParams p) {
+  dependent_start();
   __shared__ float scores[kMaxExperts], choice[kMaxExperts], group_scores[kMaxExperts];
   __shared__ bool taken[kMaxExperts], group_kept[kMaxExperts];
   __shared__ int chosen[kMaxExperts];
@@ -110,8 +112,7 @@ __global__ void route_kernel(RouterParams p) {
 cudaError_t route(const RouterParams& p, cudaStream_t stream) {
   if (p.E > kMaxExperts || p.n_group > kMaxExperts) return cudaErrorInvalidValue;
   if (p.T == 0) return cudaSuccess;
-  route_kernel<<<static_cast<unsigned>(p.T), 32, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_dependent(route_kernel, static_cast<unsigned>(p.T), 32, 0, stream, p);
 }
 
 }  // namespace dsv::ops::cuda
