@@ -146,6 +146,13 @@ void rmsnorm(const Context& ctx, const RmsNormParams& p) {
   run(ctx, p, cpu::rmsnorm, &BackendTable::rmsnorm, "rmsnorm");
 }
 
+void add_rmsnorm(const Context& ctx, const AddRmsNormParams& p) {
+  DSV_CHECK(p.x && p.delta && p.weight && p.y, "add_rmsnorm: null pointer");
+  DSV_CHECK(p.dim > 0 && p.rows >= 0, "add_rmsnorm: bad sizes rows={} dim={}", p.rows, p.dim);
+  DSV_CHECK(p.y != p.x && p.delta != p.x, "add_rmsnorm: y and delta may not alias x (the updated residual)");
+  run(ctx, p, cpu::add_rmsnorm, &BackendTable::add_rmsnorm, "add_rmsnorm");
+}
+
 void rope(const Context& ctx, const RopeParams& p) {
   DSV_CHECK(p.x && p.cos && p.sin, "rope: null pointer");
   DSV_CHECK(p.rope_dim > 0 && p.rope_dim % 2 == 0, "rope: rope_dim must be even and positive, found {}", p.rope_dim);

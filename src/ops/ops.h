@@ -51,6 +51,19 @@ struct RmsNormParams {
 };
 void rmsnorm(const Context& ctx, const RmsNormParams& p);
 
+// x[r, :] += delta[r, :], then y[r, :] = rmsnorm(x[r, :]) as above: a residual add and the pre-norm
+// that follows it in one pass (one kernel instead of two in a decode step). Contiguous rows; y may
+// alias delta but not x.
+struct AddRmsNormParams {
+  float* x = nullptr;  // the residual stream, updated
+  const float* delta = nullptr;
+  const float* weight = nullptr;
+  float* y = nullptr;
+  int64_t rows = 0, dim = 0;
+  float eps = 1e-6f;
+};
+void add_rmsnorm(const Context& ctx, const AddRmsNormParams& p);
+
 // Rotates the R rope dims of `heads` vectors per token, in place.
 // x[t, h, offset : offset + R] with token stride `token_stride` and head stride `head_stride`;
 // cos/sin: [T, R/2] (already multiplied by the YaRN attention factor).
@@ -491,6 +504,7 @@ const uint16_t* bf16_weight_copy(const float* w, int64_t span);
 struct BackendTable {
   void (*linear)(const LinearParams&, void* stream) = nullptr;
   void (*rmsnorm)(const RmsNormParams&, void* stream) = nullptr;
+  void (*add_rmsnorm)(const AddRmsNormParams&, void* stream) = nullptr;
   void (*rope)(const RopeParams&, void* stream) = nullptr;
   void (*attention)(const AttentionParams&, void* stream) = nullptr;
   void (*swiglu)(const SwigluParams&, void* stream) = nullptr;

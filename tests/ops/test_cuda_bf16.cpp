@@ -64,9 +64,10 @@ TEST_F(CudaBf16, LinearMatchesCpu) {
                         Case{3, 65, 2056, 1, false, false, false, 0},
                         Case{1, 33, 4096, 1, false, true, false, 0},
                         Case{2, 70, 7168, 1, false, true, true, 0},
-                        Case{1, 100, 9000, 1, false, false, false, 0},
+                        Case{1, 100, 17000, 1, false, false, false, 0},
                         Case{1, 96, 1024, 1, false, false, false, 1},
-                        Case{2, 64, 24, 2, true, false, true, 0}}) {  // transposed, K <= 32
+                        Case{2, 64, 24, 2, true, false, true, 0},    // transposed, K <= 32
+                        Case{2, 40, 10944, 1, false, true, false, 0}}) {  // 8 chunks per lane
     SCOPED_TRACE(testing::Message() << c.M << "x" << c.N << "x" << c.K << " batch " << c.batch
                                     << (c.transposed ? " transposed" : ""));
     const int64_t xs = c.K + c.x_pad, xbs = c.M * xs, wbs = c.N * c.K, ybs = c.M * c.N;
@@ -87,6 +88,37 @@ TEST_F(CudaBf16, LinearMatchesCpu) {
     CUDA_OK(cuda::linear(p, 0));
     CUDA_OK(cudaDeviceSynchronize());
     EXPECT_LE(rel_l2(dy.download(), want), 1e-5);  // the same rounded operands, fp32 sums in another order
+  }
+}
+
+// In bf16 mode, decode-sized products of fp32 weights (the router) round the weights in registers
+// instead of casting them first: the CPU product of the bf16-rounded weights, up to summation order.
+// Also past the register kernel's limits (unaligned x, K too long), where the cast path serves.
+TEST_F(CudaBf16, Fp32WeightsInBf16ModeAreRoundedWeights) {
+  struct Case { int64_t M, N, K, batch, x_pad; };
+  for (const Case& c : {Case{1, 64, 2048, 1, 0}, Case{3, 33, 7168, 1, 0}, Case{9, 20, 96, 2, 4}, Case{2, 17, 512, 1, 1},
+                        Case{1, 8, 40000, 1, 0}}) {
+    SCOPED_TRACE(testing::Message() << c.M << "x" << c.N << "x" << c.K << " batch " << c.batch << " pad " << c.x_pad);
+    const int64_t xs = c.K + c.x_pad, xbs = c.M * xs, wbs = c.N * c.K, ybs = c.M * c.N;
+    const auto x = randn(c.batch * xbs, 31), w = randn(c.batch * wbs, 32), b = randn(c.batch * c.N, 33);
+    const auto w16 = to_bf16(w);
+    std::vector<float> want(c.batch * ybs);
+    LinearParams p{.x = x.data(), .w_bf16 = w16.data(), .bias = b.data(), .y = want.data(), .M = c.M, .N = c.N,
+                   .K = c.K, .x_stride = xs, .batch = c.batch, .x_batch_stride = xbs, .w_batch_stride = wbs,
+                   .y_batch_stride = ybs, .bias_batch_stride = c.N};
+    cpu::linear(p);
+    Dev<float> dx(x), dw(w), db(b), dy(nans(want.size()));
+    p.x = dx.ptr;
+    p.w = dw.ptr;
+    p.w_bf16 = nullptr;
+    p.bias = db.ptr;
+    p.y = dy.ptr;
+    set_matmul_precision(MatmulPrecision::Bf16);
+    const cudaError_t e = cuda::linear(p, 0);
+    set_matmul_precision(MatmulPrecision::Fp32);
+    CUDA_OK(e);
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LE(rel_l2(dy.download(), want), 1e-5);
   }
 }
 

@@ -41,6 +41,22 @@ TEST_F(CudaOps, RmsNormMatchesCpu) {
   }
 }
 
+TEST_F(CudaOps, AddRmsNormMatchesCpu) {
+  for (auto [rows, dim] : {std::pair<int64_t, int64_t>{1, 2048}, {3, 7}, {64, 7168}, {5, 1537}}) {
+    SCOPED_TRACE(testing::Message() << rows << "x" << dim);
+    const auto x = randn(rows * dim, rows + dim), d = randn(rows * dim, rows + dim + 1), w = randn(dim, dim, 1.0f);
+    std::vector<float> want_x = x, want_y(x.size());
+    cpu::add_rmsnorm({.x = want_x.data(), .delta = d.data(), .weight = w.data(), .y = want_y.data(), .rows = rows,
+                      .dim = dim, .eps = 1e-6f});
+    DeviceBuffer dx(x), dd(d), dw(w), dy(std::vector<float>(x.size(), NAN));
+    CUDA_OK(cuda::add_rmsnorm({.x = dx.ptr, .delta = dd.ptr, .weight = dw.ptr, .y = dy.ptr, .rows = rows, .dim = dim,
+                               .eps = 1e-6f}, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(dx.download(), want_x);  // fp32 adds: the same bits
+    EXPECT_LE(rel_l2(dy.download(), want_y), 1e-6);
+  }
+}
+
 TEST_F(CudaOps, SwigluMatchesCpu) {
   for (int64_t n : {1, 31, 4096, 1000003}) {
     const auto g = randn(n, n), u = randn(n, n + 1);

@@ -208,6 +208,31 @@ TEST(TrainOpsLinearWeightGrad, RejectsBadParams) {
       {"linear_weight_grad", "dy_stride 2 < N 4"});
 }
 
+// ---------------------------------------------------------------- add_rmsnorm
+
+// The fused residual add + pre-norm is exactly add, then rmsnorm (the same bits), also when y takes
+// delta's place; it refuses outputs aliasing the residual.
+TEST(OpsAddRmsNorm, IsAddThenRmsNorm) {
+  const int64_t rows = 3, D = 37;
+  const auto x0 = randn(rows * D, 20), delta = randn(rows * D, 21), w = randn(D, 22, 0.3f, 1.0f);
+  std::vector<float> want_x = x0, want_y(rows * D);
+  ops::add(Context{}, {.x = delta.data(), .y = want_x.data(), .n = rows * D});
+  ops::rmsnorm(Context{}, {.x = want_x.data(), .weight = w.data(), .y = want_y.data(), .rows = rows, .dim = D, .eps = 1e-5f});
+  std::vector<float> x = x0, y(rows * D, NAN);
+  ops::add_rmsnorm(Context{}, {.x = x.data(), .delta = delta.data(), .weight = w.data(), .y = y.data(), .rows = rows,
+                               .dim = D, .eps = 1e-5f});
+  EXPECT_EQ(x, want_x);
+  EXPECT_EQ(y, want_y);
+  std::vector<float> x2 = x0, in_place = delta;
+  ops::add_rmsnorm(Context{}, {.x = x2.data(), .delta = in_place.data(), .weight = w.data(), .y = in_place.data(),
+                               .rows = rows, .dim = D, .eps = 1e-5f});
+  EXPECT_EQ(in_place, want_y);
+  test::expect_error([&] {
+    ops::add_rmsnorm(Context{}, {.x = x.data(), .delta = delta.data(), .weight = w.data(), .y = x.data(), .rows = rows,
+                                 .dim = D});
+  }, {"add_rmsnorm", "may not alias x"});
+}
+
 // ---------------------------------------------------------------- rmsnorm_backward
 
 // y = w * x / sqrt(mean(x^2) + eps) for one row, in double.

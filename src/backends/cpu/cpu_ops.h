@@ -7,6 +7,7 @@ namespace dsv::ops::cpu {
 
 void linear(const LinearParams& p);
 void rmsnorm(const RmsNormParams& p);
+void add_rmsnorm(const AddRmsNormParams& p);
 void rope(const RopeParams& p);
 void attention(const AttentionParams& p);
 void swiglu(const SwigluParams& p);

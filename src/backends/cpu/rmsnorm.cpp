@@ -18,4 +18,14 @@ void rmsnorm(const RmsNormParams& p) {
   }
 }
 
+// Exactly add, then rmsnorm, row by row (a row is read again only after it is complete).
+void add_rmsnorm(const AddRmsNormParams& p) {
+  for (int64_t r = 0; r < p.rows; ++r) {
+    float* x = p.x + r * p.dim;
+    const float* d = p.delta + r * p.dim;
+    for (int64_t i = 0; i < p.dim; ++i) x[i] += d[i];
+    rmsnorm({.x = x, .weight = p.weight, .y = p.y + r * p.dim, .rows = 1, .dim = p.dim, .eps = p.eps});
+  }
+}
+
 }  // namespace dsv::ops::cpu

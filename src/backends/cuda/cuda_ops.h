@@ -18,6 +18,7 @@ struct DeviceInfo {
 cudaError_t query_device(int device, DeviceInfo* out);
 
 cudaError_t rmsnorm(const RmsNormParams& p, cudaStream_t stream);
+cudaError_t add_rmsnorm(const AddRmsNormParams& p, cudaStream_t stream);
 cudaError_t swiglu(const SwigluParams& p, cudaStream_t stream);
 cudaError_t rope(const RopeParams& p, cudaStream_t stream);
 // Reference-grade attention kernel (one block per query and head, online softmax over S): correct
@@ -92,6 +93,9 @@ void register_cuda_backend();
 cudaError_t linear(const LinearParams& p, cudaStream_t stream);
 // bf16-weight products by GEMV kernels, 8 rows of x per pass (linear_bf16.cu): decode-sized M.
 cudaError_t linear_bf16_rows(const LinearParams& p, cudaStream_t stream);
+// The bf16 product of fp32 weights (p.w) for at most 8 rows, weights rounded in registers: no bf16
+// copy first. *launched is false (and nothing ran) where the shapes or alignment do not suit it.
+cudaError_t linear_f32w_bf16_rows(const LinearParams& p, cudaStream_t stream, bool* launched);
 cudaError_t cast(const CastParams& p, cudaStream_t stream);
 
 // Scratch of one launcher call: blocks from the caching allocator, released when it goes out of scope

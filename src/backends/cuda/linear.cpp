@@ -65,6 +65,11 @@ cudaError_t linear_impl(const LinearParams& p, const uint16_t* x16, cudaStream_t
     LinearParams q = p;
     q.w = nullptr;
     q.w_bf16 = bf16_weight_copy(p.w, span);  // the trainer's copy of its master weights, if registered
+    if (!q.w_bf16 && p.M <= kGemvMaxRows) {  // decode-sized (the fp32 router): round in registers
+      bool launched = false;
+      const cudaError_t e = linear_f32w_bf16_rows(p, stream, &launched);
+      if (launched || e != cudaSuccess) return e;
+    }
     DeviceScratch scratch;
     if (!q.w_bf16) {
       uint16_t* w16 = nullptr;

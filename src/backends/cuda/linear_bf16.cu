@@ -6,6 +6,8 @@
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/launch.cuh"
 
+#include <type_traits>
+
 namespace dsv::ops::cuda {
 namespace {
 
@@ -77,28 +79,57 @@ __global__ void gemv_bf16_split_kernel(LinearParams p, int64_t xs, int64_t ys, i
   *y = p.accumulate ? *y + v : v;
 }
 
+// Eight consecutive weights of a row, as loaded (bf16: one 16-byte word; fp32: two, rounded to bf16
+// when unpacked, which is what a bf16 product with fp32 weights means).
+template <typename W>
+struct Chunk8;
+template <>
+struct Chunk8<uint16_t> {
+  uint4 v;
+  __device__ __forceinline__ void load(const uint16_t* p) { v = __ldg(reinterpret_cast<const uint4*>(p)); }
+  __device__ __forceinline__ void zero() { v = make_uint4(0, 0, 0, 0); }
+  __device__ __forceinline__ void unpack(float (&f)[8]) const { unpack8(v, f); }
+};
+template <>
+struct Chunk8<float> {
+  float4 a, b;
+  __device__ __forceinline__ void load(const float* p) {
+    a = __ldg(reinterpret_cast<const float4*>(p));
+    b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+  }
+  __device__ __forceinline__ void zero() { a = b = make_float4(0.f, 0.f, 0.f, 0.f); }
+  __device__ __forceinline__ void unpack(float (&f)[8]) const {
+    f[0] = round_bf16(a.x), f[1] = round_bf16(a.y), f[2] = round_bf16(a.z), f[3] = round_bf16(a.w);
+    f[4] = round_bf16(b.x), f[5] = round_bf16(b.y), f[6] = round_bf16(b.z), f[7] = round_bf16(b.w);
+  }
+};
+
 // The split kernel's layout with every weight load issued before the wait for the previous kernel
-// (launch.cuh): a lane holds its ITERS 16-byte chunks of each of its block's kRowsPerWarp rows in
-// registers, so the weight stream of a decode step overlaps the small kernels before each product
-// instead of starting after them. Measured on the H100 (2026-11-24, a 3072 x 2048 product after a
-// 1-6 us kernel, CUDA graph): 6.9 us for the split kernel, 3.4-4.2 us this way.
+// (launch.cuh): a lane holds its ITERS chunks of eight weights of each of its block's kRowsPerWarp
+// rows in registers, so the weight stream of a decode step overlaps the small kernels before each
+// product instead of starting after them. Measured on the H100 (2026-11-23, a 3072 x 2048 product
+// after a 1-6 us kernel, CUDA graph): 6.9 us for the split kernel, 3.4-4.2 us this way.
+// W = uint16_t: bf16 weights (p.w_bf16); W = float: fp32 weights (p.w) rounded to bf16 in registers,
+// the bf16 product of fp32 weights without a cast kernel first (the fp32 router of a bf16 decode).
 // Needs K % 8 == 0 and 16-byte aligned weight and x rows; K <= kMaxSlices * 256 * ITERS.
 // Activations are read with ordinary loads (they were written by the kernel this one waited for).
-template <int M, int ITERS>
-__global__ void gemv_bf16_preload_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t m0, int64_t slice_k) {
+template <int M, int ITERS, typename W>
+__global__ void gemv_preload_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t m0, int64_t slice_k) {
   __shared__ float partial[kMaxSlices][M][kRowsPerWarp];
   const int slice = threadIdx.x / 32, lane = threadIdx.x % 32, slices = blockDim.x / 32;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRowsPerWarp, b = blockIdx.y;
   const int64_t k0 = slice * slice_k, k1 = k0 + slice_k < p.K ? k0 + slice_k : p.K;
-  const uint16_t* w = p.w_bf16 + b * p.w_batch_stride;
-  uint4 raw[kRowsPerWarp][ITERS];
+  const W* w = (std::is_same_v<W, float> ? reinterpret_cast<const W*>(p.w) : reinterpret_cast<const W*>(p.w_bf16)) +
+               b * p.w_batch_stride;
+  Chunk8<W> raw[kRowsPerWarp][ITERS];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
-    const uint16_t* row = w + (n0 + r < p.N ? n0 + r : p.N - 1) * p.K;  // past N: a repeat, dropped below
+    const W* row = w + (n0 + r < p.N ? n0 + r : p.N - 1) * p.K;  // past N: a repeat, dropped below
 #pragma unroll
     for (int i = 0; i < ITERS; ++i) {
       const int64_t k = k0 + (i * 32 + lane) * 8;
-      raw[r][i] = k < k1 ? __ldg(reinterpret_cast<const uint4*>(row + k)) : make_uint4(0, 0, 0, 0);
+      if (k < k1) raw[r][i].load(row + k);
+      else raw[r][i].zero();
     }
   }
   dependent_start();
@@ -116,7 +147,7 @@ __global__ void gemv_bf16_preload_kernel(LinearParams p, int64_t xs, int64_t ys,
 #pragma unroll
       for (int r = 0; r < kRowsPerWarp; ++r) {
         float wf[8];
-        unpack8(raw[r][i], wf);
+        raw[r][i].unpack(wf);
         float sum = acc[m][r];
 #pragma unroll
         for (int j = 0; j < 8; ++j) sum += xv[j] * wf[j];
@@ -141,6 +172,33 @@ __global__ void gemv_bf16_preload_kernel(LinearParams p, int64_t xs, int64_t ys,
   v += p.bias ? p.bias[b * p.bias_batch_stride + n] : 0.0f;
   float* y = p.y + b * p.y_batch_stride + (m0 + m) * ys + n;
   *y = p.accumulate ? *y + v : v;
+}
+
+// Launches gemv_preload_kernel when it applies (aligned rows, K % 8 == 0, K up to kMaxSlices * 256 *
+// the largest ITERS for W); false otherwise. Slices of 256 K values per chunk of eight per lane.
+template <int M, typename W>
+bool launch_preload(const LinearParams& p, int64_t xs, int64_t ys, int64_t m0, cudaStream_t s, cudaError_t* e) {
+  constexpr int64_t kMaxIters = std::is_same_v<W, float> ? 4 : 8;
+  const void* w = std::is_same_v<W, float> ? static_cast<const void*>(p.w) : static_cast<const void*>(p.w_bf16);
+  const bool aligned = reinterpret_cast<uintptr_t>(w) % 16 == 0 && p.w_batch_stride % 8 == 0 &&
+                       reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && xs % 4 == 0 && p.x_batch_stride % 4 == 0;
+  if (!aligned || p.K % 8 != 0 || p.K > kMaxSlices * 256 * kMaxIters) return false;
+  int64_t iters = 1;
+  while (p.K > kMaxSlices * 256 * iters) iters *= 2;
+  const int64_t slices = (p.K + 256 * iters - 1) / (256 * iters);
+  const int64_t slice_k = ((p.K + slices - 1) / slices + 7) / 8 * 8;
+  const dim3 grid(static_cast<unsigned>((p.N + kRowsPerWarp - 1) / kRowsPerWarp), static_cast<unsigned>(p.batch));
+  const unsigned threads = static_cast<unsigned>(slices * 32);
+  switch (iters) {
+    case 1: *e = launch_dependent(gemv_preload_kernel<M, 1, W>, grid, threads, 0, s, p, xs, ys, m0, slice_k); break;
+    case 2: *e = launch_dependent(gemv_preload_kernel<M, 2, W>, grid, threads, 0, s, p, xs, ys, m0, slice_k); break;
+    case 4: *e = launch_dependent(gemv_preload_kernel<M, 4, W>, grid, threads, 0, s, p, xs, ys, m0, slice_k); break;
+    default:
+      if constexpr (kMaxIters >= 8)
+        *e = launch_dependent(gemv_preload_kernel<M, 8, W>, grid, threads, 0, s, p, xs, ys, m0, slice_k);
+      break;
+  }
+  return true;
 }
 
 // w[K, N] row-major (w_transposed): one thread per (n, up to 8 rows), k sequential, coalesced over n.
@@ -215,7 +273,7 @@ __global__ void gemv_bf16_transposed_split_kernel(LinearParams p, int64_t xs, in
 }
 
 // The transposed split kernel with a thread's KPT weight pairs (k = slice, slice + kSlices, ...) loaded
-// before the wait, as gemv_bf16_preload_kernel does; K <= kSlices * KPT. Absorbed-MLA decode's q . W_UK
+// before the wait, as gemv_preload_kernel does; K <= kSlices * KPT. Absorbed-MLA decode's q . W_UK
 // (K = qk_nope_head_dim = 128) is this shape.
 template <int M, int KPT>
 __global__ void gemv_bf16_transposed_preload_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t m0) {
@@ -272,7 +330,6 @@ template <int M>
 cudaError_t launch_rows(const LinearParams& p, int64_t xs, int64_t ys, int64_t m0, cudaStream_t s) {
   const unsigned batch = static_cast<unsigned>(p.batch);
   const bool pairs = p.N % 2 == 0 && p.w_batch_stride % 2 == 0 && reinterpret_cast<uintptr_t>(p.w_bf16) % 4 == 0;
-  const bool aligned = reinterpret_cast<uintptr_t>(p.w_bf16) % 16 == 0 && p.w_batch_stride % 8 == 0;
   if (p.w_transposed && pairs && p.K <= kSlices * 32) {
     const dim3 grid(static_cast<unsigned>((p.N + 63) / 64), batch);
     if (p.K <= kSlices * 8)
@@ -286,18 +343,9 @@ cudaError_t launch_rows(const LinearParams& p, int64_t xs, int64_t ys, int64_t m
     return launch_dependent(gemv_bf16_transposed_kernel<M>, dim3(static_cast<unsigned>((p.N + 127) / 128), batch), 128, 0,
                             s, p, xs, ys, m0);
   }
-  // Weights into registers before the wait: the usual case (aligned rows, K % 8 == 0, K up to 8192).
-  const bool x_aligned = reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && xs % 4 == 0 && p.x_batch_stride % 4 == 0;
-  if (aligned && x_aligned && p.K % 8 == 0 && p.K <= kMaxSlices * 256 * 4) {
-    const int64_t iters = p.K <= kMaxSlices * 256 ? 1 : (p.K <= kMaxSlices * 512 ? 2 : 4);
-    const int64_t slices = (p.K + 256 * iters - 1) / (256 * iters);
-    const int64_t slice_k = ((p.K + slices - 1) / slices + 7) / 8 * 8;
-    const dim3 grid(static_cast<unsigned>((p.N + kRowsPerWarp - 1) / kRowsPerWarp), batch);
-    const unsigned threads = static_cast<unsigned>(slices * 32);
-    if (iters == 1) return launch_dependent(gemv_bf16_preload_kernel<M, 1>, grid, threads, 0, s, p, xs, ys, m0, slice_k);
-    if (iters == 2) return launch_dependent(gemv_bf16_preload_kernel<M, 2>, grid, threads, 0, s, p, xs, ys, m0, slice_k);
-    return launch_dependent(gemv_bf16_preload_kernel<M, 4>, grid, threads, 0, s, p, xs, ys, m0, slice_k);
-  }
+  // Weights into registers before the wait: the usual case (aligned rows, K % 8 == 0, K up to 16384).
+  cudaError_t e = cudaSuccess;
+  if (launch_preload<M, uint16_t>(p, xs, ys, m0, s, &e)) return e;
   {
     // Split K only as far as needed for about kWantWarps warps in all (each a few loads in flight;
     // more, smaller blocks only add block overhead): slices of at least 256 K values (one 16-byte
@@ -367,6 +415,30 @@ cudaError_t linear_bf16_rows(const LinearParams& p, cudaStream_t stream) {
     case 6: return launch_rows<6>(p, xs, ys, m0, stream);
     default: return launch_rows<7>(p, xs, ys, m0, stream);
   }
+}
+
+cudaError_t linear_f32w_bf16_rows(const LinearParams& p, cudaStream_t stream, bool* launched) {
+  *launched = false;
+  if (p.M == 0 || p.N == 0 || p.w_transposed) return cudaSuccess;
+  const int64_t xs = p.x_stride ? p.x_stride : p.K, ys = p.y_stride ? p.y_stride : p.N;
+  cudaError_t e = cudaSuccess;
+  int64_t m0 = 0;
+  for (; m0 < p.M && e == cudaSuccess; m0 += 8) {
+    bool ok = false;
+    switch (p.M - m0 < 8 ? p.M - m0 : 8) {
+      case 1: ok = launch_preload<1, float>(p, xs, ys, m0, stream, &e); break;
+      case 2: ok = launch_preload<2, float>(p, xs, ys, m0, stream, &e); break;
+      case 3: ok = launch_preload<3, float>(p, xs, ys, m0, stream, &e); break;
+      case 4: ok = launch_preload<4, float>(p, xs, ys, m0, stream, &e); break;
+      case 5: ok = launch_preload<5, float>(p, xs, ys, m0, stream, &e); break;
+      case 6: ok = launch_preload<6, float>(p, xs, ys, m0, stream, &e); break;
+      case 7: ok = launch_preload<7, float>(p, xs, ys, m0, stream, &e); break;
+      default: ok = launch_preload<8, float>(p, xs, ys, m0, stream, &e); break;
+    }
+    if (!ok) return cudaSuccess;  // the same for every pass: nothing launched
+    *launched = true;
+  }
+  return e;
 }
 
 cudaError_t cast(const CastParams& p, cudaStream_t stream) {

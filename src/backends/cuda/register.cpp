@@ -22,6 +22,7 @@ void register_cuda_backend() {
   BackendTable& t = backend_table(Backend::Cuda);
   t.linear = [](const LinearParams& p, void* s) { check(linear(p, as_stream(s)), "linear"); };
   t.rmsnorm = [](const RmsNormParams& p, void* s) { check(rmsnorm(p, as_stream(s)), "rmsnorm"); };
+  t.add_rmsnorm = [](const AddRmsNormParams& p, void* s) { check(add_rmsnorm(p, as_stream(s)), "add_rmsnorm"); };
   t.rope = [](const RopeParams& p, void* s) { check(rope(p, as_stream(s)), "rope"); };
   // TF32 or bf16 products (train.tf32 / train.bf16): attention on tensor cores too, where the shapes
   // allow (bf16 mode takes the TF32 kernels for head dims the bf16 ones do not cover).

@@ -7,16 +7,31 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// dim < 2^31. Loops unrolled so that a thread's loads are in flight together (decode rows are short:
-// latency, not bandwidth, sets the time).
-__global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ weight, float* y, int dim,
-                               int64_t x_stride, int64_t y_stride, float eps) {
+// dim < 2^31. A thread takes its elements eight at a time, all loads of a group before any store
+// (decode rows are short: latency, not bandwidth, sets the time, and a store between two loads that
+// may alias would order them). With `delta` (add_rmsnorm) the row is x + delta, written back to
+// x_out (= x) first; each thread reads back only what it wrote.
+constexpr int kGroup = 8;
+__global__ void rmsnorm_kernel(const float* x, const float* __restrict__ weight, float* y, int dim,
+                               int64_t x_stride, int64_t y_stride, float eps, const float* delta, float* x_out) {
   dependent_start();
   const float* xr = x + blockIdx.x * x_stride;
   float* yr = y + blockIdx.x * y_stride;
   float sum = 0.0f;
-#pragma unroll 8
-  for (int i = threadIdx.x; i < dim; i += kThreads) sum += xr[i] * xr[i];
+  for (int base = threadIdx.x; base < dim; base += kGroup * kThreads) {
+    float v[kGroup];
+#pragma unroll
+    for (int u = 0; u < kGroup; ++u) {
+      const int i = base + u * kThreads;
+      v[u] = i < dim ? xr[i] + (delta ? delta[blockIdx.x * static_cast<int64_t>(dim) + i] : 0.0f) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kGroup; ++u) {
+      sum += v[u] * v[u];
+      const int i = base + u * kThreads;
+      if (delta && i < dim) x_out[blockIdx.x * x_stride + i] = v[u];
+    }
+  }
   for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
   __shared__ float partial[kThreads / 32];
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum;
@@ -28,8 +43,19 @@ __global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restr
   }
   __syncthreads();
   const float inv = rsqrtf(partial[0] / static_cast<float>(dim) + eps);
-#pragma unroll 8
-  for (int i = threadIdx.x; i < dim; i += kThreads) yr[i] = weight[i] * (xr[i] * inv);
+  for (int base = threadIdx.x; base < dim; base += kGroup * kThreads) {
+    float v[kGroup];
+#pragma unroll
+    for (int u = 0; u < kGroup; ++u) {
+      const int i = base + u * kThreads;
+      v[u] = i < dim ? weight[i] * (xr[i] * inv) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kGroup; ++u) {
+      const int i = base + u * kThreads;
+      if (i < dim) yr[i] = v[u];
+    }
+  }
 }
 
 }  // namespace
@@ -39,7 +65,16 @@ cudaError_t rmsnorm(const RmsNormParams& p, cudaStream_t stream) {
   const int64_t xs = p.x_stride ? p.x_stride : p.dim, ys = p.y_stride ? p.y_stride : p.dim;
   if (p.dim > INT32_MAX) return cudaErrorInvalidValue;
   return launch_dependent(rmsnorm_kernel, static_cast<unsigned>(p.rows), kThreads, 0, stream, p.x, p.weight, p.y,
-                          static_cast<int>(p.dim), xs, ys, p.eps);
+                          static_cast<int>(p.dim), xs, ys, p.eps, static_cast<const float*>(nullptr),
+                          static_cast<float*>(nullptr));
+}
+
+cudaError_t add_rmsnorm(const AddRmsNormParams& p, cudaStream_t stream) {
+  if (p.rows == 0) return cudaSuccess;
+  if (p.dim > INT32_MAX) return cudaErrorInvalidValue;
+  return launch_dependent(rmsnorm_kernel, static_cast<unsigned>(p.rows), kThreads, 0, stream,
+                          static_cast<const float*>(p.x), p.weight, p.y, static_cast<int>(p.dim), p.dim, p.dim, p.eps,
+                          p.delta, p.x);
 }
 
 }  // namespace dsv::ops::cuda

@@ -11,8 +11,8 @@ void decoder_layer(const ops::Context& ctx, const ModelConfig& c, const LayerWei
   rmsnorm_rows(ctx, x, w.input_layernorm, T, c.rms_norm_eps, normed.data());
   mla(ctx, c, w.attn, normed.data(), T, cache, cache_layer, slots, mode, delta.data(), tap, layer);
   emit(ctx, tap, "attn_out", layer, delta.data(), {T, D});
-  ops::add(ctx, {.x = delta.data(), .y = x, .n = T * D});
-  rmsnorm_rows(ctx, x, w.post_attention_layernorm, T, c.rms_norm_eps, normed.data());
+  ops::add_rmsnorm(ctx, {.x = x, .delta = delta.data(), .weight = w.post_attention_layernorm.data, .y = normed.data(),
+                         .rows = T, .dim = D, .eps = static_cast<float>(c.rms_norm_eps)});
   if (w.is_moe) moe(ctx, c, w.moe, normed.data(), T, delta.data(), tap, layer);
   else mlp(ctx, c, w.mlp, normed.data(), T, delta.data(), false);
   emit(ctx, tap, "ffn_out", layer, delta.data(), {T, D});
