@@ -178,6 +178,15 @@ void swiglu(const Context& ctx, const SwigluParams& p) {
   run(ctx, p, cpu::swiglu, &BackendTable::swiglu, "swiglu");
 }
 
+void gated_linear(const Context& ctx, const GatedLinearParams& p) {
+  DSV_CHECK(p.x && p.y, "gated_linear: null pointer (x={}, y={})", (void*)p.x, (void*)p.y);
+  const bool fp32 = p.gate && p.up && !p.gate_bf16 && !p.up_bf16, bf16 = p.gate_bf16 && p.up_bf16 && !p.gate && !p.up;
+  DSV_CHECK(fp32 || bf16, "gated_linear: gate and up weights both fp32 or both bf16 expected");
+  DSV_CHECK(p.M >= 0 && p.N >= 0 && p.K >= 0, "gated_linear: negative size M={} N={} K={}", p.M, p.N, p.K);
+  DSV_CHECK(p.y != p.x, "gated_linear: y may not alias x");
+  run(ctx, p, cpu::gated_linear, &BackendTable::gated_linear, "gated_linear");
+}
+
 void route(const Context& ctx, const RouterParams& p) {
   DSV_CHECK(p.logits && p.indices && p.weights, "route: null pointer");
   DSV_CHECK(p.K > 0 && p.K <= p.E, "route: K={} must be in 1..E={}", p.K, p.E);

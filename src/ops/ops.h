@@ -116,6 +116,24 @@ struct SwigluParams {
 };
 void swiglu(const Context& ctx, const SwigluParams& p);
 
+// y[m, n] = silu(x[m] . gate[n] + gate_bias[n]) * (x[m] . up[n] + up_bias[n]): the two input products
+// of a SwiGLU MLP and the SwiGLU itself, each product exactly as `linear` computes it (so in bf16 mode
+// operands are rounded to bf16). On CUDA, decode-sized M with bf16 weights runs as one GEMV kernel.
+// Both weights [N, K] row-major and of one kind (fp32 or bf16); biases optional; x [M, K] and
+// y [M, N] contiguous, y not aliasing x.
+struct GatedLinearParams {
+  const float* x = nullptr;
+  const float* gate = nullptr;
+  const float* up = nullptr;
+  const uint16_t* gate_bf16 = nullptr;
+  const uint16_t* up_bf16 = nullptr;
+  const float* gate_bias = nullptr;
+  const float* up_bias = nullptr;
+  float* y = nullptr;
+  int64_t M = 0, N = 0, K = 0;
+};
+void gated_linear(const Context& ctx, const GatedLinearParams& p);
+
 // MoE routing: logits[T, E] (fp32) -> top-K expert indices and combine weights per token.
 struct RouterParams {
   const float* logits = nullptr;
@@ -508,6 +526,7 @@ struct BackendTable {
   void (*rope)(const RopeParams&, void* stream) = nullptr;
   void (*attention)(const AttentionParams&, void* stream) = nullptr;
   void (*swiglu)(const SwigluParams&, void* stream) = nullptr;
+  void (*gated_linear)(const GatedLinearParams&, void* stream) = nullptr;
   void (*route)(const RouterParams&, void* stream) = nullptr;
   void (*embed)(const EmbedParams&, void* stream) = nullptr;
   void (*add)(const AddParams&, void* stream) = nullptr;

@@ -233,6 +233,38 @@ TEST(OpsAddRmsNorm, IsAddThenRmsNorm) {
   }, {"add_rmsnorm", "may not alias x"});
 }
 
+// ---------------------------------------------------------------- gated_linear
+
+// silu(x . gate + bg) * (x . up + bu) is exactly the two linears and the swiglu it stands for, with
+// fp32 and with bf16 weights; mixed weight kinds and an output aliasing x are refused.
+TEST(OpsGatedLinear, IsTwoLinearsAndSwiglu) {
+  const int64_t M = 3, N = 11, K = 24;
+  const auto x = randn(M * K, 40), g = randn(N * K, 41), u = randn(N * K, 42), bg = randn(N, 43), bu = randn(N, 44);
+  std::vector<uint16_t> g16(g.size()), u16(u.size());
+  for (size_t i = 0; i < g.size(); ++i) g16[i] = f32_to_bf16(g[i]), u16[i] = f32_to_bf16(u[i]);
+  for (const bool bf16 : {false, true}) {
+    SCOPED_TRACE(bf16 ? "bf16 weights" : "fp32 weights");
+    std::vector<float> gate(M * N), up(M * N), want(M * N), got(M * N, NAN);
+    ops::linear(Context{}, {.x = x.data(), .w = bf16 ? nullptr : g.data(), .w_bf16 = bf16 ? g16.data() : nullptr,
+                            .bias = bg.data(), .y = gate.data(), .M = M, .N = N, .K = K});
+    ops::linear(Context{}, {.x = x.data(), .w = bf16 ? nullptr : u.data(), .w_bf16 = bf16 ? u16.data() : nullptr,
+                            .bias = bu.data(), .y = up.data(), .M = M, .N = N, .K = K});
+    ops::swiglu(Context{}, {.gate = gate.data(), .up = up.data(), .out = want.data(), .n = M * N});
+    ops::gated_linear(Context{}, {.x = x.data(), .gate = bf16 ? nullptr : g.data(), .up = bf16 ? nullptr : u.data(),
+                                  .gate_bf16 = bf16 ? g16.data() : nullptr, .up_bf16 = bf16 ? u16.data() : nullptr,
+                                  .gate_bias = bg.data(), .up_bias = bu.data(), .y = got.data(), .M = M, .N = N, .K = K});
+    EXPECT_EQ(got, want);
+  }
+  std::vector<float> y(M * K);
+  test::expect_error([&] {
+    ops::gated_linear(Context{}, {.x = x.data(), .gate = g.data(), .up_bf16 = u16.data(), .y = y.data(), .M = M, .N = N,
+                                  .K = K});
+  }, {"gated_linear", "both fp32 or both bf16"});
+  test::expect_error([&] {
+    ops::gated_linear(Context{}, {.x = y.data(), .gate = g.data(), .up = u.data(), .y = y.data(), .M = M, .N = N, .K = K});
+  }, {"gated_linear", "may not alias x"});
+}
+
 // ---------------------------------------------------------------- rmsnorm_backward
 
 // y = w * x / sqrt(mean(x^2) + eps) for one row, in double.

@@ -11,6 +11,7 @@ void add_rmsnorm(const AddRmsNormParams& p);
 void rope(const RopeParams& p);
 void attention(const AttentionParams& p);
 void swiglu(const SwigluParams& p);
+void gated_linear(const GatedLinearParams& p);
 void route(const RouterParams& p);
 void embed(const EmbedParams& p);
 void add(const AddParams& p);

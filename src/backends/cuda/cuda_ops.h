@@ -20,6 +20,9 @@ cudaError_t query_device(int device, DeviceInfo* out);
 cudaError_t rmsnorm(const RmsNormParams& p, cudaStream_t stream);
 cudaError_t add_rmsnorm(const AddRmsNormParams& p, cudaStream_t stream);
 cudaError_t swiglu(const SwigluParams& p, cudaStream_t stream);
+// One GEMV kernel for M <= 8 rows with aligned bf16 weights (linear_bf16.cu); otherwise the two
+// products through `linear` and the SwiGLU kernel.
+cudaError_t gated_linear(const GatedLinearParams& p, cudaStream_t stream);
 cudaError_t rope(const RopeParams& p, cudaStream_t stream);
 // Reference-grade attention kernel (one block per query and head, online softmax over S): correct
 // for any sizes, not tuned. The flash-style prefill and absorbed decode kernels replace it.

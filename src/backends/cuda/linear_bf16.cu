@@ -46,20 +46,13 @@ __global__ void gemv_bf16_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t
 // 8-aligned K range): a decode-sized product then has every load in flight at once instead of a few
 // trips per warp, which is what limits small matrices. Partial sums are added in slice order.
 constexpr int kMaxSlices = 8;
+
+// The end of the split and preload kernels: each warp's per-lane sums are reduced over the warp, the
+// slices' partial sums added in slice order (deterministic), plus bias, into (or onto) y.
 template <int M>
-__global__ void gemv_bf16_split_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t m0, int64_t slice_k) {
-  __shared__ float partial[kMaxSlices][M][kRowsPerWarp];
-  const int slice = threadIdx.x / 32, lane = threadIdx.x % 32, slices = blockDim.x / 32;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRowsPerWarp, b = blockIdx.y;
-  const int64_t k0 = slice * slice_k, k1 = k0 + slice_k < p.K ? k0 + slice_k : p.K;
-  dependent_start();
-  const float* x = p.x + b * p.x_batch_stride + m0 * xs + k0;
-  const uint16_t* w = p.w_bf16 + b * p.w_batch_stride + k0;
-  const uint16_t* rows[kRowsPerWarp];
-#pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) rows[r] = w + (n0 + r < p.N ? n0 + r : n0) * p.K;  // past N: re-read n0
-  float acc[M][kRowsPerWarp] = {};
-  if (k1 > k0) lane_dots_bf16<M, kRowsPerWarp>(x, xs, rows, k1 - k0, acc);
+__device__ __forceinline__ void rows_finish(const LinearParams& p, float (&partial)[kMaxSlices][M][kRowsPerWarp],
+                                            const float (&acc)[M][kRowsPerWarp], int slice, int lane, int slices,
+                                            int64_t n0, int64_t b, int64_t ys, int64_t m0) {
 #pragma unroll
   for (int m = 0; m < M; ++m)
 #pragma unroll
@@ -77,6 +70,22 @@ __global__ void gemv_bf16_split_kernel(LinearParams p, int64_t xs, int64_t ys, i
   v += p.bias ? p.bias[b * p.bias_batch_stride + n] : 0.0f;
   float* y = p.y + b * p.y_batch_stride + (m0 + m) * ys + n;
   *y = p.accumulate ? *y + v : v;
+}
+template <int M>
+__global__ void gemv_bf16_split_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t m0, int64_t slice_k) {
+  __shared__ float partial[kMaxSlices][M][kRowsPerWarp];
+  const int slice = threadIdx.x / 32, lane = threadIdx.x % 32, slices = blockDim.x / 32;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRowsPerWarp, b = blockIdx.y;
+  const int64_t k0 = slice * slice_k, k1 = k0 + slice_k < p.K ? k0 + slice_k : p.K;
+  dependent_start();
+  const float* x = p.x + b * p.x_batch_stride + m0 * xs + k0;
+  const uint16_t* w = p.w_bf16 + b * p.w_batch_stride + k0;
+  const uint16_t* rows[kRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) rows[r] = w + (n0 + r < p.N ? n0 + r : n0) * p.K;  // past N: re-read n0
+  float acc[M][kRowsPerWarp] = {};
+  if (k1 > k0) lane_dots_bf16<M, kRowsPerWarp>(x, xs, rows, k1 - k0, acc);
+  rows_finish<M>(p, partial, acc, slice, lane, slices, n0, b, ys, m0);
 }
 
 // Eight consecutive weights of a row, as loaded (bf16: one 16-byte word; fp32: two, rounded to bf16
@@ -111,20 +120,49 @@ struct Chunk8<float> {
 // after a 1-6 us kernel, CUDA graph): 6.9 us for the split kernel, 3.4-4.2 us this way.
 // W = uint16_t: bf16 weights (p.w_bf16); W = float: fp32 weights (p.w) rounded to bf16 in registers,
 // the bf16 product of fp32 weights without a cast kernel first (the fp32 router of a bf16 decode).
+// GATED (ops::gated_linear): p.w_bf16 / p.bias are the gate's, `up` / `up_bias` the up product's; a
+// block's rows are gate and up rows of kGatedCols output columns, and y = silu(gate) * up.
 // Needs K % 8 == 0 and 16-byte aligned weight and x rows; K <= kMaxSlices * 256 * ITERS.
 // Activations are read with ordinary loads (they were written by the kernel this one waited for).
-template <int M, int ITERS, typename W>
-__global__ void gemv_preload_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t m0, int64_t slice_k) {
+constexpr int kGatedCols = kRowsPerWarp / 2;
+template <int M>
+__device__ __forceinline__ void gated_finish(const LinearParams& p, float (&partial)[kMaxSlices][M][kRowsPerWarp],
+                                             const float (&acc)[M][kRowsPerWarp], int slice, int lane, int slices,
+                                             int64_t c0, const float* up_bias, int64_t ys, int64_t m0) {
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const float v = warp_sum(acc[m][r]);
+      if (lane == 0) partial[slice][m][r] = v;
+    }
+  __syncthreads();
+  if (threadIdx.x >= M * kGatedCols) return;
+  const int m = threadIdx.x / kGatedCols, c = threadIdx.x % kGatedCols;
+  const int64_t n = c0 + c;
+  if (n >= p.N) return;
+  float g = 0.0f, u = 0.0f;
+  for (int sl = 0; sl < slices; ++sl) g += partial[sl][m][c], u += partial[sl][m][kGatedCols + c];
+  g += p.bias ? p.bias[n] : 0.0f;
+  u += up_bias ? up_bias[n] : 0.0f;
+  p.y[(m0 + m) * ys + n] = (g / (1.0f + __expf(-g))) * u;  // as swiglu.cu
+}
+
+template <int M, int ITERS, typename W, bool GATED>
+__global__ void gemv_preload_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t m0, int64_t slice_k, const W* up,
+                                    const float* up_bias) {
   __shared__ float partial[kMaxSlices][M][kRowsPerWarp];
   const int slice = threadIdx.x / 32, lane = threadIdx.x % 32, slices = blockDim.x / 32;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRowsPerWarp, b = blockIdx.y;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * (GATED ? kGatedCols : kRowsPerWarp), b = blockIdx.y;
   const int64_t k0 = slice * slice_k, k1 = k0 + slice_k < p.K ? k0 + slice_k : p.K;
   const W* w = (std::is_same_v<W, float> ? reinterpret_cast<const W*>(p.w) : reinterpret_cast<const W*>(p.w_bf16)) +
                b * p.w_batch_stride;
   Chunk8<W> raw[kRowsPerWarp][ITERS];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
-    const W* row = w + (n0 + r < p.N ? n0 + r : p.N - 1) * p.K;  // past N: a repeat, dropped below
+    const int64_t n = GATED ? n0 + r % kGatedCols : n0 + r;
+    const W* matrix = GATED && r >= kGatedCols ? up : w;
+    const W* row = matrix + (n < p.N ? n : p.N - 1) * p.K;  // past N: a repeat, dropped below
 #pragma unroll
     for (int i = 0; i < ITERS; ++i) {
       const int64_t k = k0 + (i * 32 + lane) * 8;
@@ -155,47 +193,43 @@ __global__ void gemv_preload_kernel(LinearParams p, int64_t xs, int64_t ys, int6
       }
     }
   }
-#pragma unroll
-  for (int m = 0; m < M; ++m)
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      const float v = warp_sum(acc[m][r]);
-      if (lane == 0) partial[slice][m][r] = v;
-    }
-  __syncthreads();
-  if (threadIdx.x >= M * kRowsPerWarp) return;
-  const int m = threadIdx.x / kRowsPerWarp, r = threadIdx.x % kRowsPerWarp;
-  const int64_t n = n0 + r;
-  if (n >= p.N) return;
-  float v = 0.0f;
-  for (int sl = 0; sl < slices; ++sl) v += partial[sl][m][r];
-  v += p.bias ? p.bias[b * p.bias_batch_stride + n] : 0.0f;
-  float* y = p.y + b * p.y_batch_stride + (m0 + m) * ys + n;
-  *y = p.accumulate ? *y + v : v;
+  if constexpr (GATED) gated_finish<M>(p, partial, acc, slice, lane, slices, n0, up_bias, ys, m0);
+  else rows_finish<M>(p, partial, acc, slice, lane, slices, n0, b, ys, m0);
 }
 
 // Launches gemv_preload_kernel when it applies (aligned rows, K % 8 == 0, K up to kMaxSlices * 256 *
 // the largest ITERS for W); false otherwise. Slices of 256 K values per chunk of eight per lane.
-template <int M, typename W>
-bool launch_preload(const LinearParams& p, int64_t xs, int64_t ys, int64_t m0, cudaStream_t s, cudaError_t* e) {
+// GATED: `up` and `up_bias` as in the kernel (batch 1).
+template <int M, typename W, bool GATED = false>
+bool launch_preload(const LinearParams& p, int64_t xs, int64_t ys, int64_t m0, cudaStream_t s, cudaError_t* e,
+                    const W* up = nullptr, const float* up_bias = nullptr) {
   constexpr int64_t kMaxIters = std::is_same_v<W, float> ? 4 : 8;
   const void* w = std::is_same_v<W, float> ? static_cast<const void*>(p.w) : static_cast<const void*>(p.w_bf16);
   const bool aligned = reinterpret_cast<uintptr_t>(w) % 16 == 0 && p.w_batch_stride % 8 == 0 &&
-                       reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && xs % 4 == 0 && p.x_batch_stride % 4 == 0;
+                       reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && xs % 4 == 0 && p.x_batch_stride % 4 == 0 &&
+                       reinterpret_cast<uintptr_t>(up) % 16 == 0;
   if (!aligned || p.K % 8 != 0 || p.K > kMaxSlices * 256 * kMaxIters) return false;
   int64_t iters = 1;
   while (p.K > kMaxSlices * 256 * iters) iters *= 2;
   const int64_t slices = (p.K + 256 * iters - 1) / (256 * iters);
   const int64_t slice_k = ((p.K + slices - 1) / slices + 7) / 8 * 8;
-  const dim3 grid(static_cast<unsigned>((p.N + kRowsPerWarp - 1) / kRowsPerWarp), static_cast<unsigned>(p.batch));
+  constexpr int64_t cols = GATED ? kGatedCols : kRowsPerWarp;
+  const dim3 grid(static_cast<unsigned>((p.N + cols - 1) / cols), static_cast<unsigned>(p.batch));
   const unsigned threads = static_cast<unsigned>(slices * 32);
   switch (iters) {
-    case 1: *e = launch_dependent(gemv_preload_kernel<M, 1, W>, grid, threads, 0, s, p, xs, ys, m0, slice_k); break;
-    case 2: *e = launch_dependent(gemv_preload_kernel<M, 2, W>, grid, threads, 0, s, p, xs, ys, m0, slice_k); break;
-    case 4: *e = launch_dependent(gemv_preload_kernel<M, 4, W>, grid, threads, 0, s, p, xs, ys, m0, slice_k); break;
+    case 1:
+      *e = launch_dependent(gemv_preload_kernel<M, 1, W, GATED>, grid, threads, 0, s, p, xs, ys, m0, slice_k, up, up_bias);
+      break;
+    case 2:
+      *e = launch_dependent(gemv_preload_kernel<M, 2, W, GATED>, grid, threads, 0, s, p, xs, ys, m0, slice_k, up, up_bias);
+      break;
+    case 4:
+      *e = launch_dependent(gemv_preload_kernel<M, 4, W, GATED>, grid, threads, 0, s, p, xs, ys, m0, slice_k, up, up_bias);
+      break;
     default:
       if constexpr (kMaxIters >= 8)
-        *e = launch_dependent(gemv_preload_kernel<M, 8, W>, grid, threads, 0, s, p, xs, ys, m0, slice_k);
+        *e = launch_dependent(gemv_preload_kernel<M, 8, W, GATED>, grid, threads, 0, s, p, xs, ys, m0, slice_k, up,
+                              up_bias);
       break;
   }
   return true;
@@ -226,6 +260,36 @@ __global__ void gemv_bf16_transposed_kernel(LinearParams p, int64_t xs, int64_t 
 // pairs: 128 B per warp per k), partial sums added in slice order (deterministic). Needs N even and
 // 4-byte aligned weight rows; 64 columns per block.
 constexpr int kSlices = 4;
+
+// The end of both transposed kernels: each warp's sums for its lane's two columns go through shared
+// memory and are added in slice order, plus bias, into (or onto) y.
+template <int M>
+__device__ __forceinline__ void columns_finish(const LinearParams& p, float (&partial)[kSlices][M][64],
+                                               const float (&acc)[M][2], int slice, int lane, int64_t n, int64_t b,
+                                               int64_t ys, int64_t m0) {
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    partial[slice][m][2 * lane] = acc[m][0];
+    partial[slice][m][2 * lane + 1] = acc[m][1];
+  }
+  __syncthreads();
+  if (slice != 0) return;
+  float* y = p.y + b * p.y_batch_stride + m0 * ys;
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    const int64_t col = n + c;
+    if (col >= p.N) break;
+    const float bias = p.bias ? p.bias[b * p.bias_batch_stride + col] : 0.0f;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float v = 0.0f;
+#pragma unroll
+      for (int sl = 0; sl < kSlices; ++sl) v += partial[sl][m][2 * lane + c];
+      y[m * ys + col] = p.accumulate ? y[m * ys + col] + v + bias : v + bias;
+    }
+  }
+}
+
 template <int M>
 __global__ void gemv_bf16_transposed_split_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t m0) {
   __shared__ float partial[kSlices][M][64];
@@ -249,27 +313,7 @@ __global__ void gemv_bf16_transposed_split_kernel(LinearParams p, int64_t xs, in
       }
     }
   }
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    partial[slice][m][2 * lane] = acc[m][0];
-    partial[slice][m][2 * lane + 1] = acc[m][1];
-  }
-  __syncthreads();
-  if (slice != 0) return;
-  float* y = p.y + b * p.y_batch_stride + m0 * ys;
-#pragma unroll
-  for (int c = 0; c < 2; ++c) {
-    const int64_t col = n + c;
-    if (col >= p.N) break;
-    const float bias = p.bias ? p.bias[b * p.bias_batch_stride + col] : 0.0f;
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      float v = 0.0f;
-#pragma unroll
-      for (int sl = 0; sl < kSlices; ++sl) v += partial[sl][m][2 * lane + c];
-      y[m * ys + col] = p.accumulate ? y[m * ys + col] + v + bias : v + bias;
-    }
-  }
+  columns_finish<M>(p, partial, acc, slice, lane, n, b, ys, m0);
 }
 
 // The transposed split kernel with a thread's KPT weight pairs (k = slice, slice + kSlices, ...) loaded
@@ -303,27 +347,7 @@ __global__ void gemv_bf16_transposed_preload_kernel(LinearParams p, int64_t xs, 
       acc[m][1] += xv * w1;
     }
   }
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    partial[slice][m][2 * lane] = acc[m][0];
-    partial[slice][m][2 * lane + 1] = acc[m][1];
-  }
-  __syncthreads();
-  if (slice != 0) return;
-  float* y = p.y + b * p.y_batch_stride + m0 * ys;
-#pragma unroll
-  for (int c = 0; c < 2; ++c) {
-    const int64_t col = n + c;
-    if (col >= p.N) break;
-    const float bias = p.bias ? p.bias[b * p.bias_batch_stride + col] : 0.0f;
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      float v = 0.0f;
-#pragma unroll
-      for (int sl = 0; sl < kSlices; ++sl) v += partial[sl][m][2 * lane + c];
-      y[m * ys + col] = p.accumulate ? y[m * ys + col] + v + bias : v + bias;
-    }
-  }
+  columns_finish<M>(p, partial, acc, slice, lane, n, b, ys, m0);
 }
 
 template <int M>
@@ -415,6 +439,36 @@ cudaError_t linear_bf16_rows(const LinearParams& p, cudaStream_t stream) {
     case 6: return launch_rows<6>(p, xs, ys, m0, stream);
     default: return launch_rows<7>(p, xs, ys, m0, stream);
   }
+}
+
+cudaError_t gated_linear(const GatedLinearParams& p, cudaStream_t stream) {
+  if (p.M == 0 || p.N == 0) return cudaSuccess;
+  if (p.gate_bf16 && p.M <= 8 && p.K > 0) {  // one pass of the preload kernel, gate and up rows together
+    const LinearParams q{.x = p.x, .w_bf16 = p.gate_bf16, .bias = p.gate_bias, .y = p.y, .M = p.M, .N = p.N, .K = p.K};
+    cudaError_t e = cudaSuccess;
+    bool launched = false;
+    switch (p.M) {
+      case 1: launched = launch_preload<1, uint16_t, true>(q, p.K, p.N, 0, stream, &e, p.up_bf16, p.up_bias); break;
+      case 2: launched = launch_preload<2, uint16_t, true>(q, p.K, p.N, 0, stream, &e, p.up_bf16, p.up_bias); break;
+      case 3: launched = launch_preload<3, uint16_t, true>(q, p.K, p.N, 0, stream, &e, p.up_bf16, p.up_bias); break;
+      case 4: launched = launch_preload<4, uint16_t, true>(q, p.K, p.N, 0, stream, &e, p.up_bf16, p.up_bias); break;
+      case 5: launched = launch_preload<5, uint16_t, true>(q, p.K, p.N, 0, stream, &e, p.up_bf16, p.up_bias); break;
+      case 6: launched = launch_preload<6, uint16_t, true>(q, p.K, p.N, 0, stream, &e, p.up_bf16, p.up_bias); break;
+      case 7: launched = launch_preload<7, uint16_t, true>(q, p.K, p.N, 0, stream, &e, p.up_bf16, p.up_bias); break;
+      default: launched = launch_preload<8, uint16_t, true>(q, p.K, p.N, 0, stream, &e, p.up_bf16, p.up_bias); break;
+    }
+    if (launched || e != cudaSuccess) return e;
+  }
+  DeviceScratch scratch;  // the unfused ops: gate into y, up beside it, SwiGLU in place
+  float* up = scratch.get<float>(p.M * p.N);
+  if (!up) return cudaErrorMemoryAllocation;
+  cudaError_t e = linear({.x = p.x, .w = p.gate, .w_bf16 = p.gate_bf16, .bias = p.gate_bias, .y = p.y, .M = p.M,
+                          .N = p.N, .K = p.K}, stream);
+  if (e == cudaSuccess)
+    e = linear({.x = p.x, .w = p.up, .w_bf16 = p.up_bf16, .bias = p.up_bias, .y = up, .M = p.M, .N = p.N, .K = p.K},
+               stream);
+  if (e == cudaSuccess) e = swiglu({.gate = p.y, .up = up, .out = p.y, .n = p.M * p.N}, stream);
+  return e;
 }
 
 cudaError_t linear_f32w_bf16_rows(const LinearParams& p, cudaStream_t stream, bool* launched) {

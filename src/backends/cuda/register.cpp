@@ -37,6 +37,7 @@ void register_cuda_backend() {
     check(attention(p, as_stream(s)), "attention");
   };
   t.swiglu = [](const SwigluParams& p, void* s) { check(swiglu(p, as_stream(s)), "swiglu"); };
+  t.gated_linear = [](const GatedLinearParams& p, void* s) { check(gated_linear(p, as_stream(s)), "gated_linear"); };
   t.route = [](const RouterParams& p, void* s) { check(route(p, as_stream(s)), "route"); };
   t.embed = [](const EmbedParams& p, void* s) { check(embed(p, as_stream(s)), "embed"); };
   t.add = [](const AddParams& p, void* s) { check(add(p, as_stream(s)), "add"); };
