@@ -203,9 +203,10 @@ TEST_F(CudaBf16, MoeExpertsMatchCpu) {
 
 TEST_F(CudaBf16, AbsorbedAttentionOverBf16CacheMatchesCpu) {
   // q_lat [T, H, C + R] over latent rows [S, C + R] (k) whose first C values are v, as MLA decodes.
+  // Shapes outside latent_decode_bf16 (several queries per problem, Dv not a multiple of 16) take the
+  // fp32-arithmetic kernels: the CPU's sums in another order.
   struct Case { int64_t T, S, H, C, R; };
-  for (const Case& c : {Case{1, 700, 16, 512, 64}, Case{1, 40, 4, 32, 8}, Case{5, 300, 3, 24, 8},
-                        Case{64, 64, 2, 16, 8}}) {
+  for (const Case& c : {Case{5, 300, 3, 24, 8}, Case{64, 64, 2, 16, 8}, Case{1, 40, 4, 24, 8}}) {
     SCOPED_TRACE(testing::Message() << "T" << c.T << " S" << c.S << " H" << c.H);
     const int64_t W = c.C + c.R;
     const auto q = randn(c.T * c.H * W, 11, 0.0f, 0.1f);
@@ -221,9 +222,59 @@ TEST_F(CudaBf16, AbsorbedAttentionOverBf16CacheMatchesCpu) {
     p.k_bf16 = drows.ptr;
     p.v_bf16 = drows.ptr;
     p.out = dout.ptr;
+    ASSERT_FALSE(cuda::latent_decode_bf16_applies(p, p.k_bf16, p.v_bf16, 1, W, W));
     CUDA_OK(cuda::attention(p, 0));
     CUDA_OK(cudaDeviceSynchronize());
     EXPECT_LE(rel_l2(dout.download(), want), 1e-5);
+  }
+}
+
+// The tensor-core latent decode (latent_decode_bf16.cu) carries q and the softmax weights P as bf16
+// pairs (hi + lo, 16 significant bits) and accumulates in fp32: the same bound as the fp32 kernels.
+// A problem with one key has the weight 1 exactly: its output is that row bit for bit. Shapes: the
+// releases' 16 heads x (512 + 64), head groups with absent heads (3, 17, 40), key counts that leave
+// blocks of a cluster empty or need several clusters (1 .. 9000), batches of different lengths, a
+// peaked softmax (large scale) and the smallest rows (16 + 16).
+TEST_F(CudaBf16, LatentDecodeOnTensorCoresMatchesCpu) {
+  struct Case { int64_t S, H, C, R; float scale; std::vector<int32_t> lengths; };
+  const std::vector<Case> cases = {
+      {700, 16, 512, 64, 0.07f, {}},         {577, 16, 512, 64, 0.07f, {1, 577, 64, 65, 300, 33}},
+      {40, 3, 32, 8, 0.07f, {}},             {33, 17, 64, 16, 0.3f, {33, 1, 32, 2}},
+      {9000, 2, 16, 8, 0.07f, {9000, 4000}}, {2000, 40, 128, 32, 0.07f, {2000, 31}},
+      {300, 16, 512, 64, 2.0f, {300, 299}},  {1, 5, 16, 16, 0.07f, {}}};
+  for (const Case& c : cases) {
+    const int64_t B = c.lengths.empty() ? 1 : static_cast<int64_t>(c.lengths.size()), W = c.C + c.R;
+    SCOPED_TRACE(testing::Message() << "B" << B << " S" << c.S << " H" << c.H << " C" << c.C << " R" << c.R);
+    const auto q = randn(B * c.H * W, 13, 0.0f, 0.1f);
+    const auto rows = to_bf16(randn(B * c.S * W, 14));
+    std::vector<float> want(B * c.H * c.C);
+    AttentionParams p{.q = q.data(), .k_bf16 = rows.data(), .v_bf16 = rows.data(), .out = want.data(), .T = 1,
+                      .S = c.S, .H = c.H, .Dqk = W, .Dv = c.C, .Hkv = 1, .k_stride = W, .v_stride = W,
+                      .scale = c.scale, .batch = B, .k_batch_stride = c.S * W, .v_batch_stride = c.S * W,
+                      .kv_lengths = c.lengths.empty() ? nullptr : c.lengths.data()};
+    cpu::attention(p);
+    Dev<float> dq(q), dout(nans(want.size()));
+    Dev<uint16_t> drows(rows);
+    Dev<int32_t> dlen(c.lengths.empty() ? std::vector<int32_t>{0} : c.lengths);
+    p.q = dq.ptr;
+    p.k_bf16 = p.v_bf16 = drows.ptr;
+    p.out = dout.ptr;
+    if (!c.lengths.empty()) p.kv_lengths = dlen.ptr;
+    ASSERT_TRUE(cuda::latent_decode_bf16_applies(p, p.k_bf16, p.v_bf16, 1, W, W));
+    CUDA_OK(cuda::attention(p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    const auto got = dout.download();
+    const double err = rel_l2(got, want);
+    std::printf("latent decode bf16 B%lld S%lld H%lld C%lld: rel L2 %.2e\n", static_cast<long long>(B),
+                static_cast<long long>(c.S), static_cast<long long>(c.H), static_cast<long long>(c.C), err);
+    EXPECT_LE(err, 1e-5);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t keys = c.lengths.empty() ? c.S : c.lengths[b];
+      if (keys != 1) continue;
+      for (int64_t h = 0; h < c.H; ++h)
+        for (int64_t d = 0; d < c.C; ++d)
+          ASSERT_EQ(got[(b * c.H + h) * c.C + d], bf16_to_f32(rows[b * c.S * W + d])) << b << " " << h << " " << d;
+    }
   }
 }
 

@@ -5,6 +5,7 @@
 // which may be fp32 or bf16 (the kernels are templates on the K/V element type KV).
 #include <cfloat>
 #include <cmath>
+#include <type_traits>
 
 #include "backends/cuda/bf16_dot.cuh"
 #include "backends/cuda/cuda_ops.h"
@@ -493,6 +494,9 @@ cudaError_t attention_typed(const AttentionParams& p, const KV* K, const KV* V, 
   // Few query rows per problem over many keys (decode steps, batched or not): split the keys across
   // blocks. Per-problem key counts (kv_lengths) always take this path: its grid depends only on S.
   // (The split-key paths keep no per-row statistics: a request for lse takes the per-row kernels.)
+  if constexpr (std::is_same_v<KV, uint16_t>) {  // bf16 latent cache: tensor cores, cluster merges
+    if (latent_decode_bf16_applies(p, K, V, hkv, ks, vs)) return latent_decode_bf16(p, K, ks, stream);
+  }
   if (!p.lse && latent_decode_applies(p, K, V, hkv, ks, vs) && (p.kv_lengths || p.S > kMinChunk))
     return latent_decode_attention(p, K, ks, stream);
   const int64_t rows = p.batch * p.T * p.H;
@@ -514,6 +518,12 @@ cudaError_t attention_typed(const AttentionParams& p, const KV* K, const KV* V, 
 }
 
 }  // namespace
+
+cudaError_t decode_combine(const AttentionParams& p, int64_t rows, int64_t chunks, const float* partial,
+                           cudaStream_t stream) {
+  if (chunks > kMaxCombineChunks) return cudaErrorInvalidValue;
+  return launch_dependent(decode_combine_kernel, static_cast<unsigned>(rows), kThreads, 0, stream, p, chunks, partial);
+}
 
 cudaError_t attention(const AttentionParams& p, cudaStream_t stream) {
   if (p.T == 0) return cudaSuccess;

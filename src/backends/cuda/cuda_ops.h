@@ -39,6 +39,17 @@ cudaError_t flash_attention_backward(const AttentionBackwardParams& p, cudaStrea
 bool flash_attention_bf16_supported(int64_t H, int64_t Hkv, int64_t Dqk, int64_t Dv, int64_t T, int64_t S);
 cudaError_t flash_attention_bf16(const AttentionParams& p, cudaStream_t stream);
 cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cudaStream_t stream);
+// Absorbed-MLA decode over a bf16 latent cache (latent_decode_bf16.cu), called by `attention`: one
+// query per head over shared rows K (k the row, v its first Dv values, row stride ks), q and P rounded
+// to bf16 for mma.sync, key splits merged inside thread-block clusters. Applies when the shapes and
+// alignments allow (Dv a multiple of 16 up to 512, Dqk and ks multiples of 8, 16-byte aligned rows).
+bool latent_decode_bf16_applies(const AttentionParams& p, const uint16_t* K, const uint16_t* V, int64_t hkv,
+                                int64_t ks, int64_t vs);
+cudaError_t latent_decode_bf16(const AttentionParams& p, const uint16_t* K, int64_t ks, cudaStream_t stream);
+// Second stage of the split decode kernels (attention.cu): out rows [rows, Dv] from `chunks` partials
+// per row, each [max (natural log), sum, Dv unnormalized values] as softmax pieces.
+cudaError_t decode_combine(const AttentionParams& p, int64_t rows, int64_t chunks, const float* partial,
+                           cudaStream_t stream);
 // D[r] = dout[r, :] . out[r, :] over rows x Dv (the softmax backward's row term), one warp per row.
 cudaError_t attention_row_dots(const float* dout, const float* out, float* D, int64_t rows, int64_t Dv,
                                cudaStream_t stream);

@@ -1,0 +1,341 @@
+// Absorbed-MLA decode attention over a bf16 latent cache on tensor cores (mma.sync m16n8k16) with the
+// key splits of each problem merged inside a thread-block cluster, through distributed shared memory.
+//
+// Problem: one query per head (q_lat [batch, H, Dqk], fp32) over one shared row per key (the latent
+// cache, bf16, k = the whole row [Dqk], v = its first Dv values): out[b, h] = softmax(scale q.k) v.
+// A block owns 16 heads (the 16 M rows of the MMA; absent heads are zero rows) and a range of keys,
+// which it walks in 32-key tiles streamed into shared memory by cp.async (double-buffered):
+//   1. scores S[16 x 32] = Q K^T: warp w takes keys 8(w % 4) .. +7 over half of the Dqk columns;
+//      the two halves are summed in shared memory;
+//   2. online softmax in fp32, warp w owning heads 2w and 2w + 1 (lane = key);
+//   3. O[16 x Dv] = alpha O + P V: warp w owns value columns 64w .. 64w + 63 (Dv <= 512).
+// Then the blocks of a cluster (the key splits of one problem and head group; up to 8) merge: each
+// stores O, its running max and sum in shared memory, and after a cluster barrier block r reads every
+// peer's statistics and its 1/cl slice of columns of every peer's O, and writes the merged, normalized
+// output. When one cluster cannot cover the keys in a few tiles per block, several clusters each write
+// an unnormalized partial (max, sum, O) and decode_combine merges them (attention.cu).
+//
+// Numerics: the CPU twin (cpu::attention) is fp32 arithmetic on the bf16 cache values, and so is this
+// kernel to within a few fp32 roundings. The cache rows are bf16 already, so K and V enter the MMAs
+// exactly; the fp32 operands q and P enter as pairs of bf16, hi = bf16(x) and lo = bf16(x - hi)
+// (16 significant bits; the error of hi + lo is below 2^-16 of x), and each product is the sum of
+// the two MMAs, accumulated in fp32. Rounding q and P to one bf16 each (as FlashMLA does) left errors
+// of 4e-3 relative on peaked softmaxes, where a score's absolute error (2^-9 of |q| |k|) scales the
+// weight; the second MMA costs little in a kernel bound by loading the cache. The softmax, its
+// statistics and the merges are fp32.
+// Grids depend only on S (kv_lengths are read on the device), so a captured decode graph replays them.
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/launch.cuh"
+#include "backends/cuda/mma_bf16.cuh"
+
+namespace dsv::ops::cuda {
+namespace {
+
+namespace cg = cooperative_groups;
+using bf16 = __nv_bfloat16;
+using namespace ptx;
+
+constexpr int kHeads = 16, kKeys = 32, kWarps = 8, kThreads = 32 * kWarps;
+constexpr int kMaxCluster = 8, kMaxDv = 64 * kWarps;
+constexpr int kProbPitch = kKeys + 8;  // bf16 per row of P (8 rows of an ldmatrix in distinct banks)
+constexpr int kTilesPerBlock = 4;      // more keys per block than this many tiles: more clusters
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+// Staged rows: Dqk padded to whole 32-column pairs of k-steps, plus 8 bf16 (16 bytes) so the 8 rows
+// of an 8x8 ldmatrix fall in distinct bank groups.
+__host__ __device__ constexpr int padded_dqk(int64_t Dqk) { return static_cast<int>((Dqk + 31) / 32 * 32); }
+__host__ __device__ constexpr int row_pitch(int64_t Dqk) { return padded_dqk(Dqk) + 8; }
+__host__ __device__ constexpr int out_pitch(int64_t Dv) { return static_cast<int>(Dv) + 8; }
+
+size_t smem_bytes(int64_t Dqk) {
+  const size_t pitch = static_cast<size_t>(row_pitch(Dqk));
+  return (2 * kKeys + 2 * kHeads) * pitch * sizeof(bf16)      // key tiles (two buffers), q hi and lo
+         + 2 * kHeads * kKeys * sizeof(float)                 // score halves
+         + 2 * kHeads * kProbPitch * sizeof(bf16)             // P hi and lo
+         + (3 * kHeads + kMaxCluster * kHeads + kHeads) * sizeof(float);  // alpha, max, sum, weights, L
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Keys s0 .. s0 + 31 of rows `kb` (row stride ks) into `tile` [kKeys][pitch]: 16-byte cp.async
+// chunks of the first Dqk columns, zeros for keys at or past s_end and for the pad columns.
+__device__ __forceinline__ void load_keys(bf16* tile, int pitch, const uint16_t* kb, int64_t ks, int64_t s0,
+                                          int64_t s_end, int Dqk) {
+  const int chunks = padded_dqk(Dqk) / 8;
+  for (int i = threadIdx.x; i < kKeys * chunks; i += kThreads) {
+    const int j = i / chunks, c = (i % chunks) * 8;
+    const bool ok = s0 + j < s_end && c < Dqk;
+    cp_async16(tile + j * pitch + c, ok ? kb + (s0 + j) * ks + c : kb, ok);
+  }
+  cp_async_commit();
+}
+
+// Grid (clusters * cl, head groups, batch), cluster (cl, 1, 1). Block x of a problem covers keys
+// [x * split_keys, +split_keys). partial: [batch * H][clusters][Dv + 2] when clusters > 1, else unused.
+__global__ void __launch_bounds__(kThreads)
+    latent_mma_kernel(AttentionParams p, const uint16_t* K, int64_t ks, int64_t split_keys, int64_t clusters,
+                      float* partial) {
+  dependent_start();
+  cg::cluster_group cluster = cg::this_cluster();
+  const int cl = static_cast<int>(cluster.num_blocks()), rank = static_cast<int>(cluster.block_rank());
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int Dqk = static_cast<int>(p.Dqk), Dv = static_cast<int>(p.Dv), pitch = row_pitch(p.Dqk);
+  bf16* keys_smem = reinterpret_cast<bf16*>(smem);     // [2][kKeys][pitch]
+  bf16* q_hi = keys_smem + 2 * kKeys * pitch;          // [kHeads][pitch]
+  bf16* q_lo = q_hi + kHeads * pitch;                  // [kHeads][pitch]
+  float* scores = reinterpret_cast<float*>(q_lo + kHeads * pitch);  // [2 halves][kHeads][kKeys]
+  bf16* p_hi = reinterpret_cast<bf16*>(scores + 2 * kHeads * kKeys);  // [kHeads][kProbPitch]
+  bf16* p_lo = p_hi + kHeads * kProbPitch;             // [kHeads][kProbPitch]
+  float* alpha = reinterpret_cast<float*>(p_lo + kHeads * kProbPitch);  // [kHeads]
+  float* m_block = alpha + kHeads;                     // [kHeads] running max (log2 units), then final
+  float* l_block = m_block + kHeads;                   // [kHeads]
+  float* weights = l_block + kHeads;                   // [kMaxCluster][kHeads] merge weights
+  float* l_merged = weights + kMaxCluster * kHeads;    // [kHeads]
+  float* o_smem = reinterpret_cast<float*>(smem);      // [kHeads][out_pitch]: over the key tiles at the end
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
+  const int64_t split = blockIdx.x, h0 = static_cast<int64_t>(blockIdx.y) * kHeads, b = blockIdx.z;
+  const int heads = static_cast<int>(p.H - h0 < kHeads ? p.H - h0 : kHeads);
+  const int64_t keys = p.kv_lengths ? p.kv_lengths[b] : p.S, s_begin = split * split_keys;
+  const int64_t s_end = keys < s_begin + split_keys ? keys : s_begin + split_keys;
+  const uint16_t* kb = K + b * p.k_batch_stride;
+  const float scale_log2 = p.scale * kLog2e;
+
+  if (s_begin < s_end) load_keys(keys_smem, pitch, kb, ks, s_begin, s_end, Dqk);
+  {  // q rows of this head group as bf16 pairs; zeros for absent heads and pad columns
+    const float* q = p.q + (b * p.H + h0) * p.Dqk;
+    const int pairs = pitch / 2;
+    for (int i = tid; i < kHeads * pairs; i += kThreads) {
+      const int h = i / pairs, d = 2 * (i % pairs);
+      const bool ok = h < heads && d < Dqk;  // Dqk even: d + 1 < Dqk too
+      const float2 v = ok ? *reinterpret_cast<const float2*>(q + h * p.Dqk + d) : make_float2(0.0f, 0.0f);
+      const __nv_bfloat162 hi = __floats2bfloat162_rn(v.x, v.y);
+      *reinterpret_cast<__nv_bfloat162*>(q_hi + h * pitch + d) = hi;
+      *reinterpret_cast<__nv_bfloat162*>(q_lo + h * pitch + d) =
+          __floats2bfloat162_rn(v.x - __low2float(hi), v.y - __high2float(hi));
+    }
+  }
+
+  // Running statistics of this warp's two softmax heads (every lane holds them) and the O columns.
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+  float acc[8][4] = {};
+  const int pairs32 = padded_dqk(p.Dqk) / 32, half_pairs = (pairs32 + 1) / 2;
+  const int n_tile = warp % 4, k_half = warp / 4;
+  const int pair_begin = k_half == 0 ? 0 : half_pairs, pair_end = k_half == 0 ? half_pairs : pairs32;
+  const int col0 = 64 * warp;  // this warp's value columns
+  const int a_lane = (lane % 16) * pitch + 8 * (lane / 16);       // A fragment offsets: q rows,
+  const int p_lane = (lane % 16) * kProbPitch + 8 * (lane / 16);  // P rows
+
+  int buf = 0;
+  for (int64_t s0 = s_begin; s0 < s_end; s0 += kKeys, buf ^= 1) {
+    const bf16* tile = keys_smem + buf * kKeys * pitch;
+    if (s0 + kKeys < s_end) {  // the next tile streams in while this one is used
+      load_keys(keys_smem + (buf ^ 1) * kKeys * pitch, pitch, kb, ks, s0 + kKeys, s_end, Dqk);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    {  // 1. scores of keys 8 n_tile .. +7 over this warp's half of the columns: q hi and lo, two
+       // k-steps per iteration, four independent accumulator chains
+      float c[4][4] = {};
+      const bf16* b_lane = tile + (8 * n_tile + lane % 8) * pitch + 8 * (lane / 8);
+      for (int pp = pair_begin; pp < pair_end; ++pp) {
+        uint32_t kf[4], h0[4], h1[4], l0[4], l1[4];
+        ldsm_x4(kf, b_lane + 32 * pp);
+        ldsm_x4(h0, q_hi + a_lane + 32 * pp);
+        ldsm_x4(h1, q_hi + a_lane + 32 * pp + 16);
+        ldsm_x4(l0, q_lo + a_lane + 32 * pp);
+        ldsm_x4(l1, q_lo + a_lane + 32 * pp + 16);
+        mma_bf16(c[0], h0, kf[0], kf[1]);
+        mma_bf16(c[1], h1, kf[2], kf[3]);
+        mma_bf16(c[2], l0, kf[0], kf[1]);
+        mma_bf16(c[3], l1, kf[2], kf[3]);
+      }
+      float s[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) s[i] = (c[0][i] + c[1][i]) + (c[2][i] + c[3][i]);
+      float* sc = scores + k_half * kHeads * kKeys;
+      const int key = 8 * n_tile + 2 * t;
+      *reinterpret_cast<float2*>(sc + g * kKeys + key) = make_float2(s[0], s[1]);
+      *reinterpret_cast<float2*>(sc + (g + 8) * kKeys + key) = make_float2(s[2], s[3]);
+    }
+    __syncthreads();
+    {  // 2. online softmax of heads 2 warp, 2 warp + 1 over key `lane` of the tile
+      const bool valid = s0 + lane < s_end;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int h = 2 * warp + i;
+        const float s =
+            valid ? (scores[h * kKeys + lane] + scores[kHeads * kKeys + h * kKeys + lane]) * scale_log2 : -INFINITY;
+        const float m_new = fmaxf(m_run[i], warp_max(s));  // finite: the tile has a valid key
+        const float pr = valid ? exp2f(s - m_new) : 0.0f;
+        const bf16 hi = __float2bfloat16_rn(pr);
+        p_hi[h * kProbPitch + lane] = hi;
+        p_lo[h * kProbPitch + lane] = __float2bfloat16_rn(pr - __bfloat162float(hi));
+        const float a = exp2f(m_run[i] - m_new);  // 0 on the first tile
+        l_run[i] = l_run[i] * a + warp_sum(pr);
+        m_run[i] = m_new;
+        if (lane == 0) alpha[h] = a;
+      }
+    }
+    __syncthreads();
+    {  // 3. O = alpha O + P V over this warp's value columns
+      const float a_lo = alpha[g], a_hi = alpha[g + 8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        acc[j][0] *= a_lo, acc[j][1] *= a_lo;
+        acc[j][2] *= a_hi, acc[j][3] *= a_hi;
+      }
+      const bf16* v_lane = tile + (lane % 16) * pitch + 8 * (lane / 16) + col0;
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk) {
+        uint32_t ph[4], pl[4];
+        ldsm_x4(ph, p_hi + p_lane + 16 * kk);
+        ldsm_x4(pl, p_lo + p_lane + 16 * kk);
+#pragma unroll
+        for (int j = 0; j < 8; j += 2) {
+          if (col0 + 8 * j < Dv) {  // Dv a multiple of 16: both n tiles of the pair are columns
+            uint32_t vf[4];
+            ldsm_x4_trans(vf, v_lane + 16 * kk * pitch + 8 * j);
+            mma_bf16(acc[j], ph, vf[0], vf[1]);
+            mma_bf16(acc[j + 1], ph, vf[2], vf[3]);
+            mma_bf16(acc[j], pl, vf[0], vf[1]);
+            mma_bf16(acc[j + 1], pl, vf[2], vf[3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // the tile buffer and P are free for the next tile
+  }
+
+  // This block's O, max and sum into shared memory (blocks with no keys: -inf, 0 and zeros).
+  const int op = out_pitch(p.Dv);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int col = col0 + 8 * j + 2 * t;
+    if (col0 + 8 * j < Dv) {
+      *reinterpret_cast<float2*>(o_smem + g * op + col) = make_float2(acc[j][0], acc[j][1]);
+      *reinterpret_cast<float2*>(o_smem + (g + 8) * op + col) = make_float2(acc[j][2], acc[j][3]);
+    }
+  }
+  if (lane == 0) {
+    m_block[2 * warp] = m_run[0], m_block[2 * warp + 1] = m_run[1];
+    l_block[2 * warp] = l_run[0], l_block[2 * warp + 1] = l_run[1];
+  }
+  cluster.sync();  // every block's O and statistics are written and visible across the cluster
+
+  if (tid < kHeads) {  // merge weights of the cluster's blocks per head
+    float M = -INFINITY;
+    for (int r = 0; r < cl; ++r) M = fmaxf(M, *cluster.map_shared_rank(m_block + tid, r));
+    float L = 0.0f;
+    for (int r = 0; r < cl; ++r) {
+      const float m = *cluster.map_shared_rank(m_block + tid, r);
+      const float w = m == -INFINITY ? 0.0f : exp2f(m - M);
+      weights[r * kHeads + tid] = w;
+      L += w * *cluster.map_shared_rank(l_block + tid, r);
+    }
+    l_merged[tid] = L;
+    alpha[tid] = M;  // alpha is free now: the merged max
+  }
+  __syncthreads();
+  const int64_t cluster_index = split / cl;
+  const int slice = Dv / cl, d0 = rank * slice;  // Dv a multiple of 16, cl a power of two <= 8
+  for (int i = tid; i < heads * slice; i += kThreads) {
+    const int h = i / slice, d = d0 + i % slice;
+    float sum = 0.0f;
+#pragma unroll
+    for (int r = 0; r < kMaxCluster; ++r)
+      if (r < cl) sum += weights[r * kHeads + h] * *cluster.map_shared_rank(o_smem + h * op + d, r);
+    const int64_t row = b * p.H + h0 + h;
+    if (clusters == 1) {
+      p.out[row * p.Dv + d] = l_merged[h] > 0.0f ? sum / l_merged[h] : 0.0f;
+    } else {
+      partial[(row * clusters + cluster_index) * (p.Dv + 2) + 2 + d] = sum;
+    }
+  }
+  if (clusters > 1 && rank == 0 && tid < heads) {
+    float* part = partial + ((b * p.H + h0 + tid) * clusters + cluster_index) * (p.Dv + 2);
+    part[0] = alpha[tid] * kLn2;  // natural-log units, as decode_combine expects
+    part[1] = l_merged[tid];
+  }
+  cluster.sync();  // no block leaves while a peer may still read its shared memory
+}
+
+int multiprocessors() {
+  static const int count = [] {
+    int device = 0, n = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0)
+      return 132;
+    return n;
+  }();
+  return count;
+}
+
+}  // namespace
+
+bool latent_decode_bf16_applies(const AttentionParams& p, const uint16_t* K, const uint16_t* V, int64_t hkv,
+                                int64_t ks, int64_t vs) {
+  return hkv == 1 && p.T == 1 && K == V && ks == vs && !p.lse && p.Dv <= p.Dqk && p.Dv % 16 == 0 &&
+         p.Dv <= kMaxDv && p.Dv > 0 && p.Dqk % 8 == 0 && ks % 8 == 0 && p.k_batch_stride % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(K) % 16 == 0 && reinterpret_cast<uintptr_t>(p.q) % 8 == 0 &&
+         smem_bytes(p.Dqk) <= 200 * 1024 && p.batch <= 65535 && (p.H + kHeads - 1) / kHeads <= 65535 && p.S > 0;
+}
+
+cudaError_t latent_decode_bf16(const AttentionParams& p, const uint16_t* K, int64_t ks, cudaStream_t stream) {
+  // Blocks per problem and head group: enough to fill every SM once over the whole call, in a cluster
+  // of up to 8 (a power of two, so Dv splits evenly across it); more clusters only when each block
+  // would otherwise walk more than kTilesPerBlock tiles (long caches at small batch).
+  const size_t smem = smem_bytes(p.Dqk);
+  cudaError_t e = cudaFuncSetAttribute(latent_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (e != cudaSuccess) return e;
+  int per_sm = 0;
+  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, latent_mma_kernel, kThreads, smem);
+  if (e != cudaSuccess) return e;
+  const int64_t tiles = (p.S + kKeys - 1) / kKeys, groups = (p.H + kHeads - 1) / kHeads;
+  int64_t target = (per_sm < 1 ? 1 : per_sm) * multiprocessors() / (p.batch * groups);
+  target = target < 1 ? 1 : target;
+  int cl = 1;
+  while (2 * cl <= kMaxCluster && 2 * cl <= target && 2 * cl <= tiles) cl *= 2;
+  int64_t clusters = 1;
+  if (tiles > cl * kTilesPerBlock) {
+    const int64_t want = (tiles + cl * kTilesPerBlock - 1) / (cl * kTilesPerBlock), room = target / cl;
+    clusters = want < room ? want : room;
+    clusters = clusters < 1 ? 1 : clusters;
+  }
+  const int64_t split_tiles = (tiles + clusters * cl - 1) / (clusters * cl);
+  const int64_t split_keys = split_tiles * kKeys;
+  if (clusters * cl > 2147483647) return cudaErrorInvalidValue;
+  const int64_t rows = p.batch * p.H;
+  float* partial = nullptr;
+  if (clusters > 1) {
+    partial = static_cast<float*>(cached_allocate(static_cast<size_t>(rows * clusters * (p.Dv + 2)) * sizeof(float)));
+    if (!partial) return cudaErrorMemoryAllocation;
+  }
+  {
+    const dim3 grid(static_cast<unsigned>(clusters * cl), static_cast<unsigned>(groups), static_cast<unsigned>(p.batch));
+    e = launch_dependent_cluster(latent_mma_kernel, grid, kThreads, smem, stream, static_cast<unsigned>(cl), p, K, ks,
+                                 split_keys, clusters, partial);
+  }
+  if (clusters > 1) {
+    if (e == cudaSuccess) e = decode_combine(p, rows, clusters, partial, stream);
+    cached_release(partial);
+  }
+  return e;
+}
+
+}  // namespace dsv::ops::cuda
