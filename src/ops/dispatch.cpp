@@ -158,6 +158,8 @@ void rope(const Context& ctx, const RopeParams& p) {
   DSV_CHECK(p.rope_dim > 0 && p.rope_dim % 2 == 0, "rope: rope_dim must be even and positive, found {}", p.rope_dim);
   DSV_CHECK(p.offset + p.rope_dim <= (p.heads > 1 ? p.head_stride : p.token_stride),
             "rope: rope span [{}, {}) exceeds the vector stride", p.offset, p.offset + p.rope_dim);
+  DSV_CHECK(!p.y || p.y_offset + p.rope_dim <= (p.heads > 1 ? p.y_head_stride : p.y_token_stride),
+            "rope: output span [{}, {}) exceeds the output vector stride", p.y_offset, p.y_offset + p.rope_dim);
   run(ctx, p, cpu::rope, &BackendTable::rope, "rope");
 }
 

@@ -67,6 +67,9 @@ void add_rmsnorm(const Context& ctx, const AddRmsNormParams& p);
 // Rotates the R rope dims of `heads` vectors per token, in place.
 // x[t, h, offset : offset + R] with token stride `token_stride` and head stride `head_stride`;
 // cos/sin: [T, R/2] (already multiplied by the YaRN attention factor).
+// With y: out of place instead, x left as is and the rotated dims written to
+// y[t, h, y_offset : y_offset + R] (strides y_token_stride, y_head_stride); y's spans must not
+// overlap x's (absorbed MLA ropes q's rope dims straight into the latent query this way).
 struct RopeParams {
   float* x = nullptr;
   const float* cos = nullptr;
@@ -74,6 +77,8 @@ struct RopeParams {
   int64_t tokens = 0, heads = 0, rope_dim = 0;
   int64_t token_stride = 0, head_stride = 0, offset = 0;
   RopeLayout layout = RopeLayout::Interleaved;
+  float* y = nullptr;
+  int64_t y_token_stride = 0, y_head_stride = 0, y_offset = 0;
 };
 void rope(const Context& ctx, const RopeParams& p);
 

@@ -196,6 +196,27 @@ TEST_F(CudaOps, RopeMatchesCpu) {
       CUDA_OK(cuda::rope(p, 0));
       CUDA_OK(cudaDeviceSynchronize());
       EXPECT_LE(rel_l2(dx.download(), x), 1e-6);
+      // out of place (absorbed MLA's q rope dims into the latent query): same values, x untouched
+      const int64_t C = 9, ystride = C + R;
+      const auto x_in = dx.download();
+      DeviceBuffer dy(std::vector<float>(T * H * ystride, 5.0f));
+      p.x = dx.ptr;
+      p.y = dy.ptr;
+      p.y_token_stride = H * ystride;
+      p.y_head_stride = ystride;
+      p.y_offset = C;
+      CUDA_OK(cuda::rope(p, 0));
+      CUDA_OK(cudaDeviceSynchronize());
+      EXPECT_EQ(dx.download(), x_in);
+      auto want_y = std::vector<float>(T * H * ystride, 5.0f);
+      RopeParams q = p;
+      std::vector<float> host_x = x_in;
+      q.x = host_x.data();
+      q.cos = cos.data();
+      q.sin = sin.data();
+      q.y = want_y.data();
+      cpu::rope(q);
+      EXPECT_LE(rel_l2(dy.download(), want_y), 1e-6);
     }
 }
 

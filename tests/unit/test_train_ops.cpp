@@ -233,6 +233,37 @@ TEST(OpsAddRmsNorm, IsAddThenRmsNorm) {
   }, {"add_rmsnorm", "may not alias x"});
 }
 
+// ---------------------------------------------------------------- rope into another buffer
+
+// Out of place, rope writes exactly what in place would have left in the span, touches nothing else
+// of y, and leaves x as it was; an output span past its stride is refused.
+TEST(OpsRope, OutOfPlaceIsInPlaceWrittenElsewhere) {
+  for (RopeLayout layout : {RopeLayout::Interleaved, RopeLayout::HalfSplit}) {
+    const int64_t T = 3, H = 4, Dn = 5, R = 6, stride = Dn + R, C = 7, ystride = C + R;
+    const auto x0 = randn(T * H * stride, 30), cos = randn(T * R / 2, 31), sin = randn(T * R / 2, 32);
+    std::vector<float> in_place = x0;
+    ops::rope(Context{}, {.x = in_place.data(), .cos = cos.data(), .sin = sin.data(), .tokens = T, .heads = H,
+                          .rope_dim = R, .token_stride = H * stride, .head_stride = stride, .offset = Dn,
+                          .layout = layout});
+    std::vector<float> x = x0, y(T * H * ystride, 9.0f);
+    ops::rope(Context{}, {.x = x.data(), .cos = cos.data(), .sin = sin.data(), .tokens = T, .heads = H, .rope_dim = R,
+                          .token_stride = H * stride, .head_stride = stride, .offset = Dn, .layout = layout,
+                          .y = y.data(), .y_token_stride = H * ystride, .y_head_stride = ystride, .y_offset = C});
+    EXPECT_EQ(x, x0);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h) {
+        for (int64_t d = 0; d < C; ++d) EXPECT_EQ(y[(t * H + h) * ystride + d], 9.0f);
+        for (int64_t d = 0; d < R; ++d)
+          EXPECT_EQ(y[(t * H + h) * ystride + C + d], in_place[(t * H + h) * stride + Dn + d]) << t << h << d;
+      }
+    test::expect_error([&] {
+      ops::rope(Context{}, {.x = x.data(), .cos = cos.data(), .sin = sin.data(), .tokens = T, .heads = H,
+                            .rope_dim = R, .token_stride = H * stride, .head_stride = stride, .offset = Dn,
+                            .y = y.data(), .y_token_stride = H * ystride, .y_head_stride = ystride, .y_offset = C + 1});
+    }, {"rope", "output span"});
+  }
+}
+
 // ---------------------------------------------------------------- gated_linear
 
 // silu(x . gate + bg) * (x . up + bu) is exactly the two linears and the swiglu it stands for, with

@@ -9,13 +9,14 @@ void rope(const RopeParams& p) {
     const float* s = p.sin + t * half;
     for (int64_t h = 0; h < p.heads; ++h) {
       float* x = p.x + t * p.token_stride + h * p.head_stride + p.offset;
+      float* y = p.y ? p.y + t * p.y_token_stride + h * p.y_head_stride + p.y_offset : x;
       for (int64_t i = 0; i < half; ++i) {
         // Interleaved: pair (2i, 2i+1), as DeepSeek's complex multiply. HalfSplit: pair (i, i+R/2).
         const int64_t a = p.layout == RopeLayout::Interleaved ? 2 * i : i;
         const int64_t b = p.layout == RopeLayout::Interleaved ? 2 * i + 1 : i + half;
         const float x0 = x[a], x1 = x[b];
-        x[a] = x0 * c[i] - x1 * s[i];
-        x[b] = x1 * c[i] + x0 * s[i];
+        y[a] = x0 * c[i] - x1 * s[i];
+        y[b] = x1 * c[i] + x0 * s[i];
       }
     }
   }

@@ -115,17 +115,39 @@ __global__ void __launch_bounds__(kThreads)
   const float scale_log2 = p.scale * kLog2e;
 
   if (s_begin < s_end) load_keys(keys_smem, pitch, kb, ks, s_begin, s_end, Dqk);
-  {  // q rows of this head group as bf16 pairs; zeros for absent heads and pad columns
+  {  // q rows of this head group as bf16 pairs: each thread's float4 loads all issued before its stores
     const float* q = p.q + (b * p.H + h0) * p.Dqk;
-    const int pairs = pitch / 2;
-    for (int i = tid; i < kHeads * pairs; i += kThreads) {
-      const int h = i / pairs, d = 2 * (i % pairs);
-      const bool ok = h < heads && d < Dqk;  // Dqk even: d + 1 < Dqk too
-      const float2 v = ok ? *reinterpret_cast<const float2*>(q + h * p.Dqk + d) : make_float2(0.0f, 0.0f);
-      const __nv_bfloat162 hi = __floats2bfloat162_rn(v.x, v.y);
-      *reinterpret_cast<__nv_bfloat162*>(q_hi + h * pitch + d) = hi;
-      *reinterpret_cast<__nv_bfloat162*>(q_lo + h * pitch + d) =
-          __floats2bfloat162_rn(v.x - __low2float(hi), v.y - __high2float(hi));
+    const int per_row = Dqk / 4, total = heads * per_row;
+    constexpr int kBatch = 8;
+    for (int base = tid; base < total; base += kThreads * kBatch) {
+      float4 v[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = base + u * kThreads;
+        if (i < total) v[u] = __ldg(reinterpret_cast<const float4*>(q + (i / per_row) * Dqk) + i % per_row);
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = base + u * kThreads;
+        if (i >= total) break;
+        const int at = (i / per_row) * pitch + (i % per_row) * 4;
+        const __nv_bfloat162 hi0 = __floats2bfloat162_rn(v[u].x, v[u].y), hi1 = __floats2bfloat162_rn(v[u].z, v[u].w);
+        *reinterpret_cast<__nv_bfloat162*>(q_hi + at) = hi0;
+        *reinterpret_cast<__nv_bfloat162*>(q_hi + at + 2) = hi1;
+        *reinterpret_cast<__nv_bfloat162*>(q_lo + at) =
+            __floats2bfloat162_rn(v[u].x - __low2float(hi0), v[u].y - __high2float(hi0));
+        *reinterpret_cast<__nv_bfloat162*>(q_lo + at + 2) =
+            __floats2bfloat162_rn(v[u].z - __low2float(hi1), v[u].w - __high2float(hi1));
+      }
+    }
+    // zeros in the columns the MMAs read past Dqk, and in the rows of absent heads
+    const int dpad = padded_dqk(p.Dqk);
+    const __nv_bfloat162 zero = __floats2bfloat162_rn(0.0f, 0.0f);
+    for (int i = tid; i < kHeads * dpad / 2; i += kThreads) {
+      const int h = i / (dpad / 2), d = 2 * (i % (dpad / 2));
+      if (h < heads && d < Dqk) continue;
+      *reinterpret_cast<__nv_bfloat162*>(q_hi + h * pitch + d) = zero;
+      *reinterpret_cast<__nv_bfloat162*>(q_lo + h * pitch + d) = zero;
     }
   }
 
@@ -239,14 +261,21 @@ __global__ void __launch_bounds__(kThreads)
   cluster.sync();  // every block's O and statistics are written and visible across the cluster
 
   if (tid < kHeads) {  // merge weights of the cluster's blocks per head
+    float m[kMaxCluster], l[kMaxCluster];
+#pragma unroll
+    for (int r = 0; r < kMaxCluster; ++r) {
+      m[r] = r < cl ? *cluster.map_shared_rank(m_block + tid, r) : -INFINITY;
+      l[r] = r < cl ? *cluster.map_shared_rank(l_block + tid, r) : 0.0f;
+    }
     float M = -INFINITY;
-    for (int r = 0; r < cl; ++r) M = fmaxf(M, *cluster.map_shared_rank(m_block + tid, r));
+#pragma unroll
+    for (int r = 0; r < kMaxCluster; ++r) M = fmaxf(M, m[r]);
     float L = 0.0f;
-    for (int r = 0; r < cl; ++r) {
-      const float m = *cluster.map_shared_rank(m_block + tid, r);
-      const float w = m == -INFINITY ? 0.0f : exp2f(m - M);
-      weights[r * kHeads + tid] = w;
-      L += w * *cluster.map_shared_rank(l_block + tid, r);
+#pragma unroll
+    for (int r = 0; r < kMaxCluster; ++r) {
+      const float w = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - M);
+      if (r < cl) weights[r * kHeads + tid] = w;
+      L += w * l[r];
     }
     l_merged[tid] = L;
     alpha[tid] = M;  // alpha is free now: the merged max
@@ -254,17 +283,30 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   const int64_t cluster_index = split / cl;
   const int slice = Dv / cl, d0 = rank * slice;  // Dv a multiple of 16, cl a power of two <= 8
-  for (int i = tid; i < heads * slice; i += kThreads) {
-    const int h = i / slice, d = d0 + i % slice;
-    float sum = 0.0f;
+  constexpr int kOutputs = 4;  // per thread and round: all remote loads of a round issued first
+  for (int base = tid; base < heads * slice; base += kThreads * kOutputs) {
+    float peer[kOutputs][kMaxCluster];
 #pragma unroll
-    for (int r = 0; r < kMaxCluster; ++r)
-      if (r < cl) sum += weights[r * kHeads + h] * *cluster.map_shared_rank(o_smem + h * op + d, r);
-    const int64_t row = b * p.H + h0 + h;
-    if (clusters == 1) {
-      p.out[row * p.Dv + d] = l_merged[h] > 0.0f ? sum / l_merged[h] : 0.0f;
-    } else {
-      partial[(row * clusters + cluster_index) * (p.Dv + 2) + 2 + d] = sum;
+    for (int u = 0; u < kOutputs; ++u) {
+      const int i = base + u * kThreads, h = i / slice, d = d0 + i % slice;
+#pragma unroll
+      for (int r = 0; r < kMaxCluster; ++r)
+        peer[u][r] = i < heads * slice && r < cl ? *cluster.map_shared_rank(o_smem + h * op + d, r) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kOutputs; ++u) {
+      const int i = base + u * kThreads, h = i / slice, d = d0 + i % slice;
+      if (i >= heads * slice) break;
+      float sum = 0.0f;
+#pragma unroll
+      for (int r = 0; r < kMaxCluster; ++r)
+        if (r < cl) sum += weights[r * kHeads + h] * peer[u][r];
+      const int64_t row = b * p.H + h0 + h;
+      if (clusters == 1) {
+        p.out[row * p.Dv + d] = l_merged[h] > 0.0f ? sum / l_merged[h] : 0.0f;
+      } else {
+        partial[(row * clusters + cluster_index) * (p.Dv + 2) + 2 + d] = sum;
+      }
     }
   }
   if (clusters > 1 && rank == 0 && tid < heads) {
@@ -292,7 +334,7 @@ bool latent_decode_bf16_applies(const AttentionParams& p, const uint16_t* K, con
                                 int64_t ks, int64_t vs) {
   return hkv == 1 && p.T == 1 && K == V && ks == vs && !p.lse && p.Dv <= p.Dqk && p.Dv % 16 == 0 &&
          p.Dv <= kMaxDv && p.Dv > 0 && p.Dqk % 8 == 0 && ks % 8 == 0 && p.k_batch_stride % 8 == 0 &&
-         reinterpret_cast<uintptr_t>(K) % 16 == 0 && reinterpret_cast<uintptr_t>(p.q) % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(K) % 16 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0 &&
          smem_bytes(p.Dqk) <= 200 * 1024 && p.batch <= 65535 && (p.H + kHeads - 1) / kHeads <= 65535 && p.S > 0;
 }
 

@@ -10,16 +10,28 @@ constexpr int kThreads = 256;
 // dim < 2^31. A thread takes its elements eight at a time, all loads of a group before any store
 // (decode rows are short: latency, not bandwidth, sets the time, and a store between two loads that
 // may alias would order them). With `delta` (add_rmsnorm) the row is x + delta, written back to
-// x_out (= x) first; each thread reads back only what it wrote.
+// x_out (= x) first; each thread reads back only what it wrote. Rows of up to kGroup * kThreads
+// values (hidden sizes to 2048, the latent) stay in registers between the sum and the scaling, and
+// their norm weights are loaded before the dependency wait (weights are constant).
 constexpr int kGroup = 8;
 __global__ void rmsnorm_kernel(const float* x, const float* __restrict__ weight, float* y, int dim,
                                int64_t x_stride, int64_t y_stride, float eps, const float* delta, float* x_out) {
-  dependent_start();
+  allow_dependents();
+  const bool in_registers = dim <= kGroup * kThreads;
+  float w[kGroup];
+  if (in_registers) {
+#pragma unroll
+    for (int u = 0; u < kGroup; ++u) {
+      const int i = threadIdx.x + u * kThreads;
+      w[u] = i < dim ? weight[i] : 0.0f;
+    }
+  }
+  grid_dependency_wait();
   const float* xr = x + blockIdx.x * x_stride;
   float* yr = y + blockIdx.x * y_stride;
   float sum = 0.0f;
+  float v[kGroup];
   for (int base = threadIdx.x; base < dim; base += kGroup * kThreads) {
-    float v[kGroup];
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) {
       const int i = base + u * kThreads;
@@ -43,8 +55,15 @@ __global__ void rmsnorm_kernel(const float* x, const float* __restrict__ weight,
   }
   __syncthreads();
   const float inv = rsqrtf(partial[0] / static_cast<float>(dim) + eps);
+  if (in_registers) {
+#pragma unroll
+    for (int u = 0; u < kGroup; ++u) {
+      const int i = threadIdx.x + u * kThreads;
+      if (i < dim) yr[i] = w[u] * (v[u] * inv);
+    }
+    return;
+  }
   for (int base = threadIdx.x; base < dim; base += kGroup * kThreads) {
-    float v[kGroup];
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) {
       const int i = base + u * kThreads;

@@ -1,4 +1,4 @@
-// RoPE in place on the rope span of each head; one thread per rotary pair.
+// RoPE on the rope span of each head, in place or into y; one thread per rotary pair.
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/launch.cuh"
 
@@ -13,12 +13,13 @@ __global__ void rope_kernel(RopeParams p) {
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = idx % half, h = (idx / half) % p.heads, t = idx / (half * p.heads);
     float* x = p.x + t * p.token_stride + h * p.head_stride + p.offset;
+    float* y = p.y ? p.y + t * p.y_token_stride + h * p.y_head_stride + p.y_offset : x;
     const int64_t a = p.layout == RopeLayout::Interleaved ? 2 * i : i;
     const int64_t b = p.layout == RopeLayout::Interleaved ? 2 * i + 1 : i + half;
     const float c = p.cos[t * half + i], s = p.sin[t * half + i];
     const float x0 = x[a], x1 = x[b];
-    x[a] = x0 * c - x1 * s;
-    x[b] = x1 * c + x0 * s;
+    y[a] = x0 * c - x1 * s;
+    y[b] = x1 * c + x0 * s;
   }
 }
 

@@ -47,8 +47,13 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
                     .y = cache_rows, .M = T, .N = C + R, .K = D, .y_stride = width});
   ops::rmsnorm(ctx, {.x = cache_rows, .weight = w.kv_a_layernorm.data, .y = cache_rows, .rows = T, .dim = C,
                      .x_stride = width, .y_stride = width, .eps = static_cast<float>(kLatentNormEps)});
-  ops::rope(ctx, {.x = q.data(), .cos = slots.cos, .sin = slots.sin, .tokens = T, .heads = H,
-                  .rope_dim = R, .token_stride = H * Dqk, .head_stride = Dqk, .offset = Dn, .layout = c.rope_layout});
+  const bool absorbed = batched || mode == MlaMode::Absorbed || (mode == MlaMode::Auto && T == 1);
+  // Absorbed attention needs q's rope dims only inside q_lat: they are roped straight into it below
+  // (one op instead of a rope and a copy) unless a tap wants to see the roped q itself.
+  const bool rope_q_into_latent = absorbed && !tap;
+  if (!rope_q_into_latent)
+    ops::rope(ctx, {.x = q.data(), .cos = slots.cos, .sin = slots.sin, .tokens = T, .heads = H, .rope_dim = R,
+                    .token_stride = H * Dqk, .head_stride = Dqk, .offset = Dn, .layout = c.rope_layout});
   ops::rope(ctx, {.x = cache_rows, .cos = slots.cos, .sin = slots.sin, .tokens = T, .heads = 1,
                   .rope_dim = R, .token_stride = width, .head_stride = width, .offset = C, .layout = c.rope_layout});
   emit(ctx, tap, "q", layer, q.data(), {T, H, Dqk});
@@ -62,7 +67,6 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
   const int64_t S = base + T;
   const float scale = static_cast<float>(c.softmax_scale());
   ops::Buffer<float> attn(be, T * H * Dv);
-  const bool absorbed = batched || mode == MlaMode::Absorbed || (mode == MlaMode::Auto && T == 1);
   // Expanded attention re-makes keys from fp32 rows: a bf16 cache is widened (all S rows, as stored).
   ops::Buffer<float> widened(be, cache.bf16 && !absorbed ? S * width : 0);
   if (widened.size())
@@ -98,8 +102,13 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
     else
       ops::copy2d(ctx, {.src = nullptr, .dst = q_lat.data(), .rows = T * H, .cols = C, .src_stride = C,
                         .dst_stride = C + R});
-    ops::copy2d(ctx, {.src = q.data() + Dn, .dst = q_lat.data() + C, .rows = T * H, .cols = R, .src_stride = Dqk,
-                      .dst_stride = C + R});
+    if (rope_q_into_latent)
+      ops::rope(ctx, {.x = q.data(), .cos = slots.cos, .sin = slots.sin, .tokens = T, .heads = H, .rope_dim = R,
+                      .token_stride = H * Dqk, .head_stride = Dqk, .offset = Dn, .layout = c.rope_layout,
+                      .y = q_lat.data(), .y_token_stride = H * (C + R), .y_head_stride = C + R, .y_offset = C});
+    else
+      ops::copy2d(ctx, {.src = q.data() + Dn, .dst = q_lat.data() + C, .rows = T * H, .cols = R,
+                        .src_stride = Dqk, .dst_stride = C + R});
     const uint16_t* rows_bf16 = cache.bf16 ? cache.row_bf16(cache_layer, 0, seq) : nullptr;
     // Batched: T problems of one query each, over their own sequence's rows (kv_lengths of them).
     const int64_t stride = cache.capacity * width;
