@@ -52,9 +52,13 @@ void moe(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, con
          const TapFn& tap, int64_t layer);
 
 // x[T, D] is the residual stream, updated in place: x += attn(norm(x)); x += ffn(norm(x)).
+// Deferred residual adds (decode steps; no tap): with ffn_out the FFN output is left there [T, D]
+// instead of added to x, and with pending (x + pending being the true input, pending the previous
+// layer's ffn_out, which may be the same buffer) the add is folded into the input norm
+// (ops::add_rmsnorm). The caller folds the last ffn_out into the final norm the same way.
 void decoder_layer(const ops::Context& ctx, const ModelConfig& c, const LayerWeights& w, float* x, int64_t T,
                    KvCache& cache, int64_t cache_layer, const TokenSlots& slots, MlaMode mode, const TapFn& tap,
-                   int64_t layer);
+                   int64_t layer, const float* pending = nullptr, float* ffn_out = nullptr);
 
 void rmsnorm_rows(const ops::Context& ctx, const float* x, const Tensor& weight, int64_t rows, double eps, float* y,
                   int64_t y_stride = 0);
