@@ -54,13 +54,10 @@ void BatchDecoder::run_ops() {
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     layers::decoder_layer(ctx_, c, w.layers[l], x.data(), B, cache_, l, slots, MlaMode::Absorbed, {}, l,
                           l == 0 ? nullptr : carry.data(), carry.data());
-  float* normed = carry.data();  // the final norm's output replaces the carry it consumes
-  if (c.num_hidden_layers > 0)
-    ops::add_rmsnorm(ctx_, {.x = x.data(), .delta = carry.data(), .weight = w.norm.data, .y = normed, .rows = B,
-                            .dim = D, .eps = static_cast<float>(c.rms_norm_eps)});
-  else
-    layers::rmsnorm_rows(ctx_, x.data(), w.norm, B, c.rms_norm_eps, normed);
-  ops::linear(ctx_, {.x = normed, .w = w.lm_head.data, .w_bf16 = w.lm_head.bf16, .y = logits_.data(), .M = B, .N = V,
+  // The final norm adds the last carry (configs have at least one layer) and replaces it.
+  ops::add_rmsnorm(ctx_, {.x = x.data(), .delta = carry.data(), .weight = w.norm.data, .y = carry.data(), .rows = B,
+                          .dim = D, .eps = static_cast<float>(c.rms_norm_eps)});
+  ops::linear(ctx_, {.x = carry.data(), .w = w.lm_head.data, .w_bf16 = w.lm_head.bf16, .y = logits_.data(), .M = B, .N = V,
                      .K = D});
   ops::argmax_rows(ctx_, {.x = logits_.data(), .out = greedy_.data(), .rows = B, .n = V});
 }
