@@ -39,4 +39,25 @@ void copy_to_host(const Context& ctx, void* dst, const void* src, size_t bytes) 
   else backend_table(ctx.backend).to_host(dst, src, bytes, ctx.stream);
 }
 
+Branch::Branch(const Context& main) : main_(main), side_(main) {
+  if (main.backend == Backend::Cpu) return;
+  const BackendTable& t = backend_table(main.backend);
+  if (!t.fork || !t.join) return;
+  side_.stream = t.fork(main.stream);
+  open_ = true;
+}
+
+void Branch::join() {
+  if (!open_) return;
+  open_ = false;
+  backend_table(main_.backend).join(main_.stream, side_.stream);
+}
+
+Branch::~Branch() {
+  try {
+    join();
+  } catch (...) {  // a destructor must not throw; the error surfaces at the next synchronizing call
+  }
+}
+
 }  // namespace dsv::ops

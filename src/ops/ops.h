@@ -574,9 +574,35 @@ struct BackendTable {
   void* (*capture_end)(void* stream) = nullptr;   // returns the executable graph
   void (*graph_launch)(void* graph, void* stream) = nullptr;
   void (*graph_destroy)(void* graph) = nullptr;
+  // Branches (ops::Branch): fork returns a side stream whose later work starts after everything issued
+  // on `stream` so far, and holds released memory back from reuse; join makes `stream`'s later work
+  // wait for the side stream's, and lets the held memory go once no branch is open.
+  void* (*fork)(void* stream) = nullptr;
+  void (*join)(void* stream, void* side) = nullptr;
 };
 BackendTable& backend_table(Backend b);
 bool backend_available(Backend b);
+
+// Two chains of ops of one step that may run at the same time: ops issued on side() after the fork
+// can overlap the ops issued on the main context, until join(); after it the main context's work
+// waits for both. Memory released while a branch is open is not handed out again before its join
+// (either chain may still be using it), so buffers may be freed on either side as usual. A chain must
+// not write what the other reads or writes before the join. On the CPU, and on a backend without
+// streams, side() is the main context itself and everything runs in issue order. Captured graphs
+// keep the branch structure.
+class Branch {
+ public:
+  explicit Branch(const Context& main);
+  ~Branch();  // joins, if join() was not called
+  Branch(const Branch&) = delete;
+  Branch& operator=(const Branch&) = delete;
+  const Context& side() const { return side_; }
+  void join();
+
+ private:
+  Context main_, side_;
+  bool open_ = false;
+};
 
 // Op profiling, for finding where time goes (not for speed claims): with the environment variable
 // DSV_OP_PROFILE=1, every backend op is bracketed by device synchronizations and its wall time is

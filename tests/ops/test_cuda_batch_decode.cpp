@@ -12,6 +12,7 @@
 #include "core/dtype.h"
 #include "cuda_test_util.h"
 #include "model/model.h"
+#include "ops/memory.h"
 #include "../model/fixture_util.h"
 
 namespace dsv::ops {
@@ -160,6 +161,46 @@ TEST_F(CudaBatch, GroupedExpertsMatchCpu) {
       EXPECT_TRUE(same_bits(dout.download(), first));
     }
   }
+}
+
+// ops::Branch on a stream of its own, inside a private pool: memory released while the branch is open
+// is not handed out again before the join (either chain may still use it), and work issued on the main
+// chain after the join sees everything the side chain wrote (the side's adds take long enough that a
+// missing wait would read partial sums).
+TEST_F(CudaBatch, BranchHoldsReleasedMemoryAndOrdersTheJoin) {
+  static bool registered = false;
+  if (!registered) cuda::register_cuda_backend();
+  registered = true;
+  cudaStream_t stream = nullptr;
+  CUDA_OK(cudaStreamCreate(&stream));
+  void* pool = cuda::pool_create();
+  cuda::pool_use(pool);
+  const Context ctx{Backend::Cuda, stream};
+  const int64_t n = int64_t{1} << 24;
+  {
+    const std::vector<float> ones_host(static_cast<size_t>(n), 1.0f), zeros(static_cast<size_t>(n), 0.0f);
+    Buffer<float> ones(ctx, ones_host.data(), ones_host.size()), sum(ctx, zeros.data(), zeros.size()),
+        seen(ctx, zeros.data(), zeros.size());
+    Branch branch(ctx);
+    EXPECT_NE(branch.side().stream, ctx.stream);
+    void* a = allocate(Backend::Cuda, 4096);
+    release(Backend::Cuda, a);
+    void* b = allocate(Backend::Cuda, 4096);
+    EXPECT_NE(a, b) << "a block released inside an open branch was handed out again";
+    for (int i = 0; i < 20; ++i) add(branch.side(), {.x = ones.data(), .y = sum.data(), .n = n});
+    branch.join();
+    void* c = allocate(Backend::Cuda, 4096);
+    EXPECT_EQ(c, a) << "the held block did not come back at the join";
+    release(Backend::Cuda, b);
+    release(Backend::Cuda, c);
+    add(ctx, {.x = sum.data(), .y = seen.data(), .n = n});
+    CUDA_OK(cudaStreamSynchronize(stream));
+    const std::vector<float> got = seen.to_host(ctx);
+    EXPECT_EQ(std::count(got.begin(), got.end(), 20.0f), n);
+  }
+  cuda::pool_use(nullptr);
+  cuda::pool_destroy(pool);
+  CUDA_OK(cudaStreamDestroy(stream));
 }
 
 // ---- BatchDecoder on the fixtures ----

@@ -2,13 +2,16 @@
 // driver, because cudaMalloc is slow and cudaFree synchronizes the device, and the model code makes
 // short-lived buffers in every layer. Work runs on the legacy default stream or on blocking streams
 // (a decode graph's), which the legacy stream orders with, so a block released after its last use can
-// be handed out again in stream order. Sizes are rounded (512 B, or 2 MiB above
+// be handed out again in stream order. While a branch (ops::Branch) runs work on a second stream, a
+// released block may still be in use on the other one: releases are held until the last open branch
+// joins, after which both streams' earlier work precedes anything issued. Sizes are rounded (512 B, or 2 MiB above
 // 1 MiB) so that repeated shapes hit the cache. Captured graphs get private pools (see cuda_ops.h).
 #include <cuda_runtime.h>
 
 #include <map>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 #include "backends/cuda/cuda_ops.h"
 
@@ -32,6 +35,8 @@ struct CachingAllocator {
   Pool shared;
   std::unordered_map<void*, Block> blocks;  // every block we hold
   size_t in_use = 0, peak_in_use = 0, held = 0;  // bytes handed out now / at most / from the driver
+  int open_branches = 0;
+  std::vector<void*> held_back;  // released while a branch was open
 
   void note_use(size_t size) {
     in_use += size;
@@ -75,7 +80,24 @@ struct CachingAllocator {
     auto it = blocks.find(p);
     if (it == blocks.end()) return;
     in_use -= it->second.size;
-    it->second.pool->free_blocks.emplace(it->second.size, p);
+    if (open_branches > 0) held_back.push_back(p);
+    else it->second.pool->free_blocks.emplace(it->second.size, p);
+  }
+
+  void branch_open() {
+    std::lock_guard<std::mutex> lock(mu);
+    ++open_branches;
+  }
+
+  void branch_close() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (open_branches > 0 && --open_branches == 0) {
+      for (void* p : held_back) {
+        const Block& b = blocks.at(p);
+        b.pool->free_blocks.emplace(b.size, p);
+      }
+      held_back.clear();
+    }
   }
 
   void release_cached_locked() {
@@ -92,6 +114,7 @@ struct CachingAllocator {
   void destroy(Pool* pool) {
     cudaDeviceSynchronize();
     std::lock_guard<std::mutex> lock(mu);
+    std::erase_if(held_back, [&](void* p) { return blocks.at(p).pool == pool; });
     for (auto it = blocks.begin(); it != blocks.end();) {
       if (it->second.pool != pool) {
         ++it;
@@ -114,6 +137,9 @@ CachingAllocator& allocator() {
 
 void* cached_allocate(size_t bytes) { return allocator().allocate(bytes); }
 void cached_release(void* p) { allocator().release(p); }
+
+void branch_open() { allocator().branch_open(); }
+void branch_close() { allocator().branch_close(); }
 
 void* pool_create() { return new Pool(); }
 void pool_destroy(void* pool) {

@@ -86,6 +86,10 @@ double measure_copy_bandwidth(size_t bytes);
 // The device allocator behind ops::Buffer on CUDA (caching_allocator.cpp).
 void* cached_allocate(size_t bytes);
 void cached_release(void* p);
+// While at least one branch is open (ops::Branch: work on two streams), released blocks are held back
+// instead of reused; the last close returns them.
+void branch_open();
+void branch_close();
 // Private pools for captured graphs: while a pool is in use (on this thread), cached_allocate takes
 // blocks from it (or the driver) and they return to it; the shared pool never sees them, so memory a
 // graph replays into is never handed to anyone else. Destroying a pool synchronizes and frees it.

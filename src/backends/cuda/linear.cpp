@@ -5,6 +5,7 @@
 #include <cublasLt.h>
 
 #include <cstdio>
+#include <map>
 #include <utility>
 
 #include "backends/cuda/cuda_ops.h"
@@ -17,17 +18,12 @@ constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 
 struct LtHandle {
   cublasLtHandle_t handle = nullptr;
-  void* workspace = nullptr;
-  LtHandle() {
-    cublasLtCreate(&handle);
-    if (cudaMalloc(&workspace, kWorkspaceBytes) != cudaSuccess) {
-      cudaGetLastError();
-      workspace = nullptr;
-    }
-  }
+  // One workspace per stream: products on two streams of a branch (ops::Branch) may run at once.
+  std::map<cudaStream_t, void*> workspaces;
+  LtHandle() { cublasLtCreate(&handle); }
   ~LtHandle() {
     if (handle) cublasLtDestroy(handle);
-  }  // the workspace lives as long as the process (no cudaFree during static teardown)
+  }  // the workspaces live as long as the process (no cudaFree during static teardown)
 };
 
 LtHandle& lt() {  // one per thread, shared by linear and linear_weight_grad
@@ -35,7 +31,15 @@ LtHandle& lt() {  // one per thread, shared by linear and linear_weight_grad
   return h;
 }
 cublasLtHandle_t lt_handle() { return lt().handle; }
-size_t workspace_bytes() { return lt().workspace ? kWorkspaceBytes : 0; }
+void* workspace(cudaStream_t stream) {  // null when it could not be had: no split-K then
+  auto [it, made] = lt().workspaces.try_emplace(stream, nullptr);
+  if (made && cudaMalloc(&it->second, kWorkspaceBytes) != cudaSuccess) {
+    cudaGetLastError();
+    it->second = nullptr;
+  }
+  return it->second;
+}
+size_t workspace_bytes(cudaStream_t stream) { return workspace(stream) ? kWorkspaceBytes : 0; }
 
 // True fp32 products (like the CPU op) unless the caller opted into TF32 tensor cores. (Bf16 products
 // make bf16 operand copies and take the bf16 path instead.)
@@ -118,7 +122,7 @@ cudaError_t linear_impl(const LinearParams& p, const uint16_t* x16, cudaStream_t
   const void* w = bf16 ? static_cast<const void*>(p.w_bf16) : p.w;
   const void* x = bf16 ? static_cast<const void*>(x_bf16) : p.x;
   const cublasStatus_t status =
-      cublasLtMatmul(lt_handle(), op, &alpha, w, a, x, b, &beta, p.y, c, p.y, c, nullptr, lt().workspace, workspace_bytes(), stream);
+      cublasLtMatmul(lt_handle(), op, &alpha, w, a, x, b, &beta, p.y, c, p.y, c, nullptr, workspace(stream), workspace_bytes(stream), stream);
   cublasLtMatrixLayoutDestroy(a);
   cublasLtMatrixLayoutDestroy(b);
   cublasLtMatrixLayoutDestroy(c);
@@ -193,8 +197,8 @@ cudaError_t weight_grad_impl(const LinearWeightGradParams& p, const uint16_t* dy
       const void* x = bf16 ? static_cast<const void*>(x16) : p.x;
       const void* dy = bf16 ? static_cast<const void*>(dy16) : p.dy;
       const cublasStatus_t status =
-          cublasLtMatmul(lt_handle(), op, &alpha, x, a, dy, b, &beta, p.dw, c, p.dw, c, nullptr, lt().workspace,
-                         workspace_bytes(), stream);
+          cublasLtMatmul(lt_handle(), op, &alpha, x, a, dy, b, &beta, p.dw, c, p.dw, c, nullptr, workspace(stream),
+                         workspace_bytes(stream), stream);
       cublasLtMatrixLayoutDestroy(a);
       cublasLtMatrixLayoutDestroy(b);
       cublasLtMatrixLayoutDestroy(c);

@@ -2,6 +2,8 @@
 // dsv::Error naming the op and the CUDA error.
 #include <cuda_runtime.h>
 
+#include <map>
+
 #include "backends/cuda/cuda_ops.h"
 #include "core/error.h"
 
@@ -12,6 +14,25 @@ void check(cudaError_t e, const char* what) {
   DSV_CHECK(e == cudaSuccess, "CUDA {} failed: {} ({})", what, cudaGetErrorString(e), static_cast<int>(e));
 }
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+
+// The side stream of a main stream, made on its first fork and kept for the process, with the events
+// that order the two (an event may be recorded again at once: a wait binds to the record before it).
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t forked = nullptr, joined = nullptr;
+};
+
+SideStream& side_of(cudaStream_t main) {
+  thread_local std::map<cudaStream_t, SideStream> sides;
+  SideStream& s = sides[main];
+  if (!s.stream) {
+    // Blocking, like the decode streams: the legacy stream's synchronous copies order with it.
+    check(cudaStreamCreate(&s.stream), "side stream create");
+    check(cudaEventCreateWithFlags(&s.forked, cudaEventDisableTiming), "branch event create");
+    check(cudaEventCreateWithFlags(&s.joined, cudaEventDisableTiming), "branch event create");
+  }
+  return s;
+}
 
 }  // namespace
 
@@ -133,6 +154,23 @@ void register_cuda_backend() {
     check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(g), as_stream(s)), "graph launch");
   };
   t.graph_destroy = [](void* g) { check(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(g)), "graph destroy"); };
+  // Event record + wait: while the main stream is being captured, the side stream joins the capture and
+  // the graph gets the fork and join as edges.
+  t.fork = [](void* s) -> void* {
+    SideStream& side = side_of(as_stream(s));
+    check(cudaEventRecord(side.forked, as_stream(s)), "branch fork");
+    check(cudaStreamWaitEvent(side.stream, side.forked, 0), "branch fork");
+    branch_open();  // once forked: a failed fork leaves no branch open
+    return side.stream;
+  };
+  t.join = [](void* s, void* side_stream) {
+    SideStream& side = side_of(as_stream(s));
+    DSV_CHECK(side.stream == as_stream(side_stream), "branch join: not the side stream of this stream");
+    cudaError_t e = cudaEventRecord(side.joined, side.stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(as_stream(s), side.joined, 0);
+    branch_close();  // after the wait: work issued from here on comes after both chains
+    check(e, "branch join");
+  };
 }
 
 double measure_copy_bandwidth(size_t bytes) {

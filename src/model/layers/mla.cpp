@@ -18,6 +18,11 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
                 R = c.qk_rope_head_dim, Dn = c.qk_nope_head_dim, Dv = c.v_head_dim, Dqk = Dn + R;
   const ops::Backend be = ctx.backend;
 
+  // Until the attention the queries and the new latent rows are independent chains: the rows go on a
+  // branch (ops::Branch), so on a device their small kernels overlap the query products.
+  ops::Branch kv_branch(ctx);
+  const ops::Context& kv_ctx = kv_branch.side();
+
   // Queries q[T, H, Dn + R].
   ops::Buffer<float> q(be, T * H * Dqk);
   if (Q > 0) {
@@ -43,10 +48,18 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
             "batched decode: {} rows for {} cached sequences, absorbed attention only", T, cache.sequences);
   ops::Buffer<float> fresh(be, cache.bf16 || batched ? T * width : 0);
   float* cache_rows = fresh.size() ? fresh.data() : cache.row(cache_layer, base, seq);
-  ops::linear(ctx, {.x = x, .w = w.kv_a_proj.data, .w_bf16 = w.kv_a_proj.bf16, .bias = w.kv_a_proj_bias.data,
-                    .y = cache_rows, .M = T, .N = C + R, .K = D, .y_stride = width});
-  ops::rmsnorm(ctx, {.x = cache_rows, .weight = w.kv_a_layernorm.data, .y = cache_rows, .rows = T, .dim = C,
-                     .x_stride = width, .y_stride = width, .eps = static_cast<float>(kLatentNormEps)});
+  ops::linear(kv_ctx, {.x = x, .w = w.kv_a_proj.data, .w_bf16 = w.kv_a_proj.bf16, .bias = w.kv_a_proj_bias.data,
+                       .y = cache_rows, .M = T, .N = C + R, .K = D, .y_stride = width});
+  ops::rmsnorm(kv_ctx, {.x = cache_rows, .weight = w.kv_a_layernorm.data, .y = cache_rows, .rows = T, .dim = C,
+                        .x_stride = width, .y_stride = width, .eps = static_cast<float>(kLatentNormEps)});
+  ops::rope(kv_ctx, {.x = cache_rows, .cos = slots.cos, .sin = slots.sin, .tokens = T, .heads = 1,
+                     .rope_dim = R, .token_stride = width, .head_stride = width, .offset = C, .layout = c.rope_layout});
+  if (batched)
+    ops::store_rows(kv_ctx, {.rows = slots.write_rows, .x = cache_rows, .y = cache.bf16 ? nullptr : cache.row(cache_layer, 0),
+                          .y_bf16 = cache.bf16 ? cache.row_bf16(cache_layer, 0) : nullptr, .n = T, .D = width});
+  else if (cache.bf16)
+    ops::cast(kv_ctx, {.x = cache_rows, .y = cache.row_bf16(cache_layer, base, seq), .n = T * width, .to_bf16 = true});
+
   const bool absorbed = batched || mode == MlaMode::Absorbed || (mode == MlaMode::Auto && T == 1);
   // Absorbed attention needs q's rope dims only inside q_lat: they are roped straight into it below
   // (one op instead of a rope and a copy) unless a tap wants to see the roped q itself.
@@ -54,25 +67,24 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
   if (!rope_q_into_latent)
     ops::rope(ctx, {.x = q.data(), .cos = slots.cos, .sin = slots.sin, .tokens = T, .heads = H, .rope_dim = R,
                     .token_stride = H * Dqk, .head_stride = Dqk, .offset = Dn, .layout = c.rope_layout});
-  ops::rope(ctx, {.x = cache_rows, .cos = slots.cos, .sin = slots.sin, .tokens = T, .heads = 1,
-                  .rope_dim = R, .token_stride = width, .head_stride = width, .offset = C, .layout = c.rope_layout});
-  emit(ctx, tap, "q", layer, q.data(), {T, H, Dqk});
-  emit(ctx, tap, "kv_latent", layer, cache_rows, {T, C + R});
-  if (batched)
-    ops::store_rows(ctx, {.rows = slots.write_rows, .x = cache_rows, .y = cache.bf16 ? nullptr : cache.row(cache_layer, 0),
-                          .y_bf16 = cache.bf16 ? cache.row_bf16(cache_layer, 0) : nullptr, .n = T, .D = width});
-  else if (cache.bf16)
-    ops::cast(ctx, {.x = cache_rows, .y = cache.row_bf16(cache_layer, base, seq), .n = T * width, .to_bf16 = true});
+
+  // The chains meet before the attention reads the cache; taps see both results after it.
+  const auto join_chains = [&] {
+    kv_branch.join();
+    emit(ctx, tap, "q", layer, q.data(), {T, H, Dqk});
+    emit(ctx, tap, "kv_latent", layer, cache_rows, {T, C + R});
+  };
 
   const int64_t S = base + T;
   const float scale = static_cast<float>(c.softmax_scale());
   ops::Buffer<float> attn(be, T * H * Dv);
-  // Expanded attention re-makes keys from fp32 rows: a bf16 cache is widened (all S rows, as stored).
-  ops::Buffer<float> widened(be, cache.bf16 && !absorbed ? S * width : 0);
-  if (widened.size())
-    ops::cast(ctx, {.x = cache.row_bf16(cache_layer, 0, seq), .y = widened.data(), .n = S * width, .to_bf16 = false});
-  const float* rows = cache.bf16 ? widened.data() : cache.row(cache_layer, 0, seq);
   if (!absorbed) {
+    join_chains();
+    // Expanded attention re-makes keys from fp32 rows: a bf16 cache is widened (all S rows, as stored).
+    ops::Buffer<float> widened(be, cache.bf16 ? S * width : 0);
+    if (widened.size())
+      ops::cast(ctx, {.x = cache.row_bf16(cache_layer, 0, seq), .y = widened.data(), .n = S * width, .to_bf16 = false});
+    const float* rows = cache.bf16 ? widened.data() : cache.row(cache_layer, 0, seq);
     // Expanded: kv[S, H, Dn + Dv] = latent . kv_b^T, then k[S, H, Dn + R] = [k_nope ; shared k_rope]
     // and v[S, H, Dv].
     ops::Buffer<float> kv(be, S * H * (Dn + Dv)), k(be, S * H * Dqk), v(be, S * H * Dv);
@@ -109,6 +121,8 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
     else
       ops::copy2d(ctx, {.src = q.data() + Dn, .dst = q_lat.data() + C, .rows = T * H, .cols = R,
                         .src_stride = Dqk, .dst_stride = C + R});
+    join_chains();
+    const float* rows = cache.bf16 ? nullptr : cache.row(cache_layer, 0, seq);
     const uint16_t* rows_bf16 = cache.bf16 ? cache.row_bf16(cache_layer, 0, seq) : nullptr;
     // Batched: T problems of one query each, over their own sequence's rows (kv_lengths of them).
     const int64_t stride = cache.capacity * width;

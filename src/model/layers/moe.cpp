@@ -4,6 +4,7 @@
 // weights are read once per step), so a step never waits for the host and can be captured as a graph.
 // For more (prefill), bf16 experts on CUDA run as grouped tensor-core GEMMs planned on the device; other
 // cases read the assignment back to group tokens per expert, one matrix product per expert.
+#include <optional>
 #include <vector>
 
 #include "model/layers/layers.h"
@@ -23,6 +24,16 @@ void moe(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, con
          const TapFn& tap, int64_t layer) {
   const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   const ops::Backend be = ctx.backend;
+
+  // The shared experts do not depend on the routing: they run on a branch (ops::Branch) into their own
+  // buffer, so on a device they overlap the router and the routed experts, and are added at the end.
+  const bool has_shared = !w.shared.gate_proj.empty() && w.shared.gate_proj.dim(0) > 0;
+  std::optional<ops::Branch> shared_branch;
+  ops::Buffer<float> shared_out(be, has_shared ? static_cast<size_t>(T * D) : 0);
+  if (has_shared) {
+    shared_branch.emplace(ctx);
+    mlp(shared_branch->side(), c, w.shared, x, T, shared_out.data(), /*accumulate=*/false);
+  }
 
   ops::Buffer<float> logits(be, T * E), weights(be, T * K);  // router in fp32
   ops::Buffer<int32_t> indices(be, T * K);
@@ -50,8 +61,10 @@ void moe(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, con
     routed_by_expert(ctx, c, w, x, T, indices, weights, out);
   }
   emit(ctx, tap, "moe_routed", layer, out, {T, D});
-  if (!w.shared.gate_proj.empty() && w.shared.gate_proj.dim(0) > 0)
-    mlp(ctx, c, w.shared, x, T, out, /*accumulate=*/true);
+  if (has_shared) {
+    shared_branch->join();
+    ops::add(ctx, {.x = shared_out.data(), .y = out, .n = T * D});
+  }
 }
 
 namespace {
