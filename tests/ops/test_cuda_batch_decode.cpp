@@ -97,11 +97,14 @@ TEST_F(CudaBatch, ArgmaxRowsMatchesCpu) {
 }
 
 // Grouped by expert (E given): uneven expert loads (some experts unused, one with many pairs), rows
-// that are not 8-aligned (scalar lanes), batch-64 decode shapes; fp32 and bf16 tables.
+// that are not 8-aligned (scalar lanes), batch-64 decode shapes; fp32 and bf16 tables. One token
+// (T = 1) takes its own two-kernel path up to 16 slots (a partial last column group, 16 slots) and the
+// grouped one past that.
 TEST_F(CudaBatch, GroupedExpertsMatchCpu) {
   struct Case { int64_t T, K, E, D, F; };
   for (const Case& c : {Case{1, 6, 64, 2048, 1408}, Case{64, 6, 64, 256, 176}, Case{5, 3, 8, 40, 36},
-                        Case{2, 2, 3, 13, 7}, Case{128, 8, 256, 64, 32}}) {
+                        Case{2, 2, 3, 13, 7}, Case{128, 8, 256, 64, 32}, Case{1, 3, 5, 13, 7},
+                        Case{1, 16, 32, 40, 36}, Case{1, 17, 40, 24, 16}}) {
     SCOPED_TRACE(testing::Message() << "T" << c.T << " K" << c.K << " E" << c.E << " D" << c.D << " F" << c.F);
     std::vector<std::vector<float>> mats;  // gate, up, down per expert
     for (int64_t e = 0; e < c.E; ++e) {

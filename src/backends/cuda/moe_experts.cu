@@ -283,6 +283,74 @@ __global__ void grouped_combine_kernel(MoeExpertsParams p, const int32_t* __rest
   }
 }
 
+// ---- One token (a batch-1 step) ----
+// Its K slots need no plan: block y of the up kernel takes slot y (expert indices[y]), and the down
+// product and the weighted combine are one kernel whose block has one warp per slot for the same
+// output columns and sums the slots in ascending order, as the combine does: the same values as the
+// grouped path with two kernels (plan, combine) fewer on a step's critical path.
+template <typename W>
+__global__ void token_up_kernel(MoeExpertsParams p, const W* const* gate, const W* const* up) {
+  dependent_start();
+  const int64_t f0 = (static_cast<int64_t>(blockIdx.x) * kGroupWarps + threadIdx.x / 32) * kUpColsPerWarp;
+  if (f0 >= p.F) return;
+  const int64_t slot = blockIdx.y;
+  const int32_t e = p.indices[slot];
+  const W* rows[2 * kUpColsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kUpColsPerWarp; ++r) {
+    const int64_t f = f0 + r < p.F ? f0 + r : p.F - 1;
+    rows[r] = gate[e] + f * p.D;
+    rows[kUpColsPerWarp + r] = up[e] + f * p.D;
+  }
+  const float* x[1] = {p.x};
+  float acc[1][2 * kUpColsPerWarp] = {};
+  lane_dots_rows<1, 2 * kUpColsPerWarp>(x, rows, p.D, acc);
+#pragma unroll
+  for (int r = 0; r < kUpColsPerWarp; ++r) {
+    const float g = warp_sum(acc[0][r]), u = warp_sum(acc[0][kUpColsPerWarp + r]);
+    if (threadIdx.x % 32 == 0 && f0 + r < p.F) p.scratch[slot * p.F + f0 + r] = (g / (1.0f + __expf(-g))) * u;
+  }
+}
+
+constexpr int kMaxTokenSlots = 16;  // warps of a down-combine block: one per slot
+template <typename W>
+__global__ void token_down_combine_kernel(MoeExpertsParams p, const W* const* down) {
+  __shared__ float y[kMaxTokenSlots][kDownColsPerWarp];
+  dependent_start();
+  const int64_t d0 = static_cast<int64_t>(blockIdx.x) * kDownColsPerWarp;
+  const int slot = threadIdx.x / 32;
+  const int32_t e = p.indices[slot];
+  const W* rows[kDownColsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kDownColsPerWarp; ++r) rows[r] = down[e] + (d0 + r < p.D ? d0 + r : p.D - 1) * p.F;
+  const float* h[1] = {p.scratch + slot * p.F};
+  float acc[1][kDownColsPerWarp] = {};
+  lane_dots_rows<1, kDownColsPerWarp>(h, rows, p.F, acc);
+#pragma unroll
+  for (int r = 0; r < kDownColsPerWarp; ++r) {
+    const float v = warp_sum(acc[0][r]);
+    if (threadIdx.x % 32 == 0) y[slot][r] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x >= kDownColsPerWarp || d0 + threadIdx.x >= p.D) return;
+  float sum = 0.0f;
+  for (int64_t k = 0; k < p.K; ++k) sum += p.weights[k] * y[k][threadIdx.x];
+  p.out[d0 + threadIdx.x] = sum;
+}
+
+template <typename W>
+cudaError_t one_token(const MoeExpertsParams& p, const W* const* gate, const W* const* up, const W* const* down,
+                      cudaStream_t s) {
+  const int64_t up_cols = kGroupWarps * kUpColsPerWarp;
+  cudaError_t e = launch_dependent(token_up_kernel<W>, dim3(static_cast<unsigned>((p.F + up_cols - 1) / up_cols),
+                                                            static_cast<unsigned>(p.K)),
+                                   kGroupWarps * 32, 0, s, p, gate, up);
+  if (e == cudaSuccess)
+    e = launch_dependent(token_down_combine_kernel<W>, static_cast<unsigned>((p.D + kDownColsPerWarp - 1) / kDownColsPerWarp),
+                         static_cast<unsigned>(p.K * 32), 0, s, p, down);
+  return e;
+}
+
 template <typename W>
 cudaError_t grouped(const MoeExpertsParams& p, const W* const* gate, const W* const* up, const W* const* down,
                     cudaStream_t s) {
@@ -318,6 +386,10 @@ cudaError_t moe_experts(const MoeExpertsParams& p, cudaStream_t s) {
     q.scratch = scratch.get<float>(p.T * p.K * (p.F + p.D));
     if (!q.scratch) return cudaErrorMemoryAllocation;
     return moe_experts(q, s);
+  }
+  if (p.T == 1 && p.K <= kMaxTokenSlots) {
+    if (p.gate_bf16) return one_token<uint16_t>(p, p.gate_bf16, p.up_bf16, p.down_bf16, s);
+    return one_token<float>(p, p.gate, p.up, p.down, s);
   }
   if (p.E > 0 && p.E <= kMaxGroupedExperts && p.T * p.K <= kMaxGroupedPairs) {
     if (p.gate_bf16) return grouped<uint16_t>(p, p.gate_bf16, p.up_bf16, p.down_bf16, s);
