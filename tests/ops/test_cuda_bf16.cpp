@@ -234,10 +234,16 @@ TEST_F(CudaBf16, AbsorbedAttentionOverBf16CacheMatchesCpu) {
 // A problem with one key has the weight 1 exactly: its output is that row bit for bit. Shapes: the
 // releases' 16 heads x (512 + 64), head groups with absent heads (3, 17, 40), key counts that leave
 // blocks of a cluster empty or need several clusters (1 .. 9000), batches of different lengths, a
-// peaked softmax (large scale) and the smallest rows (16 + 16).
+// peaked softmax (large scale), the smallest rows (16 + 16), and 40 problems whose single blocks walk
+// up to 47 tiles through the ring of key tiles in shared memory.
 TEST_F(CudaBf16, LatentDecodeOnTensorCoresMatchesCpu) {
   struct Case { int64_t S, H, C, R; float scale; std::vector<int32_t> lengths; };
+  // A batch-64-like case: one block per problem walks dozens of tiles through the ring of key tiles.
+  std::vector<int32_t> many(40);
+  for (size_t i = 0; i < many.size(); ++i) many[i] = static_cast<int32_t>(1 + (i * 397) % 1500);
+  many[0] = 1500;
   const std::vector<Case> cases = {
+      {1500, 16, 512, 64, 0.07f, many},
       {700, 16, 512, 64, 0.07f, {}},         {577, 16, 512, 64, 0.07f, {1, 577, 64, 65, 300, 33}},
       {40, 3, 32, 8, 0.07f, {}},             {33, 17, 64, 16, 0.3f, {33, 1, 32, 2}},
       {9000, 2, 16, 8, 0.07f, {9000, 4000}}, {2000, 40, 128, 32, 0.07f, {2000, 31}},

@@ -70,11 +70,16 @@ TEST_F(CudaOps, SwigluMatchesCpu) {
 }
 
 
+// cuBLASLt, and up to 8 rows with K % 8 == 0, aligned rows and K <= 8192 the exact fp32 GEMV kernels
+// (the router shape 1 x 64 x 2048, bias + accumulate with padded rows, the longest K, 8 rows, and one K
+// past the limit, which goes to cuBLASLt). A bf16 rounding anywhere would miss 1e-5 by far.
 TEST_F(CudaOps, LinearMatchesCpu) {
   struct Case { int64_t M, N, K; bool bias, accumulate; int64_t x_pad, y_pad; };
   for (const Case& c : {Case{1, 1, 1, false, false, 0, 0}, Case{7, 33, 129, true, false, 0, 0},
                         Case{64, 576, 2048, false, true, 0, 0}, Case{3, 50, 40, true, true, 5, 9},
-                        Case{129, 255, 17, false, false, 0, 3}}) {
+                        Case{129, 255, 17, false, false, 0, 3}, Case{1, 64, 2048, false, false, 0, 0},
+                        Case{5, 100, 1000, true, true, 4, 3}, Case{2, 17, 8192, true, false, 0, 0},
+                        Case{8, 300, 512, false, false, 0, 0}, Case{1, 40, 8200, false, false, 0, 0}}) {
     SCOPED_TRACE(testing::Message() << c.M << "x" << c.N << "x" << c.K);
     const int64_t xs = c.K + c.x_pad, ys = c.N + c.y_pad;
     const auto x = randn(c.M * xs, 1 + c.M), w = randn(c.N * c.K, 2 + c.N), b = randn(c.N, 3);

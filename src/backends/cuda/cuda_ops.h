@@ -114,6 +114,9 @@ cudaError_t linear_bf16_rows(const LinearParams& p, cudaStream_t stream);
 // The bf16 product of fp32 weights (p.w) for at most 8 rows, weights rounded in registers: no bf16
 // copy first. *launched is false (and nothing ran) where the shapes or alignment do not suit it.
 cudaError_t linear_f32w_bf16_rows(const LinearParams& p, cudaStream_t stream, bool* launched);
+// The exact fp32 product of fp32 weights for at most 8 rows (the same kernels, nothing rounded);
+// *launched as above.
+cudaError_t linear_f32_rows(const LinearParams& p, cudaStream_t stream, bool* launched);
 cudaError_t cast(const CastParams& p, cudaStream_t stream);
 
 // Scratch of one launcher call: blocks from the caching allocator, released when it goes out of scope

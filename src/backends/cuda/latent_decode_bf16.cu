@@ -4,7 +4,8 @@
 // Problem: one query per head (q_lat [batch, H, Dqk], fp32) over one shared row per key (the latent
 // cache, bf16, k = the whole row [Dqk], v = its first Dv values): out[b, h] = softmax(scale q.k) v.
 // A block owns 16 heads (the 16 M rows of the MMA; absent heads are zero rows) and a range of keys,
-// which it walks in 32-key tiles streamed into shared memory by cp.async (double-buffered):
+// which it walks in 32-key tiles streamed into shared memory by cp.async, up to kMaxStages tiles in
+// flight (all of a block's tiles at batch-1 sizes: each further tile would otherwise cost a round trip):
 //   1. scores S[16 x 32] = Q K^T: warp w takes keys 8(w % 4) .. +7 over half of the Dqk columns;
 //      the two halves are summed in shared memory;
 //   2. online softmax in fp32, warp w owning heads 2w and 2w + 1 (lane = key);
@@ -45,6 +46,8 @@ constexpr int kHeads = 16, kKeys = 32, kWarps = 8, kThreads = 32 * kWarps;
 constexpr int kMaxCluster = 8, kMaxDv = 64 * kWarps;
 constexpr int kProbPitch = kKeys + 8;  // bf16 per row of P (8 rows of an ldmatrix in distinct banks)
 constexpr int kTilesPerBlock = 4;      // more keys per block than this many tiles: more clusters
+constexpr int kMaxStages = 4;          // key tiles in shared memory (a ring); at least 2
+constexpr size_t kMaxSmem = 200 * 1024;
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 // Staged rows: Dqk padded to whole 32-column pairs of k-steps, plus 8 bf16 (16 bytes) so the 8 rows
@@ -53,9 +56,9 @@ __host__ __device__ constexpr int padded_dqk(int64_t Dqk) { return static_cast<i
 __host__ __device__ constexpr int row_pitch(int64_t Dqk) { return padded_dqk(Dqk) + 8; }
 __host__ __device__ constexpr int out_pitch(int64_t Dv) { return static_cast<int>(Dv) + 8; }
 
-size_t smem_bytes(int64_t Dqk) {
+size_t smem_bytes(int64_t Dqk, int stages) {
   const size_t pitch = static_cast<size_t>(row_pitch(Dqk));
-  return (2 * kKeys + 2 * kHeads) * pitch * sizeof(bf16)      // key tiles (two buffers), q hi and lo
+  return (stages * kKeys + 2 * kHeads) * pitch * sizeof(bf16)  // key tiles (the ring), q hi and lo
          + 2 * kHeads * kKeys * sizeof(float)                 // score halves
          + 2 * kHeads * kProbPitch * sizeof(bf16)             // P hi and lo
          + (3 * kHeads + kMaxCluster * kHeads + kHeads) * sizeof(float);  // alpha, max, sum, weights, L
@@ -83,18 +86,27 @@ __device__ __forceinline__ void load_keys(bf16* tile, int pitch, const uint16_t*
   cp_async_commit();
 }
 
+// Waits until at most n (0 .. kMaxStages - 2) of this thread's newest cp.async groups are pending.
+__device__ __forceinline__ void cp_async_wait_newest(int n) {
+  if (n <= 0) cp_async_wait<0>();
+  else if (n == 1) cp_async_wait<1>();
+  else cp_async_wait<2>();
+}
+static_assert(kMaxStages - 2 <= 2, "cp_async_wait_newest covers up to two pending groups");
+
 // Grid (clusters * cl, head groups, batch), cluster (cl, 1, 1). Block x of a problem covers keys
-// [x * split_keys, +split_keys). partial: [batch * H][clusters][Dv + 2] when clusters > 1, else unused.
+// [x * split_keys, +split_keys), `stages` tiles of them in flight. partial: [batch * H][clusters][Dv + 2]
+// when clusters > 1, else unused.
 __global__ void __launch_bounds__(kThreads)
     latent_mma_kernel(AttentionParams p, const uint16_t* K, int64_t ks, int64_t split_keys, int64_t clusters,
-                      float* partial) {
+                      int stages, float* partial) {
   dependent_start();
   cg::cluster_group cluster = cg::this_cluster();
   const int cl = static_cast<int>(cluster.num_blocks()), rank = static_cast<int>(cluster.block_rank());
   extern __shared__ __align__(16) unsigned char smem[];
   const int Dqk = static_cast<int>(p.Dqk), Dv = static_cast<int>(p.Dv), pitch = row_pitch(p.Dqk);
-  bf16* keys_smem = reinterpret_cast<bf16*>(smem);     // [2][kKeys][pitch]
-  bf16* q_hi = keys_smem + 2 * kKeys * pitch;          // [kHeads][pitch]
+  bf16* keys_smem = reinterpret_cast<bf16*>(smem);     // [stages][kKeys][pitch]
+  bf16* q_hi = keys_smem + stages * kKeys * pitch;     // [kHeads][pitch]
   bf16* q_lo = q_hi + kHeads * pitch;                  // [kHeads][pitch]
   float* scores = reinterpret_cast<float*>(q_lo + kHeads * pitch);  // [2 halves][kHeads][kKeys]
   bf16* p_hi = reinterpret_cast<bf16*>(scores + 2 * kHeads * kKeys);  // [kHeads][kProbPitch]
@@ -114,7 +126,12 @@ __global__ void __launch_bounds__(kThreads)
   const uint16_t* kb = K + b * p.k_batch_stride;
   const float scale_log2 = p.scale * kLog2e;
 
-  if (s_begin < s_end) load_keys(keys_smem, pitch, kb, ks, s_begin, s_end, Dqk);
+  // The first stages - 1 tiles start streaming now (one cp.async group each, empty past the last tile).
+  const int n_tiles = s_begin < s_end ? static_cast<int>((s_end - s_begin + kKeys - 1) / kKeys) : 0;
+  for (int i = 0; i < stages - 1; ++i) {
+    if (i < n_tiles) load_keys(keys_smem + i * kKeys * pitch, pitch, kb, ks, s_begin + i * kKeys, s_end, Dqk);
+    else cp_async_commit();
+  }
   {  // q rows of this head group as bf16 pairs: each thread's float4 loads all issued before its stores
     const float* q = p.q + (b * p.H + h0) * p.Dqk;
     const int per_row = Dqk / 4, total = heads * per_row;
@@ -161,16 +178,19 @@ __global__ void __launch_bounds__(kThreads)
   const int a_lane = (lane % 16) * pitch + 8 * (lane / 16);       // A fragment offsets: q rows,
   const int p_lane = (lane % 16) * kProbPitch + 8 * (lane / 16);  // P rows
 
-  int buf = 0;
-  for (int64_t s0 = s_begin; s0 < s_end; s0 += kKeys, buf ^= 1) {
-    const bf16* tile = keys_smem + buf * kKeys * pitch;
-    if (s0 + kKeys < s_end) {  // the next tile streams in while this one is used
-      load_keys(keys_smem + (buf ^ 1) * kKeys * pitch, pitch, kb, ks, s0 + kKeys, s_end, Dqk);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+  for (int tile_index = 0; tile_index < n_tiles; ++tile_index) {
+    const int64_t s0 = s_begin + static_cast<int64_t>(tile_index) * kKeys;
+    const bf16* tile = keys_smem + (tile_index % stages) * kKeys * pitch;
+    cp_async_wait_newest(stages - 2);  // this tile's group has landed (later ones may be in flight)
     __syncthreads();
+    {  // the ring slot of the previous tile is free (every thread passed its last sync): refill it
+      const int next = tile_index + stages - 1;
+      if (next < n_tiles)
+        load_keys(keys_smem + (next % stages) * kKeys * pitch, pitch, kb, ks, s_begin + static_cast<int64_t>(next) * kKeys,
+                  s_end, Dqk);
+      else
+        cp_async_commit();
+    }
     {  // 1. scores of keys 8 n_tile .. +7 over this warp's half of the columns: q hi and lo, two
        // k-steps per iteration, four independent accumulator chains
       float c[4][4] = {};
@@ -243,6 +263,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();  // the tile buffer and P are free for the next tile
   }
+  cp_async_wait<0>();  // only empty groups can be pending; o_smem below reuses the ring
 
   // This block's O, max and sum into shared memory (blocks with no keys: -inf, 0 and zeros).
   const int op = out_pitch(p.Dv);
@@ -335,18 +356,22 @@ bool latent_decode_bf16_applies(const AttentionParams& p, const uint16_t* K, con
   return hkv == 1 && p.T == 1 && K == V && ks == vs && !p.lse && p.Dv <= p.Dqk && p.Dv % 16 == 0 &&
          p.Dv <= kMaxDv && p.Dv > 0 && p.Dqk % 8 == 0 && ks % 8 == 0 && p.k_batch_stride % 8 == 0 &&
          reinterpret_cast<uintptr_t>(K) % 16 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0 &&
-         smem_bytes(p.Dqk) <= 200 * 1024 && p.batch <= 65535 && (p.H + kHeads - 1) / kHeads <= 65535 && p.S > 0;
+         smem_bytes(p.Dqk, 2) <= kMaxSmem && p.batch <= 65535 && (p.H + kHeads - 1) / kHeads <= 65535 && p.S > 0;
 }
 
 cudaError_t latent_decode_bf16(const AttentionParams& p, const uint16_t* K, int64_t ks, cudaStream_t stream) {
   // Blocks per problem and head group: enough to fill every SM once over the whole call, in a cluster
   // of up to 8 (a power of two, so Dv splits evenly across it); more clusters only when each block
   // would otherwise walk more than kTilesPerBlock tiles (long caches at small batch).
-  const size_t smem = smem_bytes(p.Dqk);
-  cudaError_t e = cudaFuncSetAttribute(latent_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  // Occupancy as with two stages (one block per SM on the releases' shapes either way); the ring may
+  // grow up to max_stages tiles within kMaxSmem.
+  int max_stages = kMaxStages;
+  while (max_stages > 2 && smem_bytes(p.Dqk, max_stages) > kMaxSmem) --max_stages;
+  cudaError_t e = cudaFuncSetAttribute(latent_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem_bytes(p.Dqk, max_stages)));
   if (e != cudaSuccess) return e;
   int per_sm = 0;
-  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, latent_mma_kernel, kThreads, smem);
+  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, latent_mma_kernel, kThreads, smem_bytes(p.Dqk, 2));
   if (e != cudaSuccess) return e;
   const int64_t tiles = (p.S + kKeys - 1) / kKeys, groups = (p.H + kHeads - 1) / kHeads;
   int64_t target = (per_sm < 1 ? 1 : per_sm) * multiprocessors() / (p.batch * groups);
@@ -361,6 +386,10 @@ cudaError_t latent_decode_bf16(const AttentionParams& p, const uint16_t* K, int6
   }
   const int64_t split_tiles = (tiles + clusters * cl - 1) / (clusters * cl);
   const int64_t split_keys = split_tiles * kKeys;
+  // All of a block's tiles in flight at once where they fit (up to kMaxStages), else a ring.
+  int stages = static_cast<int>(split_tiles + 1 < max_stages ? split_tiles + 1 : max_stages);
+  stages = stages < 2 ? 2 : stages;
+  const size_t smem = smem_bytes(p.Dqk, stages);
   if (clusters * cl > 2147483647) return cudaErrorInvalidValue;
   const int64_t rows = p.batch * p.H;
   float* partial = nullptr;
@@ -371,7 +400,7 @@ cudaError_t latent_decode_bf16(const AttentionParams& p, const uint16_t* K, int6
   {
     const dim3 grid(static_cast<unsigned>(clusters * cl), static_cast<unsigned>(groups), static_cast<unsigned>(p.batch));
     e = launch_dependent_cluster(latent_mma_kernel, grid, kThreads, smem, stream, static_cast<unsigned>(cl), p, K, ks,
-                                 split_keys, clusters, partial);
+                                 split_keys, clusters, stages, partial);
   }
   if (clusters > 1) {
     if (e == cudaSuccess) e = decode_combine(p, rows, clusters, partial, stream);

@@ -85,6 +85,11 @@ cudaError_t linear_impl(const LinearParams& p, const uint16_t* x16, cudaStream_t
   }
   const bool bf16 = p.w_bf16 != nullptr;
   if (bf16 && (p.M <= kGemvMaxRows || p.K == 0)) return linear_bf16_rows(p, stream);
+  if (!bf16 && p.M <= kGemvMaxRows && p.K > 0 && matmul_precision() == MatmulPrecision::Fp32) {  // exact fp32 GEMV
+    bool launched = false;
+    const cudaError_t e = linear_f32_rows(p, stream, &launched);
+    if (launched || e != cudaSuccess) return e;
+  }
   DeviceScratch scratch;
   const uint16_t* x_bf16 = x16;  // bf16(x) over the span of x the product reads, same strides
   if (bf16 && !x_bf16) {

@@ -111,6 +111,9 @@ struct Chunk8<float> {
     f[0] = round_bf16(a.x), f[1] = round_bf16(a.y), f[2] = round_bf16(a.z), f[3] = round_bf16(a.w);
     f[4] = round_bf16(b.x), f[5] = round_bf16(b.y), f[6] = round_bf16(b.z), f[7] = round_bf16(b.w);
   }
+  __device__ __forceinline__ void unpack_exact(float (&f)[8]) const {
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+  }
 };
 
 // The split kernel's layout with every weight load issued before the wait for the previous kernel
@@ -119,7 +122,9 @@ struct Chunk8<float> {
 // product instead of starting after them. Measured on the H100 (2026-11-23, a 3072 x 2048 product
 // after a 1-6 us kernel, CUDA graph): 6.9 us for the split kernel, 3.4-4.2 us this way.
 // W = uint16_t: bf16 weights (p.w_bf16); W = float: fp32 weights (p.w) rounded to bf16 in registers,
-// the bf16 product of fp32 weights without a cast kernel first (the fp32 router of a bf16 decode).
+// the bf16 product of fp32 weights without a cast kernel first, or with EXACT neither x nor w rounded:
+// the exact fp32 product (fp32 decode, and the fp32 routers of a bf16 decode: one kernel where
+// cuBLAS's GEMV took two).
 // GATED (ops::gated_linear): p.w_bf16 / p.bias are the gate's, `up` / `up_bias` the up product's; a
 // block's rows are gate and up rows of kGatedCols output columns, and y = silu(gate) * up.
 // Needs K % 8 == 0 and 16-byte aligned weight and x rows; K <= kMaxSlices * 256 * ITERS.
@@ -148,7 +153,7 @@ __device__ __forceinline__ void gated_finish(const LinearParams& p, float (&part
   p.y[(m0 + m) * ys + n] = (g / (1.0f + __expf(-g))) * u;  // as swiglu.cu
 }
 
-template <int M, int ITERS, typename W, bool GATED>
+template <int M, int ITERS, typename W, bool GATED, bool EXACT = false>
 __global__ void gemv_preload_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t m0, int64_t slice_k, const W* up,
                                     const float* up_bias) {
   __shared__ float partial[kMaxSlices][M][kRowsPerWarp];
@@ -180,12 +185,15 @@ __global__ void gemv_preload_kernel(LinearParams p, int64_t xs, int64_t ys, int6
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const float4 lo = *reinterpret_cast<const float4*>(x + m * xs + k), hi = *reinterpret_cast<const float4*>(x + m * xs + k + 4);
-      const float xv[8] = {round_bf16(lo.x), round_bf16(lo.y), round_bf16(lo.z), round_bf16(lo.w),
-                           round_bf16(hi.x), round_bf16(hi.y), round_bf16(hi.z), round_bf16(hi.w)};
+      float xv[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+      if constexpr (!EXACT)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) xv[j] = round_bf16(xv[j]);
 #pragma unroll
       for (int r = 0; r < kRowsPerWarp; ++r) {
         float wf[8];
-        raw[r][i].unpack(wf);
+        if constexpr (EXACT) raw[r][i].unpack_exact(wf);
+        else raw[r][i].unpack(wf);
         float sum = acc[m][r];
 #pragma unroll
         for (int j = 0; j < 8; ++j) sum += xv[j] * wf[j];
@@ -200,7 +208,7 @@ __global__ void gemv_preload_kernel(LinearParams p, int64_t xs, int64_t ys, int6
 // Launches gemv_preload_kernel when it applies (aligned rows, K % 8 == 0, K up to kMaxSlices * 256 *
 // the largest ITERS for W); false otherwise. Slices of 256 K values per chunk of eight per lane.
 // GATED: `up` and `up_bias` as in the kernel (batch 1).
-template <int M, typename W, bool GATED = false>
+template <int M, typename W, bool GATED = false, bool EXACT = false>
 bool launch_preload(const LinearParams& p, int64_t xs, int64_t ys, int64_t m0, cudaStream_t s, cudaError_t* e,
                     const W* up = nullptr, const float* up_bias = nullptr) {
   constexpr int64_t kMaxIters = std::is_same_v<W, float> ? 4 : 8;
@@ -218,17 +226,17 @@ bool launch_preload(const LinearParams& p, int64_t xs, int64_t ys, int64_t m0, c
   const unsigned threads = static_cast<unsigned>(slices * 32);
   switch (iters) {
     case 1:
-      *e = launch_dependent(gemv_preload_kernel<M, 1, W, GATED>, grid, threads, 0, s, p, xs, ys, m0, slice_k, up, up_bias);
+      *e = launch_dependent(gemv_preload_kernel<M, 1, W, GATED, EXACT>, grid, threads, 0, s, p, xs, ys, m0, slice_k, up, up_bias);
       break;
     case 2:
-      *e = launch_dependent(gemv_preload_kernel<M, 2, W, GATED>, grid, threads, 0, s, p, xs, ys, m0, slice_k, up, up_bias);
+      *e = launch_dependent(gemv_preload_kernel<M, 2, W, GATED, EXACT>, grid, threads, 0, s, p, xs, ys, m0, slice_k, up, up_bias);
       break;
     case 4:
-      *e = launch_dependent(gemv_preload_kernel<M, 4, W, GATED>, grid, threads, 0, s, p, xs, ys, m0, slice_k, up, up_bias);
+      *e = launch_dependent(gemv_preload_kernel<M, 4, W, GATED, EXACT>, grid, threads, 0, s, p, xs, ys, m0, slice_k, up, up_bias);
       break;
     default:
       if constexpr (kMaxIters >= 8)
-        *e = launch_dependent(gemv_preload_kernel<M, 8, W, GATED>, grid, threads, 0, s, p, xs, ys, m0, slice_k, up,
+        *e = launch_dependent(gemv_preload_kernel<M, 8, W, GATED, EXACT>, grid, threads, 0, s, p, xs, ys, m0, slice_k, up,
                               up_bias);
       break;
   }
@@ -471,7 +479,8 @@ cudaError_t gated_linear(const GatedLinearParams& p, cudaStream_t stream) {
   return e;
 }
 
-cudaError_t linear_f32w_bf16_rows(const LinearParams& p, cudaStream_t stream, bool* launched) {
+template <bool EXACT>
+cudaError_t linear_f32w_rows(const LinearParams& p, cudaStream_t stream, bool* launched) {
   *launched = false;
   if (p.M == 0 || p.N == 0 || p.w_transposed) return cudaSuccess;
   const int64_t xs = p.x_stride ? p.x_stride : p.K, ys = p.y_stride ? p.y_stride : p.N;
@@ -480,19 +489,26 @@ cudaError_t linear_f32w_bf16_rows(const LinearParams& p, cudaStream_t stream, bo
   for (; m0 < p.M && e == cudaSuccess; m0 += 8) {
     bool ok = false;
     switch (p.M - m0 < 8 ? p.M - m0 : 8) {
-      case 1: ok = launch_preload<1, float>(p, xs, ys, m0, stream, &e); break;
-      case 2: ok = launch_preload<2, float>(p, xs, ys, m0, stream, &e); break;
-      case 3: ok = launch_preload<3, float>(p, xs, ys, m0, stream, &e); break;
-      case 4: ok = launch_preload<4, float>(p, xs, ys, m0, stream, &e); break;
-      case 5: ok = launch_preload<5, float>(p, xs, ys, m0, stream, &e); break;
-      case 6: ok = launch_preload<6, float>(p, xs, ys, m0, stream, &e); break;
-      case 7: ok = launch_preload<7, float>(p, xs, ys, m0, stream, &e); break;
-      default: ok = launch_preload<8, float>(p, xs, ys, m0, stream, &e); break;
+      case 1: ok = launch_preload<1, float, false, EXACT>(p, xs, ys, m0, stream, &e); break;
+      case 2: ok = launch_preload<2, float, false, EXACT>(p, xs, ys, m0, stream, &e); break;
+      case 3: ok = launch_preload<3, float, false, EXACT>(p, xs, ys, m0, stream, &e); break;
+      case 4: ok = launch_preload<4, float, false, EXACT>(p, xs, ys, m0, stream, &e); break;
+      case 5: ok = launch_preload<5, float, false, EXACT>(p, xs, ys, m0, stream, &e); break;
+      case 6: ok = launch_preload<6, float, false, EXACT>(p, xs, ys, m0, stream, &e); break;
+      case 7: ok = launch_preload<7, float, false, EXACT>(p, xs, ys, m0, stream, &e); break;
+      default: ok = launch_preload<8, float, false, EXACT>(p, xs, ys, m0, stream, &e); break;
     }
     if (!ok) return cudaSuccess;  // the same for every pass: nothing launched
     *launched = true;
   }
   return e;
+}
+
+cudaError_t linear_f32w_bf16_rows(const LinearParams& p, cudaStream_t stream, bool* launched) {
+  return linear_f32w_rows<false>(p, stream, launched);
+}
+cudaError_t linear_f32_rows(const LinearParams& p, cudaStream_t stream, bool* launched) {
+  return linear_f32w_rows<true>(p, stream, launched);
 }
 
 cudaError_t cast(const CastParams& p, cudaStream_t stream) {
