@@ -74,14 +74,21 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 // Keys s0 .. s0 + 31 of rows `kb` (row stride ks) into `tile` [kKeys][pitch]: 16-byte cp.async
-// chunks of the first Dqk columns, zeros for keys at or past s_end and for the pad columns.
+// chunks of the first Dqk columns, zeros for keys at or past s_end and for the pad columns. Warp w
+// copies rows w, w + 8, ..., lane l the chunks l, l + 32, ...: no divisions. (One block of 8 warps per
+// SM issues these setup loops at a few instructions per clock; ~50-instruction integer divisions per
+// chunk made the q and key staging a third of the kernel, timed with clock64 on the H100.)
 __device__ __forceinline__ void load_keys(bf16* tile, int pitch, const uint16_t* kb, int64_t ks, int64_t s0,
                                           int64_t s_end, int Dqk) {
-  const int chunks = padded_dqk(Dqk) / 8;
-  for (int i = threadIdx.x; i < kKeys * chunks; i += kThreads) {
-    const int j = i / chunks, c = (i % chunks) * 8;
-    const bool ok = s0 + j < s_end && c < Dqk;
-    cp_async16(tile + j * pitch + c, ok ? kb + (s0 + j) * ks + c : kb, ok);
+  const int padded = padded_dqk(Dqk), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int j = warp; j < kKeys; j += kWarps) {
+    const bool row_ok = s0 + j < s_end;
+    const uint16_t* src = row_ok ? kb + (s0 + j) * ks : kb;
+    bf16* dst = tile + j * pitch;
+    for (int c = 8 * lane; c < padded; c += 8 * 32) {
+      const bool ok = row_ok && c < Dqk;
+      cp_async16(dst + c, ok ? src + c : kb, ok);
+    }
   }
   cp_async_commit();
 }
@@ -132,39 +139,47 @@ __global__ void __launch_bounds__(kThreads)
     if (i < n_tiles) load_keys(keys_smem + i * kKeys * pitch, pitch, kb, ks, s_begin + i * kKeys, s_end, Dqk);
     else cp_async_commit();
   }
-  {  // q rows of this head group as bf16 pairs: each thread's float4 loads all issued before its stores
+  {  // q rows of this head group as bf16 pairs: warp w takes heads w and w + 8, lane l their float4s
+     // l, l + 32, ...; a lane's loads of a round are all issued before its stores
     const float* q = p.q + (b * p.H + h0) * p.Dqk;
-    const int per_row = Dqk / 4, total = heads * per_row;
-    constexpr int kBatch = 8;
-    for (int base = tid; base < total; base += kThreads * kBatch) {
-      float4 v[kBatch];
+    const int per_row = Dqk / 4;
+    constexpr int kRows = kHeads / kWarps, kRound = 4;  // float4s per row and lane in flight at once
+    for (int c0 = lane; c0 < per_row; c0 += 32 * kRound) {
+      float4 v[kRows][kRound];
 #pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const int i = base + u * kThreads;
-        if (i < total) v[u] = __ldg(reinterpret_cast<const float4*>(q + (i / per_row) * Dqk) + i % per_row);
-      }
+      for (int r = 0; r < kRows; ++r)
 #pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const int i = base + u * kThreads;
-        if (i >= total) break;
-        const int at = (i / per_row) * pitch + (i % per_row) * 4;
-        const __nv_bfloat162 hi0 = __floats2bfloat162_rn(v[u].x, v[u].y), hi1 = __floats2bfloat162_rn(v[u].z, v[u].w);
-        *reinterpret_cast<__nv_bfloat162*>(q_hi + at) = hi0;
-        *reinterpret_cast<__nv_bfloat162*>(q_hi + at + 2) = hi1;
-        *reinterpret_cast<__nv_bfloat162*>(q_lo + at) =
-            __floats2bfloat162_rn(v[u].x - __low2float(hi0), v[u].y - __high2float(hi0));
-        *reinterpret_cast<__nv_bfloat162*>(q_lo + at + 2) =
-            __floats2bfloat162_rn(v[u].z - __low2float(hi1), v[u].w - __high2float(hi1));
-      }
+        for (int u = 0; u < kRound; ++u) {
+          const int h = warp + kWarps * r, c = c0 + 32 * u;
+          if (h < heads && c < per_row) v[r][u] = __ldg(reinterpret_cast<const float4*>(q + h * Dqk) + c);
+        }
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int u = 0; u < kRound; ++u) {
+          const int h = warp + kWarps * r, c = c0 + 32 * u;
+          if (h >= heads || c >= per_row) continue;
+          const int at = h * pitch + 4 * c;
+          const float4 x = v[r][u];
+          const __nv_bfloat162 hi0 = __floats2bfloat162_rn(x.x, x.y), hi1 = __floats2bfloat162_rn(x.z, x.w);
+          *reinterpret_cast<__nv_bfloat162*>(q_hi + at) = hi0;
+          *reinterpret_cast<__nv_bfloat162*>(q_hi + at + 2) = hi1;
+          *reinterpret_cast<__nv_bfloat162*>(q_lo + at) =
+              __floats2bfloat162_rn(x.x - __low2float(hi0), x.y - __high2float(hi0));
+          *reinterpret_cast<__nv_bfloat162*>(q_lo + at + 2) =
+              __floats2bfloat162_rn(x.z - __low2float(hi1), x.w - __high2float(hi1));
+        }
     }
     // zeros in the columns the MMAs read past Dqk, and in the rows of absent heads
     const int dpad = padded_dqk(p.Dqk);
     const __nv_bfloat162 zero = __floats2bfloat162_rn(0.0f, 0.0f);
-    for (int i = tid; i < kHeads * dpad / 2; i += kThreads) {
-      const int h = i / (dpad / 2), d = 2 * (i % (dpad / 2));
-      if (h < heads && d < Dqk) continue;
-      *reinterpret_cast<__nv_bfloat162*>(q_hi + h * pitch + d) = zero;
-      *reinterpret_cast<__nv_bfloat162*>(q_lo + h * pitch + d) = zero;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int h = warp + kWarps * r;
+      for (int d = (h < heads ? Dqk : 0) + 2 * lane; d < dpad; d += 2 * 32) {
+        *reinterpret_cast<__nv_bfloat162*>(q_hi + h * pitch + d) = zero;
+        *reinterpret_cast<__nv_bfloat162*>(q_lo + h * pitch + d) = zero;
+      }
     }
   }
 
@@ -303,31 +318,32 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   const int64_t cluster_index = split / cl;
-  const int slice = Dv / cl, d0 = rank * slice;  // Dv a multiple of 16, cl a power of two <= 8
-  constexpr int kOutputs = 4;  // per thread and round: all remote loads of a round issued first
-  for (int base = tid; base < heads * slice; base += kThreads * kOutputs) {
-    float peer[kOutputs][kMaxCluster];
+  // Column pairs of this block's slice: 16 threads per head (kThreads = 16 kHeads), each loading its
+  // pair from every peer before summing. Dv is a multiple of 16 and cl a power of two <= 8, so the
+  // slice has an even width.
+  const int slice = Dv / cl, d0 = rank * slice, h = tid / 16;
+  static_assert(kThreads == 16 * kHeads, "the merge gives each head 16 threads");
+  for (int c = 2 * (tid % 16); h < heads && c < slice; c += 2 * 16) {
+    const int d = d0 + c;
+    float2 peer[kMaxCluster];
 #pragma unroll
-    for (int u = 0; u < kOutputs; ++u) {
-      const int i = base + u * kThreads, h = i / slice, d = d0 + i % slice;
+    for (int r = 0; r < kMaxCluster; ++r)
+      peer[r] = r < cl ? *reinterpret_cast<const float2*>(cluster.map_shared_rank(o_smem + h * op + d, r))
+                       : make_float2(0.0f, 0.0f);
+    float2 sum = make_float2(0.0f, 0.0f);
 #pragma unroll
-      for (int r = 0; r < kMaxCluster; ++r)
-        peer[u][r] = i < heads * slice && r < cl ? *cluster.map_shared_rank(o_smem + h * op + d, r) : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < kOutputs; ++u) {
-      const int i = base + u * kThreads, h = i / slice, d = d0 + i % slice;
-      if (i >= heads * slice) break;
-      float sum = 0.0f;
-#pragma unroll
-      for (int r = 0; r < kMaxCluster; ++r)
-        if (r < cl) sum += weights[r * kHeads + h] * peer[u][r];
-      const int64_t row = b * p.H + h0 + h;
-      if (clusters == 1) {
-        p.out[row * p.Dv + d] = l_merged[h] > 0.0f ? sum / l_merged[h] : 0.0f;
-      } else {
-        partial[(row * clusters + cluster_index) * (p.Dv + 2) + 2 + d] = sum;
+    for (int r = 0; r < kMaxCluster; ++r)
+      if (r < cl) {
+        const float w = weights[r * kHeads + h];
+        sum.x += w * peer[r].x;
+        sum.y += w * peer[r].y;
       }
+    const int64_t row = b * p.H + h0 + h;
+    if (clusters == 1) {
+      const float l = l_merged[h];
+      *reinterpret_cast<float2*>(p.out + row * p.Dv + d) = l > 0.0f ? make_float2(sum.x / l, sum.y / l) : make_float2(0.0f, 0.0f);
+    } else {
+      *reinterpret_cast<float2*>(partial + (row * clusters + cluster_index) * (p.Dv + 2) + 2 + d) = sum;
     }
   }
   if (clusters > 1 && rank == 0 && tid < heads) {
@@ -356,6 +372,7 @@ bool latent_decode_bf16_applies(const AttentionParams& p, const uint16_t* K, con
   return hkv == 1 && p.T == 1 && K == V && ks == vs && !p.lse && p.Dv <= p.Dqk && p.Dv % 16 == 0 &&
          p.Dv <= kMaxDv && p.Dv > 0 && p.Dqk % 8 == 0 && ks % 8 == 0 && p.k_batch_stride % 8 == 0 &&
          reinterpret_cast<uintptr_t>(K) % 16 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(p.out) % 8 == 0 &&
          smem_bytes(p.Dqk, 2) <= kMaxSmem && p.batch <= 65535 && (p.H + kHeads - 1) / kHeads <= 65535 && p.S > 0;
 }
 
