@@ -12,16 +12,12 @@
 #include <cmath>
 
 #include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/warp_reduce.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
 
 constexpr int kThreads = 128, kWarps = kThreads / 32, kTile = 128;
-
-__device__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // Per (query t, head h): stats and dq. Dynamic shared memory: q row [Dqk], dout row [Dv], tile [kTile].
 __global__ void attn_bwd_query_kernel(AttentionBackwardParams p, float* stats) {

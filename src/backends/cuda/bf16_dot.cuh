@@ -7,16 +7,13 @@
 
 #include <cstdint>
 
+#include "backends/cuda/warp_reduce.cuh"
+
 namespace dsv::ops::cuda {
 
 __device__ __forceinline__ float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
 // A bf16 bit pattern as the fp32 value it stands for (exact).
 __device__ __forceinline__ float widen_bf16(uint32_t bits) { return __uint_as_float(bits << 16); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // The eight bf16 values of a 16-byte word, widened (exact).
 __device__ __forceinline__ void unpack8(const uint4& r, float (&w)[8]) {

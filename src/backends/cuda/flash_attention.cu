@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "backends/cuda/cuda_ops.h"
+#include "backends/cuda/warp_reduce.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -55,14 +56,6 @@ __device__ __forceinline__ void mma_k(FragC& c, const float* a, unsigned lda, in
   }
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // rows x dim floats from global rows (row stride `stride`, column offset `col`) into shared memory;
 // rows past `valid` are zero.

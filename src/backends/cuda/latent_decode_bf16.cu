@@ -34,6 +34,7 @@
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/mma_bf16.cuh"
+#include "backends/cuda/warp_reduce.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -64,14 +65,6 @@ size_t smem_bytes(int64_t Dqk, int stages) {
          + (3 * kHeads + kMaxCluster * kHeads + kHeads) * sizeof(float);  // alpha, max, sum, weights, L
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // Keys s0 .. s0 + 31 of rows `kb` (row stride ks) into `tile` [kKeys][pitch]: 16-byte cp.async
 // chunks of the first Dqk columns, zeros for keys at or past s_end and for the pad columns. Warp w
@@ -354,13 +347,13 @@ __global__ void __launch_bounds__(kThreads)
   cluster.sync();  // no block leaves while a peer may still read its shared memory
 }
 
-int multiprocessors() {
+int multiprocessors() {  // of the device in use when first asked (an H100's 132 if the query fails)
   static const int count = [] {
-    int device = 0, n = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0)
-      return 132;
-    return n;
+    int device = 0;
+    DeviceInfo info;
+    return cudaGetDevice(&device) == cudaSuccess && query_device(device, &info) == cudaSuccess && info.sm_count > 0
+               ? info.sm_count
+               : 132;
   }();
   return count;
 }
@@ -407,7 +400,6 @@ cudaError_t latent_decode_bf16(const AttentionParams& p, const uint16_t* K, int6
   int stages = static_cast<int>(split_tiles + 1 < max_stages ? split_tiles + 1 : max_stages);
   stages = stages < 2 ? 2 : stages;
   const size_t smem = smem_bytes(p.Dqk, stages);
-  if (clusters * cl > 2147483647) return cudaErrorInvalidValue;
   const int64_t rows = p.batch * p.H;
   float* partial = nullptr;
   if (clusters > 1) {

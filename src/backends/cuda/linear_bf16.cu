@@ -47,12 +47,11 @@ __global__ void gemv_bf16_kernel(LinearParams p, int64_t xs, int64_t ys, int64_t
 // trips per warp, which is what limits small matrices. Partial sums are added in slice order.
 constexpr int kMaxSlices = 8;
 
-// The end of the split and preload kernels: each warp's per-lane sums are reduced over the warp, the
-// slices' partial sums added in slice order (deterministic), plus bias, into (or onto) y.
+// Each warp's per-lane sums reduced over the warp into its slice's row of `partial`, for the whole
+// block to read after the barrier.
 template <int M>
-__device__ __forceinline__ void rows_finish(const LinearParams& p, float (&partial)[kMaxSlices][M][kRowsPerWarp],
-                                            const float (&acc)[M][kRowsPerWarp], int slice, int lane, int slices,
-                                            int64_t n0, int64_t b, int64_t ys, int64_t m0) {
+__device__ __forceinline__ void stage_warp_sums(float (&partial)[kMaxSlices][M][kRowsPerWarp],
+                                                const float (&acc)[M][kRowsPerWarp], int slice, int lane) {
 #pragma unroll
   for (int m = 0; m < M; ++m)
 #pragma unroll
@@ -61,6 +60,15 @@ __device__ __forceinline__ void rows_finish(const LinearParams& p, float (&parti
       if (lane == 0) partial[slice][m][r] = v;
     }
   __syncthreads();
+}
+
+// The end of the split and preload kernels: the slices' partial sums added in slice order
+// (deterministic), plus bias, into (or onto) y.
+template <int M>
+__device__ __forceinline__ void rows_finish(const LinearParams& p, float (&partial)[kMaxSlices][M][kRowsPerWarp],
+                                            const float (&acc)[M][kRowsPerWarp], int slice, int lane, int slices,
+                                            int64_t n0, int64_t b, int64_t ys, int64_t m0) {
+  stage_warp_sums<M>(partial, acc, slice, lane);
   if (threadIdx.x >= M * kRowsPerWarp) return;
   const int m = threadIdx.x / kRowsPerWarp, r = threadIdx.x % kRowsPerWarp;
   const int64_t n = n0 + r;
@@ -134,14 +142,7 @@ template <int M>
 __device__ __forceinline__ void gated_finish(const LinearParams& p, float (&partial)[kMaxSlices][M][kRowsPerWarp],
                                              const float (&acc)[M][kRowsPerWarp], int slice, int lane, int slices,
                                              int64_t c0, const float* up_bias, int64_t ys, int64_t m0) {
-#pragma unroll
-  for (int m = 0; m < M; ++m)
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      const float v = warp_sum(acc[m][r]);
-      if (lane == 0) partial[slice][m][r] = v;
-    }
-  __syncthreads();
+  stage_warp_sums<M>(partial, acc, slice, lane);
   if (threadIdx.x >= M * kGatedCols) return;
   const int m = threadIdx.x / kGatedCols, c = threadIdx.x % kGatedCols;
   const int64_t n = c0 + c;
