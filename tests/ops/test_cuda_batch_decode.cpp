@@ -94,6 +94,20 @@ TEST_F(CudaBatch, ArgmaxRowsMatchesCpu) {
   CUDA_OK(cuda::argmax_rows({.x = dx.ptr, .out = dout.ptr, .rows = rows, .n = n}, 0));
   CUDA_OK(cudaDeviceSynchronize());
   EXPECT_EQ(dout.download(), want);
+  // One row (a batch-1 step) spreads over 100 slices: a three-way tie across slices and warps, then
+  // the winner alone in the last, partial slice.
+  auto one = randn(n, 42);
+  one[90001] = one[17] = one[50000] = 100.0f;
+  Dev<float> d1(one);
+  Dev<int32_t> o1(std::vector<int32_t>(1, -1));
+  CUDA_OK(cuda::argmax_rows({.x = d1.ptr, .out = o1.ptr, .rows = 1, .n = n}, 0));
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ(o1.download()[0], 17);
+  one[n - 1] = 1000.0f;
+  Dev<float> d2(one);
+  CUDA_OK(cuda::argmax_rows({.x = d2.ptr, .out = o1.ptr, .rows = 1, .n = n}, 0));
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ(o1.download()[0], static_cast<int32_t>(n - 1));
 }
 
 // Grouped by expert (E given): uneven expert loads (some experts unused, one with many pairs), rows
