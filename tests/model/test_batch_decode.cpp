@@ -120,6 +120,21 @@ TEST(BatchedAttention, EqualsOneCallPerProblem) {
   }
 }
 
+// On the CPU a branch is the main context itself: the "side" ops run in issue order, and joining
+// (again, or from the destructor) does nothing.
+TEST(Branch, OnTheCpuIsTheMainContext) {
+  const ops::Context ctx;
+  ops::Branch branch(ctx);
+  EXPECT_EQ(branch.side().backend, ops::Backend::Cpu);
+  EXPECT_EQ(branch.side().stream, nullptr);
+  std::vector<float> x = {1.0f, 2.0f}, y = {10.0f, 20.0f};
+  ops::add(branch.side(), {.x = x.data(), .y = y.data(), .n = 2});
+  branch.join();
+  branch.join();
+  ops::add(ctx, {.x = y.data(), .y = x.data(), .n = 2});
+  EXPECT_EQ(x, (std::vector<float>{12.0f, 24.0f}));
+}
+
 TEST(ArgmaxRows, FirstLargestIgnoringNaN) {
   const float nan = std::nanf("");
   const std::vector<float> x = {1, 3, 3, -1,  nan, 2, nan, 0,  nan, nan, nan, nan,  -5, -4, -4, -9};
