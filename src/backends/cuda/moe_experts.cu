@@ -1,5 +1,6 @@
 // Routed experts for few tokens (decode steps, batched decode) with the routing kept on the GPU.
-// Grouped by expert (when the Params give E): a one-block plan sorts the (token, slot) pairs by
+// One token (T = 1): two kernels, up by slot and down fused with the weighted combine (its slots need
+// no plan). Grouped by expert (when the Params give E): a one-block plan sorts the (token, slot) pairs by
 // expert, then each active expert's weights are streamed once for all of its pairs (up to 8 rows of
 // x per pass of GEMV-shaped warps), so a batched step reads each expert once, not once per pair.
 // Without E, one pass per pair. Memory-bound: 16-byte weight loads when rows are 4-aligned (fp32)

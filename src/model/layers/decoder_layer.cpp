@@ -21,7 +21,7 @@ void decoder_layer(const ops::Context& ctx, const ModelConfig& c, const LayerWei
                          .rows = T, .dim = D, .eps = static_cast<float>(c.rms_norm_eps)});
   float* ffn = ffn_out ? ffn_out : delta.data();
   if (w.is_moe) moe(ctx, c, w.moe, normed.data(), T, ffn, tap, layer);
-  else mlp(ctx, c, w.mlp, normed.data(), T, ffn, false);
+  else mlp(ctx, c, w.mlp, normed.data(), T, ffn);
   emit(ctx, tap, "ffn_out", layer, ffn, {T, D});
   if (ffn_out) return;  // the next norm adds it
   ops::add(ctx, {.x = delta.data(), .y = x, .n = T * D});

@@ -45,8 +45,8 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
          KvCache& cache, int64_t cache_layer, const TokenSlots& slots, MlaMode mode, float* out, const TapFn& tap,
          int64_t layer);
 
-void mlp(const ops::Context& ctx, const ModelConfig& c, const MlpWeights& w, const float* x, int64_t T, float* out,
-         bool accumulate);
+// out[T, D] = down(silu(gate x) * up x).
+void mlp(const ops::Context& ctx, const ModelConfig& c, const MlpWeights& w, const float* x, int64_t T, float* out);
 
 void moe(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, const float* x, int64_t T, float* out,
          const TapFn& tap, int64_t layer);

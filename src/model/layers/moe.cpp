@@ -32,7 +32,7 @@ void moe(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, con
   ops::Buffer<float> shared_out(be, has_shared ? static_cast<size_t>(T * D) : 0);
   if (has_shared) {
     shared_branch.emplace(ctx);
-    mlp(shared_branch->side(), c, w.shared, x, T, shared_out.data(), /*accumulate=*/false);
+    mlp(shared_branch->side(), c, w.shared, x, T, shared_out.data());
   }
 
   ops::Buffer<float> logits(be, T * E), weights(be, T * K);  // router in fp32
@@ -90,7 +90,7 @@ void routed_by_expert(const ops::Context& ctx, const ModelConfig& c, const MoeWe
     ops::Buffer<float> scale(ctx, scales[e].data(), scales[e].size());
     ops::Buffer<float> xe(be, n * D), ye(be, n * D);
     ops::gather_rows(ctx, {.rows = rows.data(), .x = x, .y = xe.data(), .n = n, .D = D});
-    mlp(ctx, c, w.experts[e], xe.data(), n, ye.data(), false);
+    mlp(ctx, c, w.experts[e], xe.data(), n, ye.data());
     ops::scatter_add_rows(ctx, {.rows = rows.data(), .scale = scale.data(), .x = ye.data(), .y = out, .n = n, .D = D});
   }
 }
