@@ -295,14 +295,22 @@ TEST_F(CudaOps, AttentionMatchesCpu) {
 }
 
 TEST_F(CudaOps, RouterMatchesCpu) {
-  struct Case { RouterKind kind; int64_t T, E, K, G, topk_group; bool norm; };
+  // ties: logits rounded to whole numbers, so many experts share a value (picked by lower index).
+  struct Case { RouterKind kind; int64_t T, E, K, G, topk_group; bool norm, ties = false; };
   for (const Case& c : {Case{RouterKind::SigmoidNoauxGroups, 37, 256, 8, 8, 4, true},
                         Case{RouterKind::SigmoidNoauxGroups, 5, 64, 6, 1, 1, false},
                         Case{RouterKind::SoftmaxGreedy, 19, 64, 6, 1, 1, false},
                         Case{RouterKind::SoftmaxGroupLimited, 23, 160, 6, 8, 3, false},
-                        Case{RouterKind::SoftmaxGroupLimited, 4, 6, 5, 3, 2, false}}) {
-    SCOPED_TRACE(testing::Message() << "E" << c.E << " K" << c.K << " G" << c.G);
-    const auto logits = randn(c.T * c.E, c.E + c.K), bias = randn(c.E, 5);
+                        Case{RouterKind::SoftmaxGroupLimited, 4, 6, 5, 3, 2, false},
+                        Case{RouterKind::SigmoidNoauxGroups, 9, 64, 6, 1, 1, true, true},
+                        Case{RouterKind::SoftmaxGreedy, 9, 33, 7, 1, 1, false, true},
+                        Case{RouterKind::SigmoidNoauxGroups, 9, 96, 8, 4, 2, true, true}}) {
+    SCOPED_TRACE(testing::Message() << "E" << c.E << " K" << c.K << " G" << c.G << " ties " << c.ties);
+    auto logits = randn(c.T * c.E, c.E + c.K), bias = randn(c.E, 5);
+    if (c.ties) {
+      for (auto& v : logits) v = std::round(v);
+      for (auto& v : bias) v = 0.0f;
+    }
     std::vector<int32_t> want_idx(c.T * c.K);
     std::vector<float> want_w(c.T * c.K);
     RouterParams p{.logits = logits.data(), .correction_bias = bias.data(), .indices = want_idx.data(),
