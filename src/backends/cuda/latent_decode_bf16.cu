@@ -10,7 +10,7 @@
 //      the two halves are summed in shared memory;
 //   2. online softmax in fp32, warp w owning heads 2w and 2w + 1 (lane = key);
 //   3. O[16 x Dv] = alpha O + P V: warp w owns value columns 64w .. 64w + 63 (Dv <= 512).
-// Then the blocks of a cluster (the key splits of one problem and head group; up to 8) merge: each
+// Then the blocks of a cluster (the key splits of one problem and head group; up to 16) merge: each
 // stores O, its running max and sum in shared memory, and after a cluster barrier block r reads every
 // peer's statistics and its 1/cl slice of columns of every peer's O, and writes the merged, normalized
 // output. When one cluster cannot cover the keys in a few tiles per block, several clusters each write
@@ -44,7 +44,9 @@ using bf16 = __nv_bfloat16;
 using namespace ptx;
 
 constexpr int kHeads = 16, kKeys = 32, kWarps = 8, kThreads = 32 * kWarps;
-constexpr int kMaxCluster = 8, kMaxDv = 64 * kWarps;
+// Clusters of up to 16 blocks: 16 is beyond the portable 8, allowed on the H100 when enough of a GPC's
+// SMs are free (checked at launch with cudaOccupancyMaxActiveClusters, else 8).
+constexpr int kMaxCluster = 16, kPortableCluster = 8, kMaxDv = 64 * kWarps;
 constexpr int kProbPitch = kKeys + 8;  // bf16 per row of P (8 rows of an ldmatrix in distinct banks)
 constexpr int kTilesPerBlock = 4;      // more keys per block than this many tiles: more clusters
 constexpr int kMaxStages = 4;          // key tiles in shared memory (a ring); at least 2
@@ -97,6 +99,9 @@ static_assert(kMaxStages - 2 <= 2, "cp_async_wait_newest covers up to two pendin
 // Grid (clusters * cl, head groups, batch), cluster (cl, 1, 1). Block x of a problem covers keys
 // [x * split_keys, +split_keys), `stages` tiles of them in flight. partial: [batch * H][clusters][Dv + 2]
 // when clusters > 1, else unused.
+// kCap: the largest cluster the merge is unrolled for (8, or 16 for the non-portable clusters; the
+// 8-block build keeps the merge's registers as they were for the launches that never use 16).
+template <int kCap>
 __global__ void __launch_bounds__(kThreads)
     latent_mma_kernel(AttentionParams p, const uint16_t* K, int64_t ks, int64_t split_keys, int64_t clusters,
                       int stages, float* partial) {
@@ -290,18 +295,18 @@ __global__ void __launch_bounds__(kThreads)
   cluster.sync();  // every block's O and statistics are written and visible across the cluster
 
   if (tid < kHeads) {  // merge weights of the cluster's blocks per head
-    float m[kMaxCluster], l[kMaxCluster];
+    float m[kCap], l[kCap];
 #pragma unroll
-    for (int r = 0; r < kMaxCluster; ++r) {
+    for (int r = 0; r < kCap; ++r) {
       m[r] = r < cl ? *cluster.map_shared_rank(m_block + tid, r) : -INFINITY;
       l[r] = r < cl ? *cluster.map_shared_rank(l_block + tid, r) : 0.0f;
     }
     float M = -INFINITY;
 #pragma unroll
-    for (int r = 0; r < kMaxCluster; ++r) M = fmaxf(M, m[r]);
+    for (int r = 0; r < kCap; ++r) M = fmaxf(M, m[r]);
     float L = 0.0f;
 #pragma unroll
-    for (int r = 0; r < kMaxCluster; ++r) {
+    for (int r = 0; r < kCap; ++r) {
       const float w = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - M);
       if (r < cl) weights[r * kHeads + tid] = w;
       L += w * l[r];
@@ -318,14 +323,14 @@ __global__ void __launch_bounds__(kThreads)
   static_assert(kThreads == 16 * kHeads, "the merge gives each head 16 threads");
   for (int c = 2 * (tid % 16); h < heads && c < slice; c += 2 * 16) {
     const int d = d0 + c;
-    float2 peer[kMaxCluster];
+    float2 peer[kCap];
 #pragma unroll
-    for (int r = 0; r < kMaxCluster; ++r)
+    for (int r = 0; r < kCap; ++r)
       peer[r] = r < cl ? *reinterpret_cast<const float2*>(cluster.map_shared_rank(o_smem + h * op + d, r))
                        : make_float2(0.0f, 0.0f);
     float2 sum = make_float2(0.0f, 0.0f);
 #pragma unroll
-    for (int r = 0; r < kMaxCluster; ++r)
+    for (int r = 0; r < kCap; ++r)
       if (r < cl) {
         const float w = weights[r * kHeads + h];
         sum.x += w * peer[r].x;
@@ -345,6 +350,32 @@ __global__ void __launch_bounds__(kThreads)
     part[1] = l_merged[tid];
   }
   cluster.sync();  // no block leaves while a peer may still read its shared memory
+}
+
+// Whether batch * groups clusters of cl blocks (cl > 8, non-portable) can all be resident at once.
+bool clusters_fit(const AttentionParams& p, int cl, int64_t groups, size_t smem) {
+  if (cudaFuncSetAttribute(latent_mma_kernel<kMaxCluster>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
+      cudaSuccess) {
+    cudaGetLastError();  // not supported here: clear the error, stay portable
+    return false;
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(cl), static_cast<unsigned>(groups), static_cast<unsigned>(p.batch));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = static_cast<unsigned>(cl);
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  int active = 0;
+  if (cudaOccupancyMaxActiveClusters(&active, latent_mma_kernel<kMaxCluster>, &config) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return active >= groups * p.batch;
 }
 
 int multiprocessors() {  // of the device in use when first asked (an H100's 132 if the query fails)
@@ -371,23 +402,34 @@ bool latent_decode_bf16_applies(const AttentionParams& p, const uint16_t* K, con
 
 cudaError_t latent_decode_bf16(const AttentionParams& p, const uint16_t* K, int64_t ks, cudaStream_t stream) {
   // Blocks per problem and head group: enough to fill every SM once over the whole call, in a cluster
-  // of up to 8 (a power of two, so Dv splits evenly across it); more clusters only when each block
+  // of up to 16 (a power of two, so Dv splits evenly across it); more clusters only when each block
   // would otherwise walk more than kTilesPerBlock tiles (long caches at small batch).
   // Occupancy as with two stages (one block per SM on the releases' shapes either way); the ring may
   // grow up to max_stages tiles within kMaxSmem.
   int max_stages = kMaxStages;
   while (max_stages > 2 && smem_bytes(p.Dqk, max_stages) > kMaxSmem) --max_stages;
-  cudaError_t e = cudaFuncSetAttribute(latent_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem_bytes(p.Dqk, max_stages)));
+  cudaError_t e = cudaSuccess;
+  for (auto kernel : {latent_mma_kernel<kPortableCluster>, latent_mma_kernel<kMaxCluster>})
+    if (e == cudaSuccess)
+      e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem_bytes(p.Dqk, max_stages)));
   if (e != cudaSuccess) return e;
   int per_sm = 0;
-  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, latent_mma_kernel, kThreads, smem_bytes(p.Dqk, 2));
+  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, latent_mma_kernel<kPortableCluster>, kThreads,
+                                                    smem_bytes(p.Dqk, 2));
   if (e != cudaSuccess) return e;
   const int64_t tiles = (p.S + kKeys - 1) / kKeys, groups = (p.H + kHeads - 1) / kHeads;
   int64_t target = (per_sm < 1 ? 1 : per_sm) * multiprocessors() / (p.batch * groups);
   target = target < 1 ? 1 : target;
+  // Each block's loads are what take the time (one SM pulls a 32-key tile in ~2.4 us on the H100,
+  // measured: 8 blocks of 3 tiles 16.5 us, 4 of 5 22 us, 2 of 10 33 us), so spread the keys widely.
+  // Dv / cl must stay even (the merge moves float2 columns): Dv % (2 * 2cl) before doubling cl.
   int cl = 1;
-  while (2 * cl <= kMaxCluster && 2 * cl <= target && 2 * cl <= tiles) cl *= 2;
+  while (2 * cl <= kMaxCluster && 2 * cl <= target && 2 * cl <= tiles && p.Dv % (4 * cl) == 0) cl *= 2;
+  // 16-block clusters only for one problem and head group (batch-1 steps of up to 16 heads), where
+  // they were measured faster (16.6 -> 14.5 us on bench-16b-l4); 671b-l2's 8 head groups were slower.
+  if (cl > kPortableCluster && (groups * p.batch > 1 || !clusters_fit(p, cl, groups, smem_bytes(p.Dqk, max_stages))))
+    cl = kPortableCluster;
   int64_t clusters = 1;
   if (tiles > cl * kTilesPerBlock) {
     const int64_t want = (tiles + cl * kTilesPerBlock - 1) / (cl * kTilesPerBlock), room = target / cl;
@@ -408,8 +450,9 @@ cudaError_t latent_decode_bf16(const AttentionParams& p, const uint16_t* K, int6
   }
   {
     const dim3 grid(static_cast<unsigned>(clusters * cl), static_cast<unsigned>(groups), static_cast<unsigned>(p.batch));
-    e = launch_dependent_cluster(latent_mma_kernel, grid, kThreads, smem, stream, static_cast<unsigned>(cl), p, K, ks,
-                                 split_keys, clusters, stages, partial);
+    e = launch_dependent_cluster(cl > kPortableCluster ? latent_mma_kernel<kMaxCluster> : latent_mma_kernel<kPortableCluster>,
+                                 grid, kThreads, smem, stream, static_cast<unsigned>(cl), p, K, ks, split_keys, clusters,
+                                 stages, partial);
   }
   if (clusters > 1) {
     if (e == cudaSuccess) e = decode_combine(p, rows, clusters, partial, stream);
