@@ -421,13 +421,14 @@ cudaError_t latent_decode_bf16(const AttentionParams& p, const uint16_t* K, int6
   const int64_t tiles = (p.S + kKeys - 1) / kKeys, groups = (p.H + kHeads - 1) / kHeads;
   int64_t target = (per_sm < 1 ? 1 : per_sm) * multiprocessors() / (p.batch * groups);
   target = target < 1 ? 1 : target;
-  // Each block's loads are what take the time (one SM pulls a 32-key tile in ~2.4 us on the H100,
-  // measured: 8 blocks of 3 tiles 16.5 us, 4 of 5 22 us, 2 of 10 33 us), so spread the keys widely.
+  // The tiles a block walks set the time (~2.4 us per 32-key tile on the H100, loads and the tile's
+  // own barriers and MMA chains together; measured 8 blocks of 3 tiles 16.5 us, 4 of 5 22 us, 2 of 10
+  // 33 us), so spread the keys widely.
   // Dv / cl must stay even (the merge moves float2 columns): Dv % (2 * 2cl) before doubling cl.
   int cl = 1;
   while (2 * cl <= kMaxCluster && 2 * cl <= target && 2 * cl <= tiles && p.Dv % (4 * cl) == 0) cl *= 2;
   // 16-block clusters only for one problem and head group (batch-1 steps of up to 16 heads), where
-  // they were measured faster (16.6 -> 14.5 us on bench-16b-l4); 671b-l2's 8 head groups were slower.
+  // they were measured faster (16.6 -> 14.5 us on bench-16b-l4); for 671b-l2's 8 head groups they were not.
   if (cl > kPortableCluster && (groups * p.batch > 1 || !clusters_fit(p, cl, groups, smem_bytes(p.Dqk, max_stages))))
     cl = kPortableCluster;
   int64_t clusters = 1;
