@@ -7,7 +7,7 @@ replay's finished frontier (its end minus the latest end before it). Advances su
 span less its first kernel, so they say what each node costs on the critical path, which durations
 do not where launches overlap (programmatic dependent launch, side streams). Medians over replays.
 
-  python3 bench/trace_summary.py trace.csv [--graph-min-kernels 20] [--top 0] [--by-name]
+  python3 bench/trace_summary.py trace.csv [--graph-min-kernels 10] [--skip 1] [--by-name]
 
 Also prints the period between replays and the idle time between one replay's end and the next
 one's start (host work, copies), and, for kernels outside graphs, total time by name.
@@ -49,10 +49,15 @@ def main():
     args = ap.parse_args()
 
     rows = []
-    with open(args.trace, newline="") as f:
-        for r in csv.DictReader(f):
-            r["start"], r["end"] = int(r["start_ns"]), int(r["end_ns"])
-            rows.append(r)
+    try:
+        with open(args.trace, newline="") as f:
+            for r in csv.DictReader(f):
+                r["start"], r["end"] = int(r["start_ns"]), int(r["end_ns"])
+                rows.append(r)
+    except OSError as e:
+        sys.exit(f"{args.trace}: cannot read: {e.strerror}")
+    except (KeyError, TypeError, ValueError):
+        sys.exit(f"{args.trace}: not a kernel_trace.cpp CSV (expected the columns kind,start_ns,end_ns,...)")
     if not rows:
         sys.exit(f"{args.trace}: no records")
     demangle_all(r["name"] for r in rows)
