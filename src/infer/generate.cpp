@@ -27,16 +27,35 @@ GenerateResult generate(const Model& m, const std::vector<int32_t>& prompt, cons
   result.prefill_seconds = std::chrono::duration<double>(clock::now() - t0).count();
   t0 = clock::now();
   BatchDecoder decoder(m, cache);  // one sequence; on CUDA its steps replay a captured graph
-  for (int64_t step = 0; step < opt.max_new_tokens; ++step) {
-    const int32_t id = sampler.next(logits.data(), c.vocab_size);
+  // Emits one token; true when generation ends with it.
+  auto emit = [&](int32_t id, int64_t step) {
     result.tokens.push_back(id);
     if (on_token) on_token(id);
     if (std::find(opt.stop_ids.begin(), opt.stop_ids.end(), id) != opt.stop_ids.end()) {
       result.stopped_at_eos = true;
-      break;
+      return true;
     }
-    if (step + 1 == opt.max_new_tokens) break;
-    decoder.step(&id, logits.data());
+    return step + 1 == opt.max_new_tokens;
+  };
+  int32_t id = sampler.next(logits.data(), c.vocab_size);
+  if (opt.max_new_tokens > 0 && !emit(id, 0)) {
+    if (opt.sampling.temperature <= 0.0f) {
+      // Greedy: the device chooses (ops::argmax_rows) and feeds each next step itself; the host keeps
+      // one step in flight ahead of the token it reads, so the GPU never waits for it. A stop token is
+      // seen one step late: that step's extra row lands in this call's own cache only.
+      decoder.enqueue_greedy(&id);
+      for (int64_t step = 1;; ++step) {
+        if (step + 1 < opt.max_new_tokens) decoder.enqueue_greedy(nullptr);
+        decoder.read_greedy(&id);
+        if (emit(id, step)) break;
+      }
+    } else {
+      for (int64_t step = 1;; ++step) {
+        decoder.step(&id, logits.data());
+        id = sampler.next(logits.data(), c.vocab_size);
+        if (emit(id, step)) break;
+      }
+    }
   }
   result.decode_seconds = std::chrono::duration<double>(clock::now() - t0).count();
   return result;

@@ -126,10 +126,25 @@ class BatchDecoder {
   // one. logits [B, V] (host, optional) receives every sequence's next-token logits; greedy [B] (host,
   // optional) their argmax (ops::argmax_rows, on the device: no [B, V] copy when logits is null).
   void step(const int32_t* ids, float* logits, int32_t* greedy = nullptr);
+
+  // Pipelined greedy decoding: the host issues steps ahead and reads their choices later, so the device
+  // never waits for the host between steps. enqueue_greedy issues one step and returns at once: with
+  // ids [B] (host) as step() takes them; with ids null, each sequence's previous greedy choice (the
+  // step's last op, ops::decode_feed, leaves the next step's inputs on the device). read_greedy waits
+  // for the oldest unread enqueued step and writes its choices [B] (host). At most kMaxUnread steps
+  // may be unread. Same ops, so the same tokens and cache as step() with greedy choices.
+  static constexpr int kMaxUnread = 4;
+  void enqueue_greedy(const int32_t* ids);
+  void read_greedy(int32_t* out);
+  int64_t unread() const { return static_cast<int64_t>(unread_.size()); }
+
   bool graph_captured() const { return graph_ != nullptr; }
 
  private:
-  void run_ops();  // the step's ops on ctx_ (eager or being captured)
+  void run_ops();                           // the step's ops on ctx_ (eager or being captured)
+  void upload_inputs(const int32_t* ids);   // checks ids and free rows, copies the step's inputs
+  void launch();                            // the step: eagerly, captured, or as a graph replay
+  void check_room() const;                  // every sequence has a free cache row
 
   const Model& m_;
   KvCache& cache_;
@@ -139,6 +154,19 @@ class BatchDecoder {
   ops::Buffer<int32_t> inputs_;  // ids [B], write_rows [B], kv_lengths [B], then cos, sin [B, R/2] (fp32 bits)
   ops::Buffer<float> logits_;    // [B, V]
   ops::Buffer<int32_t> greedy_;  // [B]
+  ops::Buffer<float> angle_table_;  // cos then sin [capacity, R/2] of every position (decode_feed)
+  // history [B, capacity]: the greedy choice made at each cache row, written by the device (pinned,
+  // mapped host memory on CUDA); history_device_ is its address in kernels.
+  int32_t* history_ = nullptr;
+  int32_t* history_device_ = nullptr;
+  std::vector<int32_t> history_cpu_;
+  struct Unread {
+    void* event = nullptr;            // recorded after the step (null on the CPU: ops ran already)
+    std::vector<int64_t> rows;        // per sequence, the cache position the step wrote
+  };
+  std::vector<Unread> unread_;        // oldest first
+  std::vector<void*> events_;         // kMaxUnread, used round robin
+  int64_t events_used_ = 0;
   void* pool_ = nullptr;
   void* graph_ = nullptr;
 };

@@ -243,6 +243,14 @@ void argmax_rows(const Context& ctx, const ArgmaxParams& p) {
   run(ctx, p, cpu::argmax_rows, &BackendTable::argmax_rows, "argmax_rows");
 }
 
+void decode_feed(const Context& ctx, const DecodeFeedParams& p) {
+  DSV_CHECK(p.chosen && p.ids && p.write_rows && p.kv_lengths && p.cos && p.sin && p.cos_table && p.sin_table,
+            "decode_feed: null pointer");
+  DSV_CHECK(p.rows >= 0 && p.capacity >= 1 && p.half >= 0 && p.rows * p.capacity <= INT32_MAX,
+            "decode_feed: bad sizes rows={} capacity={} half={}", p.rows, p.capacity, p.half);
+  run(ctx, p, cpu::decode_feed, &BackendTable::decode_feed, "decode_feed");
+}
+
 void moe_experts(const Context& ctx, const MoeExpertsParams& p) {
   const bool f32 = p.gate && p.up && p.down, bf16 = p.gate_bf16 && p.up_bf16 && p.down_bf16;
   DSV_CHECK(p.x && p.indices && p.weights && p.out, "moe_experts: null pointer");

@@ -215,6 +215,29 @@ struct ArgmaxParams {
 };
 void argmax_rows(const Context& ctx, const ArgmaxParams& p);
 
+// Feeds the next batched decode step from this one, on the device (no host turn between steps). For
+// each sequence b, with p = kv_lengths[b] (this step wrote cache row p - 1; the next token goes to p):
+//   ids[b] = chosen[b];  history[b * capacity + p - 1] = chosen[b]  (the choice made at row p - 1)
+// and, where p < capacity (a full sequence keeps its slots: the host refuses its next step),
+//   write_rows[b] = b * capacity + p;  kv_lengths[b] = p + 1;
+//   cos[b, :] = cos_table[p, :];  sin[b, :] = sin_table[p, :].
+// Tables [capacity, half] hold the rope angles of every position (layers::rope_angles), so the fed
+// angles are the host's bits. history (optional, [rows, capacity]) may be host-mapped memory: the
+// chosen tokens reach the host without a copy.
+struct DecodeFeedParams {
+  const int32_t* chosen = nullptr;
+  int32_t* ids = nullptr;
+  int32_t* write_rows = nullptr;
+  int32_t* kv_lengths = nullptr;
+  float* cos = nullptr;
+  float* sin = nullptr;
+  const float* cos_table = nullptr;
+  const float* sin_table = nullptr;
+  int32_t* history = nullptr;
+  int64_t rows = 0, capacity = 0, half = 0;
+};
+void decode_feed(const Context& ctx, const DecodeFeedParams& p);
+
 // Routed experts for few tokens (decode), with the routing kept on the device: for each of the
 // T*K (token, slot) pairs p, e = indices[p], t = p / K:
 //   h[p]   = silu(x[t] . gate[e]^T) * (x[t] . up[e]^T)                       [F]
@@ -562,6 +585,7 @@ struct BackendTable {
   void (*synchronize)(void* stream) = nullptr;  // waits for the stream's work (op profiling)
   void (*store_rows)(const StoreRowsParams&, void* stream) = nullptr;
   void (*argmax_rows)(const ArgmaxParams&, void* stream) = nullptr;
+  void (*decode_feed)(const DecodeFeedParams&, void* stream) = nullptr;
   // Step graphs (CUDA graphs): the ops issued on a stream are recorded once and replayed. Memory the
   // ops allocate while `pool` is in use comes from that private pool, so a replay never touches
   // memory handed out to anyone else between replays.
@@ -579,6 +603,14 @@ struct BackendTable {
   // wait for the side stream's, and lets the held memory go once no branch is open.
   void* (*fork)(void* stream) = nullptr;
   void (*join)(void* stream, void* side) = nullptr;
+  // Pipelined steps: host memory the device writes directly (pinned and mapped: `device_view` is its
+  // address in kernels), and events the host waits on for the work issued before them.
+  void* (*host_mapped_allocate)(size_t bytes, void** device_view) = nullptr;
+  void (*host_mapped_release)(void* host) = nullptr;
+  void* (*event_create)() = nullptr;
+  void (*event_destroy)(void* event) = nullptr;
+  void (*event_record)(void* event, void* stream) = nullptr;
+  void (*event_wait)(void* event) = nullptr;  // the host waits
 };
 BackendTable& backend_table(Backend b);
 bool backend_available(Backend b);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "core/error.h"
@@ -100,6 +101,115 @@ TEST(BatchDecode, RefusesAFullSequenceAndBadIds) {
   const int32_t bad[2] = {1, static_cast<int32_t>(m->config.vocab_size)};
   EXPECT_THROW(decoder.step(bad, logits.data()), Error);
   EXPECT_EQ(cache.lengths[0], 0);  // nothing was appended by the refused steps
+}
+
+// Greedy decoding issued ahead (enqueue_greedy: each step fed by the one before it on the device,
+// tokens read one step behind) against step() with the tokens coming back each time: the same ops, so
+// the same tokens and bit-identical cache rows. The fed rope angles come from the decoder's table of
+// every position, so a wrong position or angle would change the logits and soon the tokens and rows.
+void expect_pipelined_equals_steps(const Model& m, const std::vector<std::vector<int32_t>>& prompts, int64_t steps) {
+  const int64_t B = static_cast<int64_t>(prompts.size()), V = m.config.vocab_size;
+  int64_t capacity = 0;
+  for (const auto& p : prompts) capacity = std::max(capacity, static_cast<int64_t>(p.size()) + steps);
+  KvCache stepped = make_kv_cache(m, capacity, B), piped = make_kv_cache(m, capacity, B);
+  std::vector<int32_t> first(static_cast<size_t>(B));
+  std::vector<float> logits(static_cast<size_t>(B * V));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t P = static_cast<int64_t>(prompts[b].size());
+    forward(m, prompts[b].data(), P, stepped, {.all_logits = false, .logits = logits.data(), .sequence = b});
+    forward(m, prompts[b].data(), P, piped, {.all_logits = false, .logits = logits.data(), .sequence = b});
+    first[b] = static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + V) - logits.begin());
+  }
+  std::vector<std::vector<int32_t>> want, got;
+  {
+    BatchDecoder decoder(m, stepped);
+    std::vector<int32_t> next = first, chosen(static_cast<size_t>(B));
+    for (int64_t s = 0; s < steps; ++s) {
+      decoder.step(next.data(), logits.data(), chosen.data());
+      want.push_back(chosen);
+      next = chosen;
+    }
+  }
+  {
+    BatchDecoder decoder(m, piped);
+    std::vector<int32_t> chosen(static_cast<size_t>(B));
+    decoder.enqueue_greedy(first.data());
+    for (int64_t s = 1; s <= steps; ++s) {
+      if (s < steps) decoder.enqueue_greedy(nullptr);
+      EXPECT_EQ(decoder.unread(), s < steps ? 2 : 1);
+      decoder.read_greedy(chosen.data());
+      got.push_back(chosen);
+    }
+    EXPECT_EQ(decoder.unread(), 0);
+  }
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(piped.lengths, stepped.lengths);
+  for (int64_t l = 0; l < stepped.layers; ++l)  // the rows written
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t first = b * stepped.capacity * stepped.width;
+      const size_t n = static_cast<size_t>(stepped.lengths[b] * stepped.width);
+      if (stepped.bf16)
+        EXPECT_EQ(0, std::memcmp(stepped.rows_bf16[l].data() + first, piped.rows_bf16[l].data() + first,
+                                 n * sizeof(uint16_t))) << l << " " << b;
+      else
+        EXPECT_EQ(0, std::memcmp(stepped.rows[l].data() + first, piped.rows[l].data() + first, n * sizeof(float)))
+            << l << " " << b;
+    }
+}
+
+TEST_P(BatchDecode, PipelinedGreedyEqualsSteps) {
+  const auto f = open_fixture(GetParam());
+  auto m = load_model(f.dir.string());
+  const auto prompts = prompts_of(f.ids);
+  expect_pipelined_equals_steps(*m, prompts, 5);
+  store_weights_bf16(*m);
+  expect_pipelined_equals_steps(*m, prompts, 5);
+}
+
+TEST(BatchDecode, PipelinedStepsAreRefusedOutOfOrder) {
+  const auto f = open_fixture(fixture_names().front());
+  auto m = load_model(f.dir.string());
+  KvCache cache = make_kv_cache(*m, 8, 1);
+  std::vector<float> logits(static_cast<size_t>(m->config.vocab_size));
+  const int32_t id = 1;
+  forward(*m, &id, 1, cache, {.all_logits = false, .logits = logits.data()});
+  BatchDecoder decoder(*m, cache);
+  int32_t out = -1;
+  EXPECT_THROW(decoder.enqueue_greedy(nullptr), Error);  // no earlier step chose a token
+  EXPECT_THROW(decoder.read_greedy(&out), Error);        // nothing enqueued
+  for (int i = 0; i < BatchDecoder::kMaxUnread; ++i) decoder.enqueue_greedy(i == 0 ? &id : nullptr);
+  EXPECT_THROW(decoder.enqueue_greedy(nullptr), Error);  // too many unread
+  EXPECT_THROW(decoder.step(&id, logits.data()), Error);  // would replace the inputs the unread steps fed
+  EXPECT_EQ(cache.lengths[0], 1 + BatchDecoder::kMaxUnread);
+  for (int i = 0; i < BatchDecoder::kMaxUnread; ++i) decoder.read_greedy(&out);
+  for (int i = 0; i < 3; ++i) decoder.enqueue_greedy(nullptr);
+  try {
+    decoder.enqueue_greedy(nullptr);  // the cache's 8 rows are taken
+    FAIL() << "a full sequence was decoded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sequence 0 holds 8 tokens"), std::string::npos) << e.what();
+  }
+  for (int i = 0; i < 3; ++i) decoder.read_greedy(&out);
+  EXPECT_EQ(cache.lengths[0], 8);
+}
+
+// decode_feed on hand-made values: sequence 1 is full (only its id and its last choice change).
+TEST(DecodeFeed, MovesEachSequenceOnByOneRow) {
+  const int64_t capacity = 3, half = 2;
+  const std::vector<float> cos_table = {10, 11, 20, 21, 30, 31}, sin_table = {-10, -11, -20, -21, -30, -31};
+  const int32_t chosen[2] = {7, 8};
+  std::vector<int32_t> ids = {0, 0}, write_rows = {0, 5}, kv_lengths = {1, 3}, history(2 * capacity, -1);
+  std::vector<float> cos(4, 0), sin(4, 0);
+  ops::decode_feed({}, {.chosen = chosen, .ids = ids.data(), .write_rows = write_rows.data(),
+                        .kv_lengths = kv_lengths.data(), .cos = cos.data(), .sin = sin.data(),
+                        .cos_table = cos_table.data(), .sin_table = sin_table.data(), .history = history.data(),
+                        .rows = 2, .capacity = capacity, .half = half});
+  EXPECT_EQ(ids, (std::vector<int32_t>{7, 8}));
+  EXPECT_EQ(write_rows, (std::vector<int32_t>{1, 5}));
+  EXPECT_EQ(kv_lengths, (std::vector<int32_t>{2, 3}));
+  EXPECT_EQ(cos, (std::vector<float>{20, 21, 0, 0}));
+  EXPECT_EQ(sin, (std::vector<float>{-20, -21, 0, 0}));
+  EXPECT_EQ(history, (std::vector<int32_t>{7, -1, -1, -1, -1, 8}));
 }
 
 // The attention op's batched form against one call per problem.

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -108,6 +109,45 @@ TEST_F(CudaBatch, ArgmaxRowsMatchesCpu) {
   CUDA_OK(cuda::argmax_rows({.x = d2.ptr, .out = o1.ptr, .rows = 1, .n = n}, 0));
   CUDA_OK(cudaDeviceSynchronize());
   EXPECT_EQ(o1.download()[0], static_cast<int32_t>(n - 1));
+}
+
+// The step-to-step feed against its CPU twin, bit for bit: sequences at the start, in the middle and
+// full (which keep their slots), rope halves longer than the kernel's block, and the choices written
+// to pinned host memory through its mapped device address (as BatchDecoder reads them).
+TEST_F(CudaBatch, DecodeFeedMatchesCpu) {
+  const int64_t B = 5, capacity = 9, half = 40;
+  auto cos_table = randn(capacity * half, 51), sin_table = randn(capacity * half, 52);
+  const std::vector<int32_t> chosen = {3, 1, 4, 1, 5}, lengths = {1, 9, 4, 8, 9};
+  std::vector<int32_t> write_rows(B), ids(B, -1);
+  for (int64_t b = 0; b < B; ++b) write_rows[b] = static_cast<int32_t>(b * capacity + lengths[b] - 1);
+  auto cos = randn(B * half, 53), sin = randn(B * half, 54);
+  std::vector<int32_t> history(B * capacity, -2);
+  std::vector<int32_t> want_ids = ids, want_rows = write_rows, want_lengths = lengths, want_history = history;
+  std::vector<float> want_cos = cos, want_sin = sin;
+  cpu::decode_feed({.chosen = chosen.data(), .ids = want_ids.data(), .write_rows = want_rows.data(),
+                    .kv_lengths = want_lengths.data(), .cos = want_cos.data(), .sin = want_sin.data(),
+                    .cos_table = cos_table.data(), .sin_table = sin_table.data(), .history = want_history.data(),
+                    .rows = B, .capacity = capacity, .half = half});
+  EXPECT_EQ(want_lengths, (std::vector<int32_t>{2, 9, 5, 9, 9}));
+  Dev<int32_t> d_chosen(chosen), d_ids(ids), d_rows(write_rows), d_lengths(lengths);
+  Dev<float> d_cos(cos), d_sin(sin), d_cos_table(cos_table), d_sin_table(sin_table);
+  int32_t* host_history = nullptr;
+  int32_t* mapped = nullptr;
+  CUDA_OK(cudaHostAlloc(reinterpret_cast<void**>(&host_history), history.size() * sizeof(int32_t), cudaHostAllocMapped));
+  std::copy(history.begin(), history.end(), host_history);
+  CUDA_OK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&mapped), host_history, 0));
+  CUDA_OK(cuda::decode_feed({.chosen = d_chosen.ptr, .ids = d_ids.ptr, .write_rows = d_rows.ptr,
+                             .kv_lengths = d_lengths.ptr, .cos = d_cos.ptr, .sin = d_sin.ptr,
+                             .cos_table = d_cos_table.ptr, .sin_table = d_sin_table.ptr, .history = mapped,
+                             .rows = B, .capacity = capacity, .half = half}, 0));
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ(d_ids.download(), want_ids);
+  EXPECT_EQ(d_rows.download(), want_rows);
+  EXPECT_EQ(d_lengths.download(), want_lengths);
+  EXPECT_TRUE(same_bits(d_cos.download(), want_cos));
+  EXPECT_TRUE(same_bits(d_sin.download(), want_sin));
+  EXPECT_EQ(std::vector<int32_t>(host_history, host_history + history.size()), want_history);
+  CUDA_OK(cudaFreeHost(host_history));
 }
 
 // Grouped by expert (E given): uneven expert loads (some experts unused, one with many pairs), rows
@@ -284,6 +324,70 @@ TEST_P(CudaBatchModel, GraphEqualsEagerAndMatchesCpu) {
     std::printf("%s %s batched decode: GPU graph vs CPU max rel error %.2e\n", GetParam().c_str(),
                 bf16 ? "bf16" : "fp32", err);
     EXPECT_LE(err, bf16 ? 1e-2 : 1e-4);
+  }
+}
+
+// Greedy steps issued ahead (each replay fed by the one before it on the device, tokens read from
+// mapped host memory one step behind) give exactly what step() gives with the tokens coming back each
+// time: the same tokens and bit-identical cache rows, fp32 and bf16, graph and eager.
+TEST_P(CudaBatchModel, PipelinedGreedyEqualsSteps) {
+  const auto f = dsv::test::open_fixture(GetParam());
+  auto host = load_model(f.dir.string());
+  const size_t n = f.ids.size();
+  const std::vector<std::vector<int32_t>> prompts = {
+      {f.ids.begin(), f.ids.begin() + 1}, f.ids,
+      {f.ids.begin() + 1, f.ids.begin() + static_cast<long>(std::max<size_t>(2, n / 2))}};
+  const int64_t B = 3, steps = 6, V = host->config.vocab_size;
+  for (bool bf16 : {false, true}) {
+    auto gpu = to_backend(*host, Backend::Cuda, bf16);
+    for (bool graph : {true, false}) {
+      SCOPED_TRACE(std::string(bf16 ? "bf16" : "fp32") + (graph ? " graph" : " eager"));
+      KvCache stepped = make_kv_cache(*gpu, static_cast<int64_t>(n) + steps, B);
+      KvCache piped = make_kv_cache(*gpu, static_cast<int64_t>(n) + steps, B);
+      std::vector<float> logits(static_cast<size_t>(V));
+      std::vector<int32_t> first(B);
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t P = static_cast<int64_t>(prompts[b].size());
+        forward(*gpu, prompts[b].data(), P, stepped, {.all_logits = false, .logits = logits.data(), .sequence = b});
+        forward(*gpu, prompts[b].data(), P, piped, {.all_logits = false, .logits = logits.data(), .sequence = b});
+        first[b] = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      }
+      std::vector<int32_t> want, got, chosen(B);
+      {
+        BatchDecoder decoder(*gpu, stepped, graph);
+        std::vector<int32_t> next = first;
+        for (int64_t s = 0; s < steps; ++s) {
+          decoder.step(next.data(), nullptr, chosen.data());
+          want.insert(want.end(), chosen.begin(), chosen.end());
+          next = chosen;
+        }
+      }
+      {
+        BatchDecoder decoder(*gpu, piped, graph);
+        decoder.enqueue_greedy(first.data());
+        for (int64_t s = 1; s <= steps; ++s) {
+          if (s < steps) decoder.enqueue_greedy(nullptr);
+          decoder.read_greedy(chosen.data());
+          got.insert(got.end(), chosen.begin(), chosen.end());
+        }
+        EXPECT_EQ(decoder.graph_captured(), graph);
+      }
+      EXPECT_EQ(got, want);
+      EXPECT_EQ(piped.lengths, stepped.lengths);
+      // The rows written (a cache's other rows are uninitialized device memory).
+      const Context ctx{.backend = Backend::Cuda};
+      for (int64_t l = 0; l < stepped.layers; ++l)
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t begin = b * stepped.capacity * stepped.width, end = begin + stepped.lengths[b] * stepped.width;
+          if (bf16) {
+            const auto a = stepped.rows_bf16[l].to_host(ctx), c = piped.rows_bf16[l].to_host(ctx);
+            EXPECT_TRUE(std::equal(a.begin() + begin, a.begin() + end, c.begin() + begin)) << l << " " << b;
+          } else {
+            const auto a = stepped.rows[l].to_host(ctx), c = piped.rows[l].to_host(ctx);
+            EXPECT_EQ(0, std::memcmp(a.data() + begin, c.data() + begin, (end - begin) * sizeof(float))) << l << " " << b;
+          }
+        }
+    }
   }
 }
 

@@ -38,7 +38,7 @@ struct BenchArgs {
   std::string weights = "bf16";
   int64_t batch = 1, prompt_len = 512, gen_len = 64;
   uint64_t seed = 1;
-  bool tf32 = false, bf16_products = false, eager = false;
+  bool tf32 = false, bf16_products = false, eager = false, host_turn = false;
 };
 
 // --tf32 / --bf16: the device's precision for fp32 matrix products and the prefill/training attention.
@@ -128,14 +128,24 @@ void run_bench_infer(const BenchArgs& a) {
     fmt::print(stderr, "# op profile of the prefill (DSV_OP_PROFILE: synchronized ops)\n{}", ops::op_profile_summary());
   BatchDecoder decoder(*model, cache, /*use_graph=*/!a.eager);
   std::vector<int32_t> chosen(static_cast<size_t>(B));
-  auto decode_step = [&] {  // greedy on the device: only B ids come back
+  // Greedy on the device, as `dsv generate` decodes: each step feeds the next on the device and the host
+  // reads the tokens one step behind (--host-turn: the tokens come back before the next step is issued).
+  auto sync_step = [&] {
     decoder.step(next.data(), nullptr, chosen.data());
     next.swap(chosen);
   };
-  for (int64_t w = 0; w < kWarmSteps; ++w) decode_step();  // eager step, then the graph's capture
+  for (int64_t w = 0; w < kWarmSteps; ++w) sync_step();  // eager step, then the graph's capture
   ops::op_profile_reset();
   t0 = clock::now();
-  for (int64_t g = 0; g < a.gen_len; ++g) decode_step();
+  if (a.host_turn) {
+    for (int64_t g = 0; g < a.gen_len; ++g) sync_step();
+  } else {
+    decoder.enqueue_greedy(next.data());
+    for (int64_t g = 1; g <= a.gen_len; ++g) {
+      if (g < a.gen_len) decoder.enqueue_greedy(nullptr);
+      decoder.read_greedy(next.data());
+    }
+  }
   const double decode_s = seconds(t0);
   if (ops::op_profile_enabled())
     fmt::print(stderr, "# op profile of the {} decode steps (DSV_OP_PROFILE: synchronized ops)\n{}", a.gen_len,
@@ -166,7 +176,8 @@ void run_bench_infer(const BenchArgs& a) {
              B, a.prompt_len, prefill_s * 1e3, static_cast<double>(B * a.prompt_len) / prefill_s, ttft_s * 1e3);
   fmt::print("decode            {} steps x {} sequences in {:.2f} ms: {:.1f} tokens/s, {:.3f} ms per output token "
              "({})\n", a.gen_len, B, decode_s * 1e3, decode_tps, step_s * 1e3,
-             graph ? "CUDA graph replays" : "eager steps");
+             fmt::format("{}, {}", graph ? "CUDA graph replays" : "eager steps",
+                         a.host_turn ? "host turn between steps" : "fed on the device"));
   fmt::print("kv cache          {} values per token per layer, stored {}: {} B (a per-head cache: {:.0f} values, {:.0f} "
              "B, {:.1f}x more)\n", width, bf16 ? "bf16" : "fp32", cache.bytes_per_token_per_layer(), per_head_cache,
              per_head_cache * elt, per_head_cache / width);
@@ -182,6 +193,7 @@ void run_bench_infer(const BenchArgs& a) {
                         {"prefill_tokens_per_s", static_cast<double>(B * a.prompt_len) / prefill_s},
                         {"ttft_ms", ttft_s * 1e3}, {"decode_tokens_per_s", decode_tps},
                         {"tpot_ms", step_s * 1e3}, {"bytes_per_decode_step", bytes_per_step}, {"cuda_graph", graph},
+                        {"host_turn", a.host_turn},
                         {"achieved_bytes_per_s", achieved}, {"roofline_bytes_per_s", roofline},
                         {"kv_values_per_token_per_layer", width},
                         {"kv_bytes_per_token_per_layer", cache.bytes_per_token_per_layer()},
@@ -335,6 +347,9 @@ void register_bench(CLI::App& app) {
                   "fp32 accumulation; bf16 weights always use bf16 tensor cores)")
       ->excludes(infer_tf32);
   infer->add_flag("--eager", a.eager, "CUDA: launch every decode op from the host instead of replaying a CUDA graph");
+  infer->add_flag("--host-turn", a.host_turn,
+                  "Decode with the host in the loop: each step's tokens come back before the next step is issued "
+                  "(by default the device feeds each step's choices to the next and the host reads one step behind)");
   infer->callback([] { run_bench_infer(a); });
 
   static TrainBenchArgs t;

@@ -20,6 +20,7 @@ void gather_rows(const RowsParams& p);
 void scatter_add_rows(const RowsParams& p);
 void store_rows(const StoreRowsParams& p);
 void argmax_rows(const ArgmaxParams& p);
+void decode_feed(const DecodeFeedParams& p);
 void fill_random(const FillRandomParams& p);
 void moe_experts(const MoeExpertsParams& p);
 void cast(const CastParams& p);

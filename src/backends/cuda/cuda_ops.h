@@ -64,6 +64,8 @@ cudaError_t scatter_add_rows(const RowsParams& p, cudaStream_t stream);
 cudaError_t store_rows(const StoreRowsParams& p, cudaStream_t stream);
 // Slices of each row over blocks, then a merge per row; rows <= 65535.
 cudaError_t argmax_rows(const ArgmaxParams& p, cudaStream_t stream);
+// One small block loop over the sequences (decode_feed.cu).
+cudaError_t decode_feed(const DecodeFeedParams& p, cudaStream_t stream);
 cudaError_t fill_random(const FillRandomParams& p, cudaStream_t stream);
 // Decode-sized T: grouped GEMV kernels (moe_experts.cu); more tokens with bf16 tables: the grouped
 // tensor-core GEMMs below when they apply.

@@ -125,6 +125,28 @@ void register_cuda_backend() {
   t.synchronize = [](void* s) { check(cudaStreamSynchronize(as_stream(s)), "synchronize"); };
   t.store_rows = [](const StoreRowsParams& p, void* s) { check(store_rows(p, as_stream(s)), "store_rows"); };
   t.argmax_rows = [](const ArgmaxParams& p, void* s) { check(argmax_rows(p, as_stream(s)), "argmax_rows"); };
+  t.decode_feed = [](const DecodeFeedParams& p, void* s) { check(decode_feed(p, as_stream(s)), "decode_feed"); };
+  t.host_mapped_allocate = [](size_t bytes, void** device_view) -> void* {
+    void* host = nullptr;
+    check(cudaHostAlloc(&host, bytes, cudaHostAllocMapped), "pinned host allocation");
+    const cudaError_t e = cudaHostGetDevicePointer(device_view, host, 0);
+    if (e != cudaSuccess) cudaFreeHost(host);
+    check(e, "device view of pinned host memory");
+    return host;
+  };
+  t.host_mapped_release = [](void* host) {
+    if (host) cudaFreeHost(host);
+  };
+  t.event_create = []() -> void* {
+    cudaEvent_t e = nullptr;
+    check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "event create");
+    return e;
+  };
+  t.event_destroy = [](void* e) {
+    if (e) cudaEventDestroy(static_cast<cudaEvent_t>(e));
+  };
+  t.event_record = [](void* e, void* s) { check(cudaEventRecord(static_cast<cudaEvent_t>(e), as_stream(s)), "event record"); };
+  t.event_wait = [](void* e) { check(cudaEventSynchronize(static_cast<cudaEvent_t>(e)), "event wait"); };
   // Blocking streams (cudaStreamCreate): the legacy default stream, which the synchronous copies use,
   // orders with them, so uploads before and downloads after a replay need no extra events.
   t.stream_create = []() -> void* {
