@@ -23,13 +23,14 @@ BatchDecoder::BatchDecoder(const Model& m, KvCache& cache, bool use_graph)
   inputs_ = ops::Buffer<int32_t>(ctx_.backend, static_cast<size_t>(3 * B + 2 * B * half));
   logits_ = ops::Buffer<float>(ctx_.backend, static_cast<size_t>(B * c.vocab_size));
   greedy_ = ops::Buffer<int32_t>(ctx_.backend, static_cast<size_t>(B));
-  // The rope angles of every cache position, so a step can feed the next one's on the device.
+  // The rope angles of every cache position: steps take theirs from it, on the host (upload_inputs)
+  // or on the device (decode_feed).
   const int64_t capacity = cache.capacity;
   std::vector<int64_t> positions(static_cast<size_t>(capacity));
   for (int64_t i = 0; i < capacity; ++i) positions[i] = i;
-  std::vector<float> table(static_cast<size_t>(2 * capacity * half));
-  layers::rope_angles(c, positions, table.data(), table.data() + capacity * half);
-  angle_table_ = ops::Buffer<float>(ctx_, table.data(), table.size());
+  angle_table_host_.resize(static_cast<size_t>(2 * capacity * half));
+  layers::rope_angles(c, positions, angle_table_host_.data(), angle_table_host_.data() + capacity * half);
+  angle_table_ = ops::Buffer<float>(ctx_, angle_table_host_.data(), angle_table_host_.size());
   const size_t history_values = static_cast<size_t>(B * capacity);
   if (ctx_.backend == ops::Backend::Cpu) {
     history_cpu_.assign(history_values, 0);
@@ -98,18 +99,19 @@ void BatchDecoder::upload_inputs(const int32_t* ids) {
   const int64_t B = cache_.sequences, V = c.vocab_size, half = c.qk_rope_head_dim / 2;
   // The step's inputs, uploaded in one copy: ids, the row each new latent goes to, key counts, angles.
   std::vector<int32_t> host(static_cast<size_t>(3 * B + 2 * B * half));
-  std::vector<int64_t> positions(static_cast<size_t>(B));
+  // Angles from the decoder's table of every position (what decode_feed copies on the device).
+  int32_t* angles = host.data() + 3 * B;  // fp32 bits: filled by memcpy
+  const float* cos_table = angle_table_host_.data();
+  const float* sin_table = cos_table + cache_.capacity * half;
   for (int64_t b = 0; b < B; ++b) {
     DSV_CHECK(ids[b] >= 0 && ids[b] < V, "token id {} of sequence {} is outside the vocabulary [0, {})", ids[b], b, V);
     const int64_t position = cache_.lengths[b];
-    positions[b] = position;
     host[b] = ids[b];
     host[B + b] = static_cast<int32_t>(b * cache_.capacity + position);
     host[2 * B + b] = static_cast<int32_t>(position + 1);
+    std::memcpy(angles + b * half, cos_table + position * half, static_cast<size_t>(half) * sizeof(float));
+    std::memcpy(angles + (B + b) * half, sin_table + position * half, static_cast<size_t>(half) * sizeof(float));
   }
-  std::vector<float> angles(static_cast<size_t>(2 * B * half));
-  layers::rope_angles(c, positions, angles.data(), angles.data() + B * half);
-  std::memcpy(host.data() + 3 * B, angles.data(), angles.size() * sizeof(float));
   ops::copy_to_backend(ctx_, inputs_.data(), host.data(), host.size() * sizeof(int32_t));
 }
 

@@ -142,7 +142,7 @@ class BatchDecoder {
 
  private:
   void run_ops();                           // the step's ops on ctx_ (eager or being captured)
-  void upload_inputs(const int32_t* ids);   // checks ids and free rows, copies the step's inputs
+  void upload_inputs(const int32_t* ids);   // checks ids, copies the step's inputs (after check_room)
   void launch();                            // the step: eagerly, captured, or as a graph replay
   void check_room() const;                  // every sequence has a free cache row
 
@@ -154,7 +154,8 @@ class BatchDecoder {
   ops::Buffer<int32_t> inputs_;  // ids [B], write_rows [B], kv_lengths [B], then cos, sin [B, R/2] (fp32 bits)
   ops::Buffer<float> logits_;    // [B, V]
   ops::Buffer<int32_t> greedy_;  // [B]
-  ops::Buffer<float> angle_table_;  // cos then sin [capacity, R/2] of every position (decode_feed)
+  std::vector<float> angle_table_host_;  // cos then sin [capacity, R/2] of every position
+  ops::Buffer<float> angle_table_;       // its copy on the backend (decode_feed)
   // history [B, capacity]: the greedy choice made at each cache row, written by the device (pinned,
   // mapped host memory on CUDA); history_device_ is its address in kernels.
   int32_t* history_ = nullptr;
