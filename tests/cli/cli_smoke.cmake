@@ -46,6 +46,12 @@ file(READ ${WORK}/bench_b3.json bench_b3)
 if(NOT bench_b3 MATCHES "\"batch\": 3")
   message(FATAL_ERROR "dsv bench infer --batch 3 did not report batch 3: ${bench_b3}")
 endif()
+expect_ok(${DSV} bench infer --config ${SRC}/models/tiny/config.json --batch 2 --prompt-len 5 --gen-len 3 --device cpu
+          --host-turn --json ${WORK}/bench_turn.json)
+file(READ ${WORK}/bench_turn.json bench_turn)
+if(NOT bench_turn MATCHES "\"host_turn\": true" OR NOT bench_b3 MATCHES "\"host_turn\": false")
+  message(FATAL_ERROR "dsv bench infer did not report --host-turn: ${bench_turn}")
+endif()
 
 # dsv train: the dry run of the bundled recipe, then a few real steps into ${WORK} (flags override
 # the recipe's output paths, so nothing is written into the source tree).
