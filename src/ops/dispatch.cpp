@@ -237,6 +237,16 @@ void store_rows(const Context& ctx, const StoreRowsParams& p) {
   run(ctx, p, cpu::store_rows, &BackendTable::store_rows, "store_rows");
 }
 
+void store_latent_rows(const Context& ctx, const LatentRowsParams& p) {
+  DSV_CHECK(p.x && p.weight && p.cos && p.sin && (p.y != nullptr) != (p.y_bf16 != nullptr),
+            "store_latent_rows: x, weight, cos, sin and exactly one of y (fp32) and y_bf16 expected");
+  DSV_CHECK(p.n >= 0 && p.C >= 1 && p.R >= 0 && p.R % 2 == 0 && p.x_stride >= p.C + p.R &&
+                p.y_stride >= p.C + p.R && p.first >= 0 && p.C + p.R <= INT32_MAX,
+            "store_latent_rows: bad sizes n={} C={} R={} x_stride={} y_stride={} first={}", p.n, p.C, p.R,
+            p.x_stride, p.y_stride, p.first);
+  run(ctx, p, cpu::store_latent_rows, &BackendTable::store_latent_rows, "store_latent_rows");
+}
+
 void argmax_rows(const Context& ctx, const ArgmaxParams& p) {
   DSV_CHECK(p.x && p.out, "argmax_rows: null pointer");
   DSV_CHECK(p.rows >= 0 && p.n >= 1 && p.n <= INT32_MAX, "argmax_rows: bad sizes rows={} n={}", p.rows, p.n);

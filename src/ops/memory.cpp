@@ -44,7 +44,7 @@ Branch::Branch(const Context& main) : main_(main), side_(main) {
   const BackendTable& t = backend_table(main.backend);
   if (!t.fork || !t.join) return;
   side_.stream = t.fork(main.stream);
-  open_ = true;
+  open_ = forked_ = true;
 }
 
 void Branch::join() {

@@ -109,6 +109,10 @@ struct AttentionParams {
   // Optional output [batch, T, H]: each row's logsumexp over its visible keys of scale * q.k (natural
   // log), for attention_backward (training); fp32 k / v and no kv_lengths.
   float* lse = nullptr;
+  // The caller's promise that no op still in flight writes k, v or kv_lengths (they were written
+  // before a branch join that precedes this op, and the ops between do not touch them): a device may
+  // then start loading keys before the ops just before it finish (launch.cuh). A hint; same result.
+  bool keys_settled = false;
 };
 void attention(const Context& ctx, const AttentionParams& p);
 
@@ -205,6 +209,28 @@ struct StoreRowsParams {
   int64_t n = 0, D = 0, y_stride = 0;
 };
 void store_rows(const Context& ctx, const StoreRowsParams& p);
+
+// MLA's new latent cache rows finished and stored in one op (a decode step's kv chain): for r < n,
+// with row = x[r] ([C + R] fp32 from kv_a_proj, row stride x_stride),
+//   y[dest(r), :C] = rmsnorm(row[:C]) * weight   (ops::rmsnorm, eps)
+//   y[dest(r), C:] = rope(row[C:], cos[r], sin[r])  (ops::rope of one head, `layout`)
+// where dest(r) = rows[r] (int32 on the backend, unique) or, with rows null, first + r; into fp32
+// rows (y) or bf16 rows (y_bf16, rounded to nearest even), row stride y_stride. x is left as is,
+// unless the destination rows are x's own (in place: an fp32 single-sequence cache). The same bits as
+// rmsnorm, rope and store_rows (or a cast) in turn on the same backend.
+struct LatentRowsParams {
+  const float* x = nullptr;
+  const float* weight = nullptr;
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  const int32_t* rows = nullptr;
+  float* y = nullptr;
+  uint16_t* y_bf16 = nullptr;
+  int64_t n = 0, C = 0, R = 0, x_stride = 0, y_stride = 0, first = 0;
+  float eps = 1e-6f;
+  RopeLayout layout = RopeLayout::Interleaved;
+};
+void store_latent_rows(const Context& ctx, const LatentRowsParams& p);
 
 // out[r] = index of the largest x[r, i] (i < n), the lowest index on ties; NaNs never win (a row of
 // NaNs gives 0). Greedy choices of batched decode without copying [rows, V] logits to the host.
@@ -584,6 +610,7 @@ struct BackendTable {
   void (*to_host)(void* dst, const void* src, size_t bytes, void* stream) = nullptr;  // synchronizes
   void (*synchronize)(void* stream) = nullptr;  // waits for the stream's work (op profiling)
   void (*store_rows)(const StoreRowsParams&, void* stream) = nullptr;
+  void (*store_latent_rows)(const LatentRowsParams&, void* stream) = nullptr;
   void (*argmax_rows)(const ArgmaxParams&, void* stream) = nullptr;
   void (*decode_feed)(const DecodeFeedParams&, void* stream) = nullptr;
   // Step graphs (CUDA graphs): the ops issued on a stream are recorded once and replayed. Memory the
@@ -630,10 +657,13 @@ class Branch {
   Branch& operator=(const Branch&) = delete;
   const Context& side() const { return side_; }
   void join();
+  // Whether side() is a stream of its own. After join(), then, every op issued before the fork and on
+  // the side has completed before the main context's next op starts (AttentionParams::keys_settled).
+  bool forked() const { return forked_; }
 
  private:
   Context main_, side_;
-  bool open_ = false;
+  bool open_ = false, forked_ = false;
 };
 
 // Op profiling, for finding where time goes (not for speed claims): with the environment variable

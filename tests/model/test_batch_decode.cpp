@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "model/model.h"
 #include "ops/ops.h"
@@ -268,6 +269,65 @@ TEST(StoreRows, WritesRowsInFp32AndBf16) {
   EXPECT_EQ(h[9], 0x3f80);  // 1.0
   EXPECT_EQ(h[0], 0x3f80);  // 1.00390625 is a tie between 1 and 1 + 2^-7: rounds to even (1.0)
   EXPECT_THROW(ops::store_rows({}, {.rows = rows, .x = x.data(), .n = 2, .D = 3}), Error);
+}
+
+// A decode step's latent rows in one op: by hand on two rows, then against rmsnorm, rope and
+// store_rows in turn on random rows (the same bits), both rope layouts, fp32 in place and bf16.
+TEST(StoreLatentRows, NormalizesRopesAndStores) {
+  const std::vector<float> x = {3, 4, 1, 2, /**/ 0, 5, -2, 3};  // rows [C = 2 | R = 2]
+  const std::vector<float> weight = {1, 2}, cos = {0, 1}, sin = {1, 0};
+  const int32_t rows[2] = {2, 0};
+  std::vector<float> y(3 * 5, 9.0f);
+  ops::store_latent_rows({}, {.x = x.data(), .weight = weight.data(), .cos = cos.data(), .sin = sin.data(),
+                              .rows = rows, .y = y.data(), .n = 2, .C = 2, .R = 2, .x_stride = 4, .y_stride = 5,
+                              .eps = 0.0f});
+  const float inv0 = 1.0f / std::sqrt(12.5f);
+  EXPECT_FLOAT_EQ(y[10], 3 * inv0);
+  EXPECT_FLOAT_EQ(y[11], 2 * 4 * inv0);
+  EXPECT_FLOAT_EQ(y[12], -2.0f);  // (1, 2) turned by 90 degrees
+  EXPECT_FLOAT_EQ(y[13], 1.0f);
+  EXPECT_EQ(y[14], 9.0f);  // past C + R: untouched
+  EXPECT_FLOAT_EQ(y[1], 2 * 5 / std::sqrt(12.5f));
+  EXPECT_FLOAT_EQ(y[2], -2.0f);  // angle 0: as it was
+  EXPECT_EQ(y[5], 9.0f);  // row 1 not named
+  EXPECT_FLOAT_EQ(x[0], 3.0f);  // x left as is
+
+  const int64_t n = 3, C = 24, R = 8, width = C + R, xs = 40;
+  std::vector<float> rand_x(n * xs), w(C), c(n * R / 2), sn(n * R / 2);
+  uint64_t state = 7;
+  const auto next = [&] { state = state * 6364136223846793005ull + 1442695040888963407ull; return static_cast<float>(static_cast<int64_t>(state >> 33) % 2001 - 1000) / 250.0f; };
+  for (auto* v : {&rand_x, &w, &c, &sn}) for (float& e : *v) e = next();
+  for (RopeLayout layout : {RopeLayout::Interleaved, RopeLayout::HalfSplit}) {
+    // In steps, as mla() does with a tap: the rows of a 6-row cache from row 2 on.
+    std::vector<float> steps = rand_x, want(6 * width, 0.0f);
+    ops::rmsnorm({}, {.x = steps.data(), .weight = w.data(), .y = steps.data(), .rows = n, .dim = C, .x_stride = xs,
+                      .y_stride = xs, .eps = 1e-6f});
+    ops::rope({}, {.x = steps.data(), .cos = c.data(), .sin = sn.data(), .tokens = n, .heads = 1, .rope_dim = R,
+                   .token_stride = xs, .head_stride = xs, .offset = C, .layout = layout});
+    std::vector<float> compact(n * width);  // store_rows reads rows of exactly D values
+    for (int64_t r = 0; r < n; ++r) std::memcpy(&compact[r * width], &steps[r * xs], width * sizeof(float));
+    const int32_t dest[3] = {2, 3, 4};
+    ops::store_rows({}, {.rows = dest, .x = compact.data(), .y = want.data(), .n = n, .D = width});
+    // fp32 rows, consecutive from `first`
+    std::vector<float> got(6 * width, 0.0f);
+    const ops::LatentRowsParams p{.x = rand_x.data(), .weight = w.data(), .cos = c.data(), .sin = sn.data(),
+                                  .y = got.data(), .n = n, .C = C, .R = R, .x_stride = xs, .y_stride = width,
+                                  .first = 2, .eps = 1e-6f, .layout = layout};
+    ops::store_latent_rows({}, p);
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0);
+    // bf16 rows: each value the rounded fp32 one
+    std::vector<uint16_t> got16(6 * width, 0);
+    ops::LatentRowsParams p16 = p;
+    p16.y = nullptr, p16.y_bf16 = got16.data();
+    ops::store_latent_rows({}, p16);
+    for (int64_t i = 0; i < 6 * width; ++i) ASSERT_EQ(got16[i], i < 2 * width || i >= 5 * width ? 0 : f32_to_bf16(want[i])) << i;
+  }
+  EXPECT_THROW(ops::store_latent_rows({}, {.x = x.data(), .weight = weight.data(), .cos = cos.data(), .sin = sin.data(),
+                                           .n = 2, .C = 2, .R = 2, .x_stride = 4, .y_stride = 5}),
+               Error);  // no destination
+  EXPECT_THROW(ops::store_latent_rows({}, {.x = x.data(), .weight = weight.data(), .cos = cos.data(), .sin = sin.data(),
+                                           .y = y.data(), .n = 2, .C = 2, .R = 3, .x_stride = 5, .y_stride = 5}),
+               Error);  // odd rope width
 }
 
 }  // namespace

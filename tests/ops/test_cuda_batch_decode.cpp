@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <numeric>
 #include <vector>
 
 #include "backends/cpu/cpu_ops.h"
@@ -76,6 +77,69 @@ TEST_F(CudaBatch, StoreRowsMatchesCpuBitForBit) {
   CUDA_OK(cudaDeviceSynchronize());
   EXPECT_TRUE(same_bits(dy.download(), want));
   EXPECT_EQ(dy16.download(), want16);
+}
+
+// The decode step's latent rows in one kernel: the same bits as the CUDA rmsnorm, rope and store_rows
+// in turn (what it replaces), and close to the CPU twin (whose sum of squares is in double), for the
+// release shape (C 512, R 64) and a small one, both rope layouts, scattered rows and consecutive rows
+// in place (an fp32 cache), fp32 and bf16.
+TEST_F(CudaBatch, StoreLatentRowsEqualsTheStepsItFuses) {
+  struct Case { int64_t n, C, R, xs; RopeLayout layout; };
+  for (const Case& c : {Case{7, 512, 64, 600, RopeLayout::Interleaved}, Case{3, 24, 8, 32, RopeLayout::HalfSplit},
+                        Case{64, 512, 64, 576, RopeLayout::HalfSplit}}) {
+    SCOPED_TRACE(c.C);
+    const int64_t width = c.C + c.R, total = c.n + 5;
+    const auto x = randn(c.n * c.xs, 51, 0.5f, 3.0f), w = randn(c.C, 52), cs = randn(c.n * c.R / 2, 53),
+               sn = randn(c.n * c.R / 2, 54);
+    std::vector<int32_t> rows(c.n);
+    for (int64_t i = 0; i < c.n; ++i) rows[i] = static_cast<int32_t>((i * 5 + 3) % total);
+    if (c.n == 64) std::iota(rows.begin(), rows.end(), 1);
+    Dev<float> dw(w), dc(cs), ds(sn);
+    Dev<int32_t> drows(rows);
+    const float eps = 1e-6f;
+    // The steps on the GPU: rmsnorm and rope in place on a copy of x, then store_rows / a cast.
+    Dev<float> steps(x), want(std::vector<float>(total * width, 1.0f));
+    Dev<uint16_t> want16(std::vector<uint16_t>(total * width, 7));
+    CUDA_OK(cuda::rmsnorm({.x = steps.ptr, .weight = dw.ptr, .y = steps.ptr, .rows = c.n, .dim = c.C,
+                           .x_stride = c.xs, .y_stride = c.xs, .eps = eps}, 0));
+    CUDA_OK(cuda::rope({.x = steps.ptr, .cos = dc.ptr, .sin = ds.ptr, .tokens = c.n, .heads = 1, .rope_dim = c.R,
+                        .token_stride = c.xs, .head_stride = c.xs, .offset = c.C, .layout = c.layout}, 0));
+    std::vector<float> compact(c.n * width);  // store_rows reads rows of exactly D values
+    {
+      const auto stepped = steps.download();
+      for (int64_t r = 0; r < c.n; ++r) std::memcpy(&compact[r * width], &stepped[r * c.xs], width * sizeof(float));
+    }
+    Dev<float> dcompact(compact);
+    CUDA_OK(cuda::store_rows({.rows = drows.ptr, .x = dcompact.ptr, .y = want.ptr, .n = c.n, .D = width, .y_stride = width}, 0));
+    CUDA_OK(cuda::store_rows({.rows = drows.ptr, .x = dcompact.ptr, .y_bf16 = want16.ptr, .n = c.n, .D = width, .y_stride = width}, 0));
+    // Fused, scattered rows.
+    Dev<float> dx(x), got(std::vector<float>(total * width, 1.0f));
+    Dev<uint16_t> got16(std::vector<uint16_t>(total * width, 7));
+    LatentRowsParams p{.x = dx.ptr, .weight = dw.ptr, .cos = dc.ptr, .sin = ds.ptr, .rows = drows.ptr, .y = got.ptr,
+                       .n = c.n, .C = c.C, .R = c.R, .x_stride = c.xs, .y_stride = width, .eps = eps, .layout = c.layout};
+    CUDA_OK(cuda::store_latent_rows(p, 0));
+    p.y = nullptr, p.y_bf16 = got16.ptr;
+    CUDA_OK(cuda::store_latent_rows(p, 0));
+    // Fused in place: x's rows are the destination rows, consecutive from `first` = 0, row stride xs.
+    Dev<float> in_place(x);
+    CUDA_OK(cuda::store_latent_rows({.x = in_place.ptr, .weight = dw.ptr, .cos = dc.ptr, .sin = ds.ptr, .y = in_place.ptr,
+                                     .n = c.n, .C = c.C, .R = c.R, .x_stride = c.xs, .y_stride = c.xs, .eps = eps,
+                                     .layout = c.layout}, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_TRUE(same_bits(got.download(), want.download()));
+    EXPECT_EQ(got16.download(), want16.download());
+    const auto stepped = steps.download(), placed = in_place.download();
+    for (int64_t r = 0; r < c.n; ++r)  // the row's values as the steps left them; the padding untouched
+      for (int64_t i = 0; i < c.xs; ++i)
+        ASSERT_EQ(std::memcmp(&placed[r * c.xs + i], i < width ? &stepped[r * c.xs + i] : &x[r * c.xs + i], 4), 0)
+            << r << " " << i;
+    // Against the CPU twin.
+    std::vector<float> cpu_y(total * width, 1.0f);
+    cpu::store_latent_rows({.x = x.data(), .weight = w.data(), .cos = cs.data(), .sin = sn.data(), .rows = rows.data(),
+                            .y = cpu_y.data(), .n = c.n, .C = c.C, .R = c.R, .x_stride = c.xs, .y_stride = width,
+                            .eps = eps, .layout = c.layout});
+    EXPECT_LT(rel_l2(got.download(), cpu_y), 1e-6);
+  }
 }
 
 TEST_F(CudaBatch, ArgmaxRowsMatchesCpu) {

@@ -19,6 +19,7 @@ void copy2d(const Copy2dParams& p);
 void gather_rows(const RowsParams& p);
 void scatter_add_rows(const RowsParams& p);
 void store_rows(const StoreRowsParams& p);
+void store_latent_rows(const LatentRowsParams& p);
 void argmax_rows(const ArgmaxParams& p);
 void decode_feed(const DecodeFeedParams& p);
 void fill_random(const FillRandomParams& p);

@@ -1,6 +1,7 @@
 // Data movement ops: embedding gather, residual add, strided copies, expert gather/scatter.
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "backends/cpu/cpu_ops.h"
 #include "core/dtype.h"
@@ -50,6 +51,20 @@ void store_rows(const StoreRowsParams& p) {
     if (p.y) std::memcpy(p.y + p.rows[r] * ys, x, p.D * sizeof(float));
     else
       for (int64_t d = 0; d < p.D; ++d) p.y_bf16[p.rows[r] * ys + d] = f32_to_bf16(x[d]);
+  }
+}
+
+// rmsnorm, rope and store_rows in turn on a copy of each row (so the same bits by construction).
+void store_latent_rows(const LatentRowsParams& p) {
+  const int64_t width = p.C + p.R;
+  std::vector<float> row(static_cast<size_t>(width));
+  for (int64_t r = 0; r < p.n; ++r) {
+    std::memcpy(row.data(), p.x + r * p.x_stride, static_cast<size_t>(width) * sizeof(float));
+    rmsnorm({.x = row.data(), .weight = p.weight, .y = row.data(), .rows = 1, .dim = p.C, .eps = p.eps});
+    rope({.x = row.data(), .cos = p.cos + r * (p.R / 2), .sin = p.sin + r * (p.R / 2), .tokens = 1, .heads = 1,
+          .rope_dim = p.R, .token_stride = width, .head_stride = width, .offset = p.C, .layout = p.layout});
+    const int32_t dest = p.rows ? p.rows[r] : static_cast<int32_t>(p.first + r);
+    store_rows({.rows = &dest, .x = row.data(), .y = p.y, .y_bf16 = p.y_bf16, .n = 1, .D = width, .y_stride = p.y_stride});
   }
 }
 

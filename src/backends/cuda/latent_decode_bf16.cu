@@ -105,7 +105,8 @@ template <int kCap>
 __global__ void __launch_bounds__(kThreads)
     latent_mma_kernel(AttentionParams p, const uint16_t* K, int64_t ks, int64_t split_keys, int64_t clusters,
                       int stages, float* partial) {
-  dependent_start();
+  allow_dependents();
+  if (!p.keys_settled) grid_dependency_wait();
   cg::cluster_group cluster = cg::this_cluster();
   const int cl = static_cast<int>(cluster.num_blocks()), rank = static_cast<int>(cluster.block_rank());
   extern __shared__ __align__(16) unsigned char smem[];
@@ -132,6 +133,17 @@ __global__ void __launch_bounds__(kThreads)
   const float scale_log2 = p.scale * kLog2e;
 
   const int n_tiles = s_begin < s_end ? static_cast<int>((s_end - s_begin + kKeys - 1) / kKeys) : 0;
+  // Settled keys (no op in flight writes them) start streaming before the wait for q's producer.
+  const auto first_tiles = [&] {
+    for (int i = 0; i < stages - 1; ++i) {
+      if (i < n_tiles) load_keys(keys_smem + i * kKeys * pitch, pitch, kb, ks, s_begin + i * kKeys, s_end, Dqk);
+      else cp_async_commit();
+    }
+  };
+  if (p.keys_settled) {
+    first_tiles();
+    grid_dependency_wait();
+  }
   {  // q rows of this head group as bf16 pairs: warp w takes heads w and w + 8, lane l their float4s
      // l, l + 32, ...; a lane's loads of a round are all issued before its stores
     const float* q = p.q + (b * p.H + h0) * p.Dqk;
@@ -177,13 +189,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // The first stages - 1 tiles start streaming now (one cp.async group each, empty past the last tile).
-  // After q, not before: q's loads are L2 hits that queued behind the tiles' HBM loads (globaltimer
-  // phases on bench-16b-l4: q staged 6.5 -> 2.3 us into the kernel, the first tile landed ~0.9 us
-  // sooner, since the next kernels' weight preloads crowd the memory system at this kernel's start).
-  for (int i = 0; i < stages - 1; ++i) {
-    if (i < n_tiles) load_keys(keys_smem + i * kKeys * pitch, pitch, kb, ks, s_begin + i * kKeys, s_end, Dqk);
-    else cp_async_commit();
-  }
+  // Unsettled keys after q, not before: q's loads are L2 hits that queued behind the tiles' HBM loads
+  // (globaltimer phases on bench-16b-l4: q staged 6.5 -> 2.3 us into the kernel, the first tile landed
+  // ~0.9 us sooner, since the next kernels' weight preloads crowd the memory system at its start).
+  // Settled keys went out before the wait above, while the kernels before this one finished.
+  if (!p.keys_settled) first_tiles();
   // Running statistics of this warp's two softmax heads (every lane holds them) and the O columns.
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
   float acc[8][4] = {};

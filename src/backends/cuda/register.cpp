@@ -2,6 +2,7 @@
 // dsv::Error naming the op and the CUDA error.
 #include <cuda_runtime.h>
 
+#include <deque>
 #include <map>
 
 #include "backends/cuda/cuda_ops.h"
@@ -15,22 +16,28 @@ void check(cudaError_t e, const char* what) {
 }
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
-// The side stream of a main stream, made on its first fork and kept for the process, with the events
-// that order the two (an event may be recorded again at once: a wait binds to the record before it).
+// The side streams of a main stream, made on first use and kept for the process, with the events
+// that order each with the main one (an event may be recorded again at once: a wait binds to the
+// record before it). Branches open at the same time (MLA's latent rows and q's rope) each get a side
+// stream of their own, so their chains overlap each other too, not only the main one.
 struct SideStream {
   cudaStream_t stream = nullptr;
   cudaEvent_t forked = nullptr, joined = nullptr;
+  bool open = false;
 };
 
-SideStream& side_of(cudaStream_t main) {
-  thread_local std::map<cudaStream_t, SideStream> sides;
-  SideStream& s = sides[main];
-  if (!s.stream) {
-    // Blocking, like the decode streams: the legacy stream's synchronous copies order with it.
-    check(cudaStreamCreate(&s.stream), "side stream create");
-    check(cudaEventCreateWithFlags(&s.forked, cudaEventDisableTiming), "branch event create");
-    check(cudaEventCreateWithFlags(&s.joined, cudaEventDisableTiming), "branch event create");
-  }
+// A free side stream of `main` (made if all are in use), or the one that is `side` when given.
+SideStream& side_of(cudaStream_t main, cudaStream_t side = nullptr) {
+  thread_local std::map<cudaStream_t, std::deque<SideStream>> sides;
+  std::deque<SideStream>& all = sides[main];
+  for (SideStream& s : all)
+    if (side ? s.stream == side : !s.open) return s;
+  DSV_CHECK(!side, "branch join: not a side stream of this stream");
+  SideStream& s = all.emplace_back();
+  // Blocking, like the decode streams: the legacy stream's synchronous copies order with it.
+  check(cudaStreamCreate(&s.stream), "side stream create");
+  check(cudaEventCreateWithFlags(&s.forked, cudaEventDisableTiming), "branch event create");
+  check(cudaEventCreateWithFlags(&s.joined, cudaEventDisableTiming), "branch event create");
   return s;
 }
 
@@ -124,6 +131,9 @@ void register_cuda_backend() {
   };
   t.synchronize = [](void* s) { check(cudaStreamSynchronize(as_stream(s)), "synchronize"); };
   t.store_rows = [](const StoreRowsParams& p, void* s) { check(store_rows(p, as_stream(s)), "store_rows"); };
+  t.store_latent_rows = [](const LatentRowsParams& p, void* s) {
+    check(store_latent_rows(p, as_stream(s)), "store_latent_rows");
+  };
   t.argmax_rows = [](const ArgmaxParams& p, void* s) { check(argmax_rows(p, as_stream(s)), "argmax_rows"); };
   t.decode_feed = [](const DecodeFeedParams& p, void* s) { check(decode_feed(p, as_stream(s)), "decode_feed"); };
   t.host_mapped_allocate = [](size_t bytes, void** device_view) -> void* {
@@ -182,14 +192,15 @@ void register_cuda_backend() {
     SideStream& side = side_of(as_stream(s));
     check(cudaEventRecord(side.forked, as_stream(s)), "branch fork");
     check(cudaStreamWaitEvent(side.stream, side.forked, 0), "branch fork");
+    side.open = true;
     branch_open();  // once forked: a failed fork leaves no branch open
     return side.stream;
   };
   t.join = [](void* s, void* side_stream) {
-    SideStream& side = side_of(as_stream(s));
-    DSV_CHECK(side.stream == as_stream(side_stream), "branch join: not the side stream of this stream");
+    SideStream& side = side_of(as_stream(s), as_stream(side_stream));
     cudaError_t e = cudaEventRecord(side.joined, side.stream);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(as_stream(s), side.joined, 0);
+    side.open = false;
     branch_close();  // after the wait: work issued from here on comes after both chains
     check(e, "branch join");
   };

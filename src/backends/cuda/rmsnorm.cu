@@ -1,6 +1,7 @@
 // RMSNorm, fp32: one block per row; the sum of squares is reduced through warp shuffles.
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/launch.cuh"
+#include "backends/cuda/warp_reduce.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -44,17 +45,8 @@ __global__ void rmsnorm_kernel(const float* x, const float* __restrict__ weight,
       if (delta && i < dim) x_out[blockIdx.x * x_stride + i] = v[u];
     }
   }
-  for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-  __shared__ float partial[kThreads / 32];
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    sum = threadIdx.x < kThreads / 32 ? partial[threadIdx.x] : 0.0f;
-    for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    if (threadIdx.x == 0) partial[0] = sum;
-  }
-  __syncthreads();
-  const float inv = rsqrtf(partial[0] / static_cast<float>(dim) + eps);
+  __shared__ float scratch[kThreads / 32 + 1];
+  const float inv = rsqrtf(block_sum<kThreads>(sum, scratch) / static_cast<float>(dim) + eps);
   if (in_registers) {
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) {

@@ -1,6 +1,7 @@
 // RoPE on the rope span of each head, in place or into y; one thread per rotary pair.
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/launch.cuh"
+#include "backends/cuda/rotary.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -17,9 +18,10 @@ __global__ void rope_kernel(RopeParams p) {
     const int64_t a = p.layout == RopeLayout::Interleaved ? 2 * i : i;
     const int64_t b = p.layout == RopeLayout::Interleaved ? 2 * i + 1 : i + half;
     const float c = p.cos[t * half + i], s = p.sin[t * half + i];
-    const float x0 = x[a], x1 = x[b];
-    y[a] = x0 * c - x1 * s;
-    y[b] = x1 * c + x0 * s;
+    float y0, y1;
+    rotate_pair(x[a], x[b], c, s, y0, y1);
+    y[a] = y0;
+    y[b] = y1;
   }
 }
 

@@ -14,4 +14,23 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// The sum of `v` over a block of kThreads threads (a multiple of 32, at most 1024): each warp's
+// butterfly, then warp 0 adds the warps' sums in warp order. Every thread gets the result. `scratch`
+// holds kThreads / 32 + 1 floats of shared memory; the call contains the block's barriers, so all
+// threads must reach it. One order for RMSNorm's sum of squares wherever it is computed.
+template <int kThreads>
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps");
+  v = warp_sum(v);
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    v = threadIdx.x < kThreads / 32 ? scratch[threadIdx.x] : 0.0f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) scratch[kThreads / 32] = v;
+  }
+  __syncthreads();
+  return scratch[kThreads / 32];
+}
+
 }  // namespace dsv::ops::cuda

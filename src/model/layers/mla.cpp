@@ -2,6 +2,8 @@
 // and the roped shared key k_rope [R] per token. Two equivalent forms: expanded (keys and values of
 // all heads re-made through kv_b_proj; cheaper when most keys are new, as in prefill) and absorbed
 // (attention directly over the cached rows; cheaper for decode, and what the CUDA decode kernel does).
+#include <optional>
+
 #include "core/error.h"
 #include "model/layers/layers.h"
 #include "ops/ops.h"
@@ -50,15 +52,27 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
   float* cache_rows = fresh.size() ? fresh.data() : cache.row(cache_layer, base, seq);
   ops::linear(kv_ctx, {.x = x, .w = w.kv_a_proj.data, .w_bf16 = w.kv_a_proj.bf16, .bias = w.kv_a_proj_bias.data,
                        .y = cache_rows, .M = T, .N = C + R, .K = D, .y_stride = width});
-  ops::rmsnorm(kv_ctx, {.x = cache_rows, .weight = w.kv_a_layernorm.data, .y = cache_rows, .rows = T, .dim = C,
-                        .x_stride = width, .y_stride = width, .eps = static_cast<float>(kLatentNormEps)});
-  ops::rope(kv_ctx, {.x = cache_rows, .cos = slots.cos, .sin = slots.sin, .tokens = T, .heads = 1,
-                     .rope_dim = R, .token_stride = width, .head_stride = width, .offset = C, .layout = c.rope_layout});
-  if (batched)
-    ops::store_rows(kv_ctx, {.rows = slots.write_rows, .x = cache_rows, .y = cache.bf16 ? nullptr : cache.row(cache_layer, 0),
-                          .y_bf16 = cache.bf16 ? cache.row_bf16(cache_layer, 0) : nullptr, .n = T, .D = width});
-  else if (cache.bf16)
-    ops::cast(kv_ctx, {.x = cache_rows, .y = cache.row_bf16(cache_layer, base, seq), .n = T * width, .to_bf16 = true});
+  if (!tap) {
+    // One op from kv_a's rows to the cache rows (in place for an fp32 single-sequence cache).
+    float* y = cache.bf16 ? nullptr : (batched ? cache.row(cache_layer, 0) : cache.row(cache_layer, 0, seq));
+    uint16_t* y_bf16 = !cache.bf16 ? nullptr : (batched ? cache.row_bf16(cache_layer, 0) : cache.row_bf16(cache_layer, 0, seq));
+    ops::store_latent_rows(kv_ctx, {.x = cache_rows, .weight = w.kv_a_layernorm.data, .cos = slots.cos,
+                                    .sin = slots.sin, .rows = batched ? slots.write_rows : nullptr, .y = y,
+                                    .y_bf16 = y_bf16, .n = T, .C = C, .R = R, .x_stride = width, .y_stride = width,
+                                    .first = batched ? 0 : base, .eps = static_cast<float>(kLatentNormEps),
+                                    .layout = c.rope_layout});
+  } else {  // in steps, so the tap below sees the finished fp32 rows
+    ops::rmsnorm(kv_ctx, {.x = cache_rows, .weight = w.kv_a_layernorm.data, .y = cache_rows, .rows = T, .dim = C,
+                          .x_stride = width, .y_stride = width, .eps = static_cast<float>(kLatentNormEps)});
+    ops::rope(kv_ctx, {.x = cache_rows, .cos = slots.cos, .sin = slots.sin, .tokens = T, .heads = 1, .rope_dim = R,
+                       .token_stride = width, .head_stride = width, .offset = C, .layout = c.rope_layout});
+    if (batched)
+      ops::store_rows(kv_ctx, {.rows = slots.write_rows, .x = cache_rows,
+                               .y = cache.bf16 ? nullptr : cache.row(cache_layer, 0),
+                               .y_bf16 = cache.bf16 ? cache.row_bf16(cache_layer, 0) : nullptr, .n = T, .D = width});
+    else if (cache.bf16)
+      ops::cast(kv_ctx, {.x = cache_rows, .y = cache.row_bf16(cache_layer, base, seq), .n = T * width, .to_bf16 = true});
+  }
 
   const bool absorbed = batched || mode == MlaMode::Absorbed || (mode == MlaMode::Auto && T == 1);
   // Absorbed attention needs q's rope dims only inside q_lat: they are roped straight into it below
@@ -107,6 +121,16 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
     //   o_lat[t, h] = sum_s softmax_s(q_lat . row_s * scale) row_s[:C]    [C]
     //   out[t, h]   = W_UV[h] o_lat[t, h]                                  [Dv]
     ops::Buffer<float> q_lat(be, T * H * (C + R)), o_lat(be, T * H * C);
+    // q's rope dims go straight into q_lat on a branch of their own (columns W_UK does not write), so
+    // the query's two small ops and the latent rows' chain run side by side up to the attention.
+    std::optional<ops::Branch> rope_branch;
+    if (rope_q_into_latent) {
+      rope_branch.emplace(ctx);
+      ops::rope(rope_branch->side(), {.x = q.data(), .cos = slots.cos, .sin = slots.sin, .tokens = T, .heads = H,
+                                      .rope_dim = R, .token_stride = H * Dqk, .head_stride = Dqk, .offset = Dn,
+                                      .layout = c.rope_layout, .y = q_lat.data(), .y_token_stride = H * (C + R),
+                                      .y_head_stride = C + R, .y_offset = C});
+    }
     if (Dn > 0)  // per head: q_lat[:, h, :C] = q_nope[:, h] . W_UK[h], W_UK[h] = kv_b rows [h(Dn+Dv), +Dn) as [Dn, C]
       ops::linear(ctx, {.x = q.data(), .w = w.kv_b_proj.data, .w_bf16 = w.kv_b_proj.bf16, .y = q_lat.data(), .M = T, .N = C, .K = Dn,
                         .x_stride = H * Dqk, .y_stride = H * (C + R), .w_transposed = true, .batch = H,
@@ -114,14 +138,14 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
     else
       ops::copy2d(ctx, {.src = nullptr, .dst = q_lat.data(), .rows = T * H, .cols = C, .src_stride = C,
                         .dst_stride = C + R});
-    if (rope_q_into_latent)
-      ops::rope(ctx, {.x = q.data(), .cos = slots.cos, .sin = slots.sin, .tokens = T, .heads = H, .rope_dim = R,
-                      .token_stride = H * Dqk, .head_stride = Dqk, .offset = Dn, .layout = c.rope_layout,
-                      .y = q_lat.data(), .y_token_stride = H * (C + R), .y_head_stride = C + R, .y_offset = C});
-    else
+    if (!rope_q_into_latent)
       ops::copy2d(ctx, {.src = q.data() + Dn, .dst = q_lat.data() + C, .rows = T * H, .cols = R,
                         .src_stride = Dqk, .dst_stride = C + R});
     join_chains();
+    if (rope_branch) rope_branch->join();
+    // Joined right before the attention: every cache row it reads (this step's from the branch, the
+    // rest from ops before the fork) was written by a completed op, so it may load them early.
+    const bool keys_settled = kv_branch.forked();
     const float* rows = cache.bf16 ? nullptr : cache.row(cache_layer, 0, seq);
     const uint16_t* rows_bf16 = cache.bf16 ? cache.row_bf16(cache_layer, 0, seq) : nullptr;
     // Batched: T problems of one query each, over their own sequence's rows (kv_lengths of them).
@@ -130,7 +154,8 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
                          .out = o_lat.data(), .T = batched ? 1 : T, .S = batched ? cache.capacity : S, .H = H,
                          .Dqk = C + R, .Dv = C, .Hkv = 1, .k_stride = width, .v_stride = width, .scale = scale,
                          .batch = batched ? T : 1, .k_batch_stride = batched ? stride : 0,
-                         .v_batch_stride = batched ? stride : 0, .kv_lengths = slots.kv_lengths});
+                         .v_batch_stride = batched ? stride : 0, .kv_lengths = slots.kv_lengths,
+                         .keys_settled = keys_settled});
     // per head: out[:, h] = o_lat[:, h] . W_UV[h]^T, W_UV[h] = kv_b rows [h(Dn+Dv) + Dn, +Dv) as [Dv, C]
     ops::linear(ctx, {.x = o_lat.data(), .w = w.kv_b_proj.f32_at(Dn * C), .w_bf16 = w.kv_b_proj.bf16_at(Dn * C), .y = attn.data(), .M = T, .N = Dv, .K = C,
                       .x_stride = H * C, .y_stride = H * Dv, .batch = H, .x_batch_stride = C,
