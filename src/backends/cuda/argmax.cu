@@ -9,6 +9,7 @@ namespace dsv::ops::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int64_t kMaxSlices = 256;  // slices per row (argmax_rows asks for about 256 blocks in all)
 
 // Whether candidate (v, i) beats (bv, bi); an index < 0 is "nothing yet".
 __device__ __forceinline__ bool better(float v, int64_t i, float bv, int64_t bi) {
@@ -64,9 +65,20 @@ __global__ void argmax_merge_kernel(ArgmaxParams p, int64_t slices, const float*
   const int lane = threadIdx.x % 32;
   float bv = 0.0f;
   int64_t bi = -1;
-  for (int64_t s = lane; s < slices; s += 32)
-    if (better(best_values[r * slices + s], best_indices[r * slices + s], bv, bi))
-      bv = best_values[r * slices + s], bi = best_indices[r * slices + s];
+  // A lane's slices (at most kMaxSlices / 32) loaded all at once, then compared: in one loop, each
+  // trip's loads waited for the trip before.
+  constexpr int kPerLane = kMaxSlices / 32;
+  float v[kPerLane];
+  int64_t i[kPerLane];
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int64_t s = lane + 32 * j;
+    v[j] = s < slices ? best_values[r * slices + s] : 0.0f;
+    i[j] = s < slices ? best_indices[r * slices + s] : -1;
+  }
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j)
+    if (better(v[j], i[j], bv, bi)) bv = v[j], bi = i[j];
   warp_best(bv, bi);
   if (lane == 0) p.out[r] = static_cast<int32_t>(bi < 0 ? 0 : bi);
 }
@@ -81,7 +93,7 @@ cudaError_t argmax_rows(const ArgmaxParams& p, cudaStream_t stream) {
   slices = slices < 1 ? 1 : slices;
   const int64_t slice = (p.n + slices - 1) / slices;
   slices = (p.n + slice - 1) / slice;
-  if (p.rows > 65535) return cudaErrorInvalidValue;
+  if (p.rows > 65535 || slices > kMaxSlices) return cudaErrorInvalidValue;
   char* scratch = static_cast<char*>(cached_allocate(static_cast<size_t>(p.rows * slices) * (sizeof(float) + sizeof(int64_t))));
   if (!scratch) return cudaErrorMemoryAllocation;
   int64_t* best_indices = reinterpret_cast<int64_t*>(scratch);

@@ -10,7 +10,7 @@
 namespace dsv::ops::cuda {
 namespace {
 
-constexpr int kMaxExperts = 1024;
+constexpr int kMaxExperts = 1024, kPerLane = kMaxExperts / 32;
 constexpr unsigned kAll = 0xffffffffu;
 
 // (value, index) of the warp's best: larger value, then lower index; index < 0 means none.
@@ -31,12 +31,31 @@ __global__ void route_kernel(RouterParams p) {
   const int lane = threadIdx.x;
   const int E = static_cast<int>(p.E), K = static_cast<int>(p.K), G = static_cast<int>(p.n_group);
   const int per_group = E / (G > 0 ? G : 1);
-  const float* logits = p.logits + static_cast<int64_t>(blockIdx.x) * E;
   const bool sigmoid = p.kind == RouterKind::SigmoidNoauxGroups;
+  // The token's logits (and the correction bias) staged in shared memory with every load issued at
+  // once: read in the loops below, each trip's loads waited for the trip before (E / 32 dependent
+  // round trips, the better part of a decode step's route).
+  __shared__ float logits[kMaxExperts], bias[kMaxExperts];
+  {
+    const float* row = p.logits + static_cast<int64_t>(blockIdx.x) * E;
+    float lv[kPerLane], bv[kPerLane];
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int e = lane + 32 * j;
+      lv[j] = e < E ? row[e] : 0.0f;
+      bv[j] = sigmoid && e < E ? p.correction_bias[e] : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int e = lane + 32 * j;
+      if (e < E) logits[e] = lv[j], bias[e] = bv[j];
+    }
+    __syncwarp();
+  }
   if (sigmoid) {
     for (int e = lane; e < E; e += 32) {
       scores[e] = 1.0f / (1.0f + expf(-logits[e]));
-      choice[e] = scores[e] + p.correction_bias[e];
+      choice[e] = scores[e] + bias[e];
     }
   } else {  // softmax in fp32 with a double denominator, as the CPU op
     float max_logit = -FLT_MAX;
