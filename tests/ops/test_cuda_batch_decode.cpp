@@ -81,12 +81,13 @@ TEST_F(CudaBatch, StoreRowsMatchesCpuBitForBit) {
 
 // The decode step's latent rows in one kernel: the same bits as the CUDA rmsnorm, rope and store_rows
 // in turn (what it replaces), and close to the CPU twin (whose sum of squares is in double), for the
-// release shape (C 512, R 64) and a small one, both rope layouts, scattered rows and consecutive rows
+// release shape (C 512, R 64), a small one and a long one, both rope layouts, scattered rows and consecutive rows
 // in place (an fp32 cache), fp32 and bf16.
 TEST_F(CudaBatch, StoreLatentRowsEqualsTheStepsItFuses) {
   struct Case { int64_t n, C, R, xs; RopeLayout layout; };
   for (const Case& c : {Case{7, 512, 64, 600, RopeLayout::Interleaved}, Case{3, 24, 8, 32, RopeLayout::HalfSplit},
-                        Case{64, 512, 64, 576, RopeLayout::HalfSplit}}) {
+                        Case{64, 512, 64, 576, RopeLayout::HalfSplit},
+                        Case{2, 2100, 600, 2750, RopeLayout::Interleaved}}) {  // a second pass, pairs > threads
     SCOPED_TRACE(c.C);
     const int64_t width = c.C + c.R, total = c.n + 5;
     const auto x = randn(c.n * c.xs, 51, 0.5f, 3.0f), w = randn(c.C, 52), cs = randn(c.n * c.R / 2, 53),

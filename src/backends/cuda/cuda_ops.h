@@ -62,7 +62,7 @@ cudaError_t copy2d(const Copy2dParams& p, cudaStream_t stream);
 cudaError_t gather_rows(const RowsParams& p, cudaStream_t stream);
 cudaError_t scatter_add_rows(const RowsParams& p, cudaStream_t stream);
 cudaError_t store_rows(const StoreRowsParams& p, cudaStream_t stream);
-// One block per row; C <= 2048 and R <= 512 (latent_rows.cu).
+// One block per row (latent_rows.cu).
 cudaError_t store_latent_rows(const LatentRowsParams& p, cudaStream_t stream);
 // Slices of each row over blocks, then a merge per row; rows <= 65535.
 cudaError_t argmax_rows(const ArgmaxParams& p, cudaStream_t stream);
