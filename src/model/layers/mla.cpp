@@ -52,27 +52,22 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
   float* cache_rows = fresh.size() ? fresh.data() : cache.row(cache_layer, base, seq);
   ops::linear(kv_ctx, {.x = x, .w = w.kv_a_proj.data, .w_bf16 = w.kv_a_proj.bf16, .bias = w.kv_a_proj_bias.data,
                        .y = cache_rows, .M = T, .N = C + R, .K = D, .y_stride = width});
-  if (!tap) {
-    // One op from kv_a's rows to the cache rows (in place for an fp32 single-sequence cache).
-    float* y = cache.bf16 ? nullptr : (batched ? cache.row(cache_layer, 0) : cache.row(cache_layer, 0, seq));
-    uint16_t* y_bf16 = !cache.bf16 ? nullptr : (batched ? cache.row_bf16(cache_layer, 0) : cache.row_bf16(cache_layer, 0, seq));
-    ops::store_latent_rows(kv_ctx, {.x = cache_rows, .weight = w.kv_a_layernorm.data, .cos = slots.cos,
-                                    .sin = slots.sin, .rows = batched ? slots.write_rows : nullptr, .y = y,
-                                    .y_bf16 = y_bf16, .n = T, .C = C, .R = R, .x_stride = width, .y_stride = width,
-                                    .first = batched ? 0 : base, .eps = static_cast<float>(kLatentNormEps),
-                                    .layout = c.rope_layout});
-  } else {  // in steps, so the tap below sees the finished fp32 rows
-    ops::rmsnorm(kv_ctx, {.x = cache_rows, .weight = w.kv_a_layernorm.data, .y = cache_rows, .rows = T, .dim = C,
-                          .x_stride = width, .y_stride = width, .eps = static_cast<float>(kLatentNormEps)});
-    ops::rope(kv_ctx, {.x = cache_rows, .cos = slots.cos, .sin = slots.sin, .tokens = T, .heads = 1, .rope_dim = R,
-                       .token_stride = width, .head_stride = width, .offset = C, .layout = c.rope_layout});
-    if (batched)
-      ops::store_rows(kv_ctx, {.rows = slots.write_rows, .x = cache_rows,
-                               .y = cache.bf16 ? nullptr : cache.row(cache_layer, 0),
-                               .y_bf16 = cache.bf16 ? cache.row_bf16(cache_layer, 0) : nullptr, .n = T, .D = width});
-    else if (cache.bf16)
-      ops::cast(kv_ctx, {.x = cache_rows, .y = cache.row_bf16(cache_layer, base, seq), .n = T * width, .to_bf16 = true});
-  }
+  // One op normalizes the latent and ropes the key: straight into the cache rows (in place for an fp32
+  // single-sequence cache), or, when a tap wants the finished fp32 rows, in place in `fresh` and then
+  // stored.
+  const bool direct = !tap || fresh.size() == 0;
+  float* y = !direct ? cache_rows : cache.bf16 ? nullptr : cache.row(cache_layer, 0, batched ? 0 : seq);
+  uint16_t* y_bf16 = direct && cache.bf16 ? cache.row_bf16(cache_layer, 0, batched ? 0 : seq) : nullptr;
+  ops::store_latent_rows(kv_ctx, {.x = cache_rows, .weight = w.kv_a_layernorm.data, .cos = slots.cos, .sin = slots.sin,
+                                  .rows = direct && batched ? slots.write_rows : nullptr, .y = y, .y_bf16 = y_bf16,
+                                  .n = T, .C = C, .R = R, .x_stride = width, .y_stride = width,
+                                  .first = direct && !batched ? base : 0, .eps = static_cast<float>(kLatentNormEps),
+                                  .layout = c.rope_layout});
+  if (!direct && batched)
+    ops::store_rows(kv_ctx, {.rows = slots.write_rows, .x = cache_rows, .y = cache.bf16 ? nullptr : cache.row(cache_layer, 0),
+                             .y_bf16 = cache.bf16 ? cache.row_bf16(cache_layer, 0) : nullptr, .n = T, .D = width});
+  else if (!direct)
+    ops::cast(kv_ctx, {.x = cache_rows, .y = cache.row_bf16(cache_layer, base, seq), .n = T * width, .to_bf16 = true});
 
   const bool absorbed = batched || mode == MlaMode::Absorbed || (mode == MlaMode::Auto && T == 1);
   // Absorbed attention needs q's rope dims only inside q_lat: they are roped straight into it below
