@@ -325,6 +325,44 @@ TEST_F(CudaBatch, BranchHoldsReleasedMemoryAndOrdersTheJoin) {
   CUDA_OK(cudaStreamDestroy(stream));
 }
 
+// Branches open at the same time (MLA's latent rows and q's rope) get side streams of their own, are
+// joined in any order, and a later branch reuses a free side stream rather than making another.
+TEST_F(CudaBatch, ConcurrentBranchesRunOnStreamsOfTheirOwn) {
+  static bool registered = false;
+  if (!registered) cuda::register_cuda_backend();
+  registered = true;
+  cudaStream_t stream = nullptr;
+  CUDA_OK(cudaStreamCreate(&stream));
+  const Context ctx{Backend::Cuda, stream};
+  const int64_t n = int64_t{1} << 22;
+  {
+    const std::vector<float> ones_host(static_cast<size_t>(n), 1.0f), zeros(static_cast<size_t>(n), 0.0f);
+    Buffer<float> ones(ctx, ones_host.data(), ones_host.size()), first_sum(ctx, zeros.data(), zeros.size()),
+        second_sum(ctx, zeros.data(), zeros.size());
+    void* first_stream = nullptr;
+    {
+      Branch first(ctx), second(ctx);
+      EXPECT_TRUE(first.forked() && second.forked());
+      first_stream = first.side().stream;
+      EXPECT_NE(first.side().stream, ctx.stream);
+      EXPECT_NE(second.side().stream, ctx.stream);
+      EXPECT_NE(first.side().stream, second.side().stream);
+      for (int i = 0; i < 10; ++i) add(first.side(), {.x = ones.data(), .y = first_sum.data(), .n = n});
+      for (int i = 0; i < 20; ++i) add(second.side(), {.x = ones.data(), .y = second_sum.data(), .n = n});
+      first.join();  // not the reverse of the forks
+      second.join();
+    }
+    add(ctx, {.x = first_sum.data(), .y = second_sum.data(), .n = n});  // after both joins
+    Branch again(ctx);
+    EXPECT_EQ(again.side().stream, first_stream);  // a free side stream is reused
+    again.join();
+    CUDA_OK(cudaStreamSynchronize(stream));
+    const std::vector<float> got = second_sum.to_host(ctx);
+    EXPECT_EQ(std::count(got.begin(), got.end(), 30.0f), n);
+  }
+  CUDA_OK(cudaStreamDestroy(stream));
+}
+
 // ---- BatchDecoder on the fixtures ----
 
 class CudaBatchModel : public ::testing::TestWithParam<std::string> {
