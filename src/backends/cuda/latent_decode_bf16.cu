@@ -6,14 +6,16 @@
 // A block owns 16 heads (the 16 M rows of the MMA; absent heads are zero rows) and a range of keys,
 // which it walks in 32-key tiles streamed into shared memory by cp.async, up to kMaxStages tiles in
 // flight (all of a block's tiles at batch-1 sizes: each further tile would otherwise cost a round trip):
-//   1. scores S[16 x 32] = Q K^T: warp w takes keys 8(w % 4) .. +7 over half of the Dqk columns;
-//      the two halves are summed in shared memory;
+//   1. scores S[16 x 32] = Q K^T: warp w takes all 32 keys over its eighth of the Dqk columns (whole
+//      32-column pairs), so each q fragment is read from shared memory once per warp and tile and the
+//      key tile once per block (warps on 8 keys over half the columns each re-read all of q: shared
+//      memory bandwidth, ~1.1 us of a 32-key tile on the H100); the 8 partials are summed in the softmax;
 //   2. online softmax in fp32, warp w owning heads 2w and 2w + 1 (lane = key);
 //   3. O[16 x Dv] = alpha O + P V: warp w owns value columns 64w .. 64w + 63 (Dv <= 512).
 // Then the blocks of a cluster (the key splits of one problem and head group; up to 16) merge: each
-// stores O, its running max and sum in shared memory, and after a cluster barrier block r reads every
-// peer's statistics and its 1/cl slice of columns of every peer's O, and writes the merged, normalized
-// output. When one cluster cannot cover the keys in a few tiles per block, several clusters each write
+// stores O, its running max and sum in shared memory, and after a cluster barrier block r reads, in one
+// round of unconditional loads, every peer's statistics and its 1/cl slice of columns of every peer's
+// O, and writes the merged, normalized output. When one cluster cannot cover the keys in a few tiles per block, several clusters each write
 // an unnormalized partial (max, sum, O) and decode_combine merges them (attention.cu).
 //
 // Numerics: the CPU twin (cpu::attention) is fp32 arithmetic on the bf16 cache values, and so is this
@@ -50,7 +52,7 @@ constexpr int kMaxCluster = 16, kPortableCluster = 8, kMaxDv = 64 * kWarps;
 constexpr int kProbPitch = kKeys + 8;  // bf16 per row of P (8 rows of an ldmatrix in distinct banks)
 constexpr int kTilesPerBlock = 4;      // more keys per block than this many tiles: more clusters
 constexpr int kMaxStages = 4;          // key tiles in shared memory (a ring); at least 2
-constexpr size_t kMaxSmem = 200 * 1024;
+constexpr size_t kMaxSmem = 220 * 1024;
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 // Staged rows: Dqk padded to whole 32-column pairs of k-steps, plus 8 bf16 (16 bytes) so the 8 rows
@@ -62,9 +64,9 @@ __host__ __device__ constexpr int out_pitch(int64_t Dv) { return static_cast<int
 size_t smem_bytes(int64_t Dqk, int stages) {
   const size_t pitch = static_cast<size_t>(row_pitch(Dqk));
   return (stages * kKeys + 2 * kHeads) * pitch * sizeof(bf16)  // key tiles (the ring), q hi and lo
-         + 2 * kHeads * kKeys * sizeof(float)                 // score halves
+         + kWarps * kHeads * kKeys * sizeof(float)            // per-warp partial scores
          + 2 * kHeads * kProbPitch * sizeof(bf16)             // P hi and lo
-         + (3 * kHeads + kMaxCluster * kHeads + kHeads) * sizeof(float);  // alpha, max, sum, weights, L
+         + 3 * kHeads * sizeof(float);                         // alpha, max, sum
 }
 
 
@@ -114,14 +116,12 @@ __global__ void __launch_bounds__(kThreads)
   bf16* keys_smem = reinterpret_cast<bf16*>(smem);     // [stages][kKeys][pitch]
   bf16* q_hi = keys_smem + stages * kKeys * pitch;     // [kHeads][pitch]
   bf16* q_lo = q_hi + kHeads * pitch;                  // [kHeads][pitch]
-  float* scores = reinterpret_cast<float*>(q_lo + kHeads * pitch);  // [2 halves][kHeads][kKeys]
-  bf16* p_hi = reinterpret_cast<bf16*>(scores + 2 * kHeads * kKeys);  // [kHeads][kProbPitch]
+  float* scores = reinterpret_cast<float*>(q_lo + kHeads * pitch);  // [kWarps][kHeads][kKeys]
+  bf16* p_hi = reinterpret_cast<bf16*>(scores + kWarps * kHeads * kKeys);  // [kHeads][kProbPitch]
   bf16* p_lo = p_hi + kHeads * kProbPitch;             // [kHeads][kProbPitch]
   float* alpha = reinterpret_cast<float*>(p_lo + kHeads * kProbPitch);  // [kHeads]
   float* m_block = alpha + kHeads;                     // [kHeads] running max (log2 units), then final
   float* l_block = m_block + kHeads;                   // [kHeads]
-  float* weights = l_block + kHeads;                   // [kMaxCluster][kHeads] merge weights
-  float* l_merged = weights + kMaxCluster * kHeads;    // [kHeads]
   float* o_smem = reinterpret_cast<float*>(smem);      // [kHeads][out_pitch]: over the key tiles at the end
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
@@ -148,15 +148,16 @@ __global__ void __launch_bounds__(kThreads)
      // l, l + 32, ...; a lane's loads of a round are all issued before its stores
     const float* q = p.q + (b * p.H + h0) * p.Dqk;
     const int per_row = Dqk / 4;
-    constexpr int kRows = kHeads / kWarps, kRound = 4;  // float4s per row and lane in flight at once
+    constexpr int kRows = kHeads / kWarps, kRound = 8;  // float4s per row and lane in flight at once
     for (int c0 = lane; c0 < per_row; c0 += 32 * kRound) {
       float4 v[kRows][kRound];
 #pragma unroll
       for (int r = 0; r < kRows; ++r)
 #pragma unroll
         for (int u = 0; u < kRound; ++u) {
-          const int h = warp + kWarps * r, c = c0 + 32 * u;
-          if (h < heads && c < per_row) v[r][u] = __ldg(reinterpret_cast<const float4*>(q + h * Dqk) + c);
+          // clamped, unconditional loads (none waits behind a branch); the stores below skip the extras
+          const int h = min(warp + kWarps * r, heads - 1), c = min(c0 + 32 * u, per_row - 1);
+          v[r][u] = __ldg(reinterpret_cast<const float4*>(q + h * Dqk) + c);
         }
 #pragma unroll
       for (int r = 0; r < kRows; ++r)
@@ -197,9 +198,8 @@ __global__ void __launch_bounds__(kThreads)
   // Running statistics of this warp's two softmax heads (every lane holds them) and the O columns.
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
   float acc[8][4] = {};
-  const int pairs32 = padded_dqk(p.Dqk) / 32, half_pairs = (pairs32 + 1) / 2;
-  const int n_tile = warp % 4, k_half = warp / 4;
-  const int pair_begin = k_half == 0 ? 0 : half_pairs, pair_end = k_half == 0 ? half_pairs : pairs32;
+  const int pairs32 = padded_dqk(p.Dqk) / 32;
+  const int pair_begin = warp * pairs32 / kWarps, pair_end = (warp + 1) * pairs32 / kWarps;
   const int col0 = 64 * warp;  // this warp's value columns
   const int a_lane = (lane % 16) * pitch + 8 * (lane / 16);       // A fragment offsets: q rows,
   const int p_lane = (lane % 16) * kProbPitch + 8 * (lane / 16);  // P rows
@@ -217,29 +217,36 @@ __global__ void __launch_bounds__(kThreads)
       else
         cp_async_commit();
     }
-    {  // 1. scores of keys 8 n_tile .. +7 over this warp's half of the columns: q hi and lo, two
-       // k-steps per iteration, four independent accumulator chains
-      float c[4][4] = {};
-      const bf16* b_lane = tile + (8 * n_tile + lane % 8) * pitch + 8 * (lane / 8);
+    {  // 1. partial scores of all 32 keys over this warp's 32-column pairs: each q fragment is read once
+       // per warp and tile (4 n-tiles share it), the key tile once per block; four chains per n-tile
+      float c[4][4][4] = {};
+      const bf16* b_lane = tile + (lane % 8) * pitch + 8 * (lane / 8);
       for (int pp = pair_begin; pp < pair_end; ++pp) {
-        uint32_t kf[4], h0[4], h1[4], l0[4], l1[4];
-        ldsm_x4(kf, b_lane + 32 * pp);
+        uint32_t h0[4], h1[4], l0[4], l1[4];
         ldsm_x4(h0, q_hi + a_lane + 32 * pp);
         ldsm_x4(h1, q_hi + a_lane + 32 * pp + 16);
         ldsm_x4(l0, q_lo + a_lane + 32 * pp);
         ldsm_x4(l1, q_lo + a_lane + 32 * pp + 16);
-        mma_bf16(c[0], h0, kf[0], kf[1]);
-        mma_bf16(c[1], h1, kf[2], kf[3]);
-        mma_bf16(c[2], l0, kf[0], kf[1]);
-        mma_bf16(c[3], l1, kf[2], kf[3]);
-      }
-      float s[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) s[i] = (c[0][i] + c[1][i]) + (c[2][i] + c[3][i]);
-      float* sc = scores + k_half * kHeads * kKeys;
-      const int key = 8 * n_tile + 2 * t;
-      *reinterpret_cast<float2*>(sc + g * kKeys + key) = make_float2(s[0], s[1]);
-      *reinterpret_cast<float2*>(sc + (g + 8) * kKeys + key) = make_float2(s[2], s[3]);
+        for (int n = 0; n < 4; ++n) {
+          uint32_t kf[4];
+          ldsm_x4(kf, b_lane + 8 * n * pitch + 32 * pp);
+          mma_bf16(c[n][0], h0, kf[0], kf[1]);
+          mma_bf16(c[n][1], h1, kf[2], kf[3]);
+          mma_bf16(c[n][2], l0, kf[0], kf[1]);
+          mma_bf16(c[n][3], l1, kf[2], kf[3]);
+        }
+      }
+      float* sc = scores + warp * kHeads * kKeys;
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+        float s4[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s4[i] = (c[n][0][i] + c[n][1][i]) + (c[n][2][i] + c[n][3][i]);
+        const int key = 8 * n + 2 * t;
+        *reinterpret_cast<float2*>(sc + g * kKeys + key) = make_float2(s4[0], s4[1]);
+        *reinterpret_cast<float2*>(sc + (g + 8) * kKeys + key) = make_float2(s4[2], s4[3]);
+      }
     }
     __syncthreads();
     {  // 2. online softmax of heads 2 warp, 2 warp + 1 over key `lane` of the tile
@@ -247,8 +254,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         const int h = 2 * warp + i;
-        const float s =
-            valid ? (scores[h * kKeys + lane] + scores[kHeads * kKeys + h * kKeys + lane]) * scale_log2 : -INFINITY;
+        float sum_w = 0.0f;  // the warps' partial scores, in warp order
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) sum_w += scores[(w * kHeads + h) * kKeys + lane];
+        const float s = valid ? sum_w * scale_log2 : -INFINITY;
         const float m_new = fmaxf(m_run[i], warp_max(s));  // finite: the tile has a valid key
         const float pr = valid ? exp2f(s - m_new) : 0.0f;
         const bf16 hi = __float2bfloat16_rn(pr);
@@ -307,60 +316,53 @@ __global__ void __launch_bounds__(kThreads)
   }
   cluster.sync();  // every block's O and statistics are written and visible across the cluster
 
-  if (tid < kHeads) {  // merge weights of the cluster's blocks per head
-    float m[kCap], l[kCap];
-#pragma unroll
-    for (int r = 0; r < kCap; ++r) {
-      m[r] = r < cl ? *cluster.map_shared_rank(m_block + tid, r) : -INFINITY;
-      l[r] = r < cl ? *cluster.map_shared_rank(l_block + tid, r) : 0.0f;
-    }
-    float M = -INFINITY;
-#pragma unroll
-    for (int r = 0; r < kCap; ++r) M = fmaxf(M, m[r]);
-    float L = 0.0f;
-#pragma unroll
-    for (int r = 0; r < kCap; ++r) {
-      const float w = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - M);
-      if (r < cl) weights[r * kHeads + tid] = w;
-      L += w * l[r];
-    }
-    l_merged[tid] = L;
-    alpha[tid] = M;  // alpha is free now: the merged max
-  }
-  __syncthreads();
   const int64_t cluster_index = split / cl;
-  // Column pairs of this block's slice: 16 threads per head (kThreads = 16 kHeads), each loading its
-  // pair from every peer before summing. Dv is a multiple of 16 and cl a power of two <= 8, so the
-  // slice has an even width.
+  // Column pairs of this block's slice: 16 threads per head (kThreads = 16 kHeads). Each thread loads
+  // its head's statistics and its column pair from every peer in one round of distributed shared
+  // memory loads, then weighs them. Dv is a multiple of 16 and cl a power of two, so the slice has an
+  // even width.
   const int slice = Dv / cl, d0 = rank * slice, h = tid / 16;
   static_assert(kThreads == 16 * kHeads, "the merge gives each head 16 threads");
-  for (int c = 2 * (tid % 16); h < heads && c < slice; c += 2 * 16) {
-    const int d = d0 + c;
-    float2 peer[kCap];
+  if (h < heads) {
+    float m[kCap], l[kCap];
 #pragma unroll
-    for (int r = 0; r < kCap; ++r)
-      peer[r] = r < cl ? *reinterpret_cast<const float2*>(cluster.map_shared_rank(o_smem + h * op + d, r))
-                       : make_float2(0.0f, 0.0f);
-    float2 sum = make_float2(0.0f, 0.0f);
-#pragma unroll
-    for (int r = 0; r < kCap; ++r)
-      if (r < cl) {
-        const float w = weights[r * kHeads + h];
-        sum.x += w * peer[r].x;
-        sum.y += w * peer[r].y;
-      }
-    const int64_t row = b * p.H + h0 + h;
-    if (clusters == 1) {
-      const float l = l_merged[h];
-      *reinterpret_cast<float2*>(p.out + row * p.Dv + d) = l > 0.0f ? make_float2(sum.x / l, sum.y / l) : make_float2(0.0f, 0.0f);
-    } else {
-      *reinterpret_cast<float2*>(partial + (row * clusters + cluster_index) * (p.Dv + 2) + 2 + d) = sum;
+    for (int r = 0; r < kCap; ++r) {  // unconditional loads (rank r % cl), so none waits behind a branch
+      const float mr = *cluster.map_shared_rank(m_block + h, r & (cl - 1));
+      const float lr = *cluster.map_shared_rank(l_block + h, r & (cl - 1));
+      m[r] = r < cl ? mr : -INFINITY;
+      l[r] = r < cl ? lr : 0.0f;
     }
-  }
-  if (clusters > 1 && rank == 0 && tid < heads) {
-    float* part = partial + ((b * p.H + h0 + tid) * clusters + cluster_index) * (p.Dv + 2);
-    part[0] = alpha[tid] * kLn2;  // natural-log units, as decode_combine expects
-    part[1] = l_merged[tid];
+    for (int c = 2 * (tid % 16); c < slice; c += 2 * 16) {
+      const int d = d0 + c;
+      float2 peer[kCap];
+#pragma unroll
+      for (int r = 0; r < kCap; ++r)
+        peer[r] = *reinterpret_cast<const float2*>(cluster.map_shared_rank(o_smem + h * op + d, r & (cl - 1)));
+      float M = -INFINITY;
+#pragma unroll
+      for (int r = 0; r < kCap; ++r) M = fmaxf(M, m[r]);
+      float L = 0.0f;
+      float2 sum = make_float2(0.0f, 0.0f);
+#pragma unroll
+      for (int r = 0; r < kCap; ++r)
+        if (r < cl) {
+          const float w = m[r] == -INFINITY ? 0.0f : exp2f(m[r] - M);
+          L += w * l[r];
+          sum.x += w * peer[r].x;
+          sum.y += w * peer[r].y;
+        }
+      const int64_t row = b * p.H + h0 + h;
+      if (clusters == 1) {
+        *reinterpret_cast<float2*>(p.out + row * p.Dv + d) = L > 0.0f ? make_float2(sum.x / L, sum.y / L) : make_float2(0.0f, 0.0f);
+      } else {
+        *reinterpret_cast<float2*>(partial + (row * clusters + cluster_index) * (p.Dv + 2) + 2 + d) = sum;
+        if (rank == 0 && c == 0) {  // the merged statistics, natural-log units as decode_combine expects
+          float* part = partial + (row * clusters + cluster_index) * (p.Dv + 2);
+          part[0] = M * kLn2;
+          part[1] = L;
+        }
+      }
+    }
   }
   cluster.sync();  // no block leaves while a peer may still read its shared memory
 }
