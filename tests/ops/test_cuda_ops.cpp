@@ -304,7 +304,10 @@ TEST_F(CudaOps, RouterMatchesCpu) {
                         Case{RouterKind::SoftmaxGroupLimited, 4, 6, 5, 3, 2, false},
                         Case{RouterKind::SigmoidNoauxGroups, 9, 64, 6, 1, 1, true, true},
                         Case{RouterKind::SoftmaxGreedy, 9, 33, 7, 1, 1, false, true},
-                        Case{RouterKind::SigmoidNoauxGroups, 9, 96, 8, 4, 2, true, true}}) {
+                        Case{RouterKind::SigmoidNoauxGroups, 9, 96, 8, 4, 2, true, true},
+                        // more experts than the block has threads (each ranks several), with ties
+                        Case{RouterKind::SigmoidNoauxGroups, 3, 1024, 16, 16, 5, true, true},
+                        Case{RouterKind::SoftmaxGreedy, 4, 600, 12, 1, 1, false, true}}) {
     SCOPED_TRACE(testing::Message() << "E" << c.E << " K" << c.K << " G" << c.G << " ties " << c.ties);
     auto logits = randn(c.T * c.E, c.E + c.K), bias = randn(c.E, 5);
     if (c.ties) {
