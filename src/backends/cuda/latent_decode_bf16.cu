@@ -52,6 +52,8 @@ constexpr int kMaxCluster = 16, kPortableCluster = 8, kMaxDv = 64 * kWarps;
 constexpr int kProbPitch = kKeys + 8;  // bf16 per row of P (8 rows of an ldmatrix in distinct banks)
 constexpr int kTilesPerBlock = 4;      // more keys per block than this many tiles: more clusters
 constexpr int kMaxStages = 4;          // key tiles in shared memory (a ring); at least 2
+// Under the H100's 227 KB opt-in: four 32-key tiles of 576-value rows, q and the per-warp scores
+// (~206 KB) fit, so long caches keep a ring of four.
 constexpr size_t kMaxSmem = 220 * 1024;
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
@@ -338,6 +340,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int r = 0; r < kCap; ++r)
         peer[r] = *reinterpret_cast<const float2*>(cluster.map_shared_rank(o_smem + h * op + d, r & (cl - 1)));
+      // M, the weights and L after the column loads are issued, not before the loop (which would
+      // wait for the statistics before loading a column); one trip at the release shapes.
       float M = -INFINITY;
 #pragma unroll
       for (int r = 0; r < kCap; ++r) M = fmaxf(M, m[r]);
