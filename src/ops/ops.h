@@ -113,6 +113,11 @@ struct AttentionParams {
   // before a branch join that precedes this op, and the ops between do not touch them): a device may
   // then start loading keys before the ops just before it finish (launch.cuh). A hint; same result.
   bool keys_settled = false;
+  // The caller's keys and values come out of bf16 weights (a bf16 model, whose products already round
+  // their inputs to bf16): a device may then round q, k, v and the softmax probabilities to bf16 for
+  // its tensor cores (fp32 softmax and accumulation) whatever matmul_precision() says, as a bf16
+  // FlashAttention does. The CPU computes in fp32 regardless.
+  bool bf16_operands = false;
 };
 void attention(const Context& ctx, const AttentionParams& p);
 

@@ -52,12 +52,14 @@ void register_cuda_backend() {
   t.rmsnorm = [](const RmsNormParams& p, void* s) { check(rmsnorm(p, as_stream(s)), "rmsnorm"); };
   t.add_rmsnorm = [](const AddRmsNormParams& p, void* s) { check(add_rmsnorm(p, as_stream(s)), "add_rmsnorm"); };
   t.rope = [](const RopeParams& p, void* s) { check(rope(p, as_stream(s)), "rope"); };
-  // TF32 or bf16 products (train.tf32 / train.bf16): attention on tensor cores too, where the shapes
-  // allow (bf16 mode takes the TF32 kernels for head dims the bf16 ones do not cover).
+  // TF32 or bf16 products (train.tf32 / train.bf16), or keys and values of a bf16 model: attention on
+  // tensor cores too, where the shapes allow (bf16 takes the TF32 kernels for head dims the bf16 ones
+  // do not cover).
   t.attention = [](const AttentionParams& p, void* s) {
     const MatmulPrecision mp = matmul_precision();
-    if (mp != MatmulPrecision::Fp32 && !p.k_bf16 && p.batch == 1 && !p.kv_lengths) {
-      if (mp == MatmulPrecision::Bf16 && flash_attention_bf16_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S))
+    const bool bf16 = mp == MatmulPrecision::Bf16 || p.bf16_operands;
+    if ((bf16 || mp == MatmulPrecision::Tf32) && !p.k_bf16 && p.batch == 1 && !p.kv_lengths) {
+      if (bf16 && flash_attention_bf16_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S))
         return check(flash_attention_bf16(p, as_stream(s)), "flash_attention_bf16");
       if (flash_attention_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S))
         return check(flash_attention(p, as_stream(s)), "flash_attention");

@@ -108,7 +108,7 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
     ops::copy2d(ctx, {.src = kv.data() + Dn, .dst = v.data(), .rows = S * H, .cols = Dv, .src_stride = Dn + Dv,
                       .dst_stride = Dv});
     ops::attention(ctx, {.q = q.data(), .k = k.data(), .v = v.data(), .out = attn.data(), .T = T, .S = S, .H = H,
-                         .Dqk = Dqk, .Dv = Dv, .scale = scale});
+                         .Dqk = Dqk, .Dv = Dv, .scale = scale, .bf16_operands = w.kv_b_proj.bf16 != nullptr});
   } else {
     // Absorbed (DeepSeek-V2 s2.1.2): fold W_UK into the query and W_UV after the attention, so all
     // heads attend over the cached rows [C + R] themselves, as one shared key/value head:
