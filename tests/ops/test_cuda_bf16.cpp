@@ -123,12 +123,16 @@ TEST_F(CudaBf16, Fp32WeightsInBf16ModeAreRoundedWeights) {
 }
 
 // The gate and up products and the SwiGLU of an MLP: one GEMV kernel for up to 8 rows with aligned
-// bf16 weights, the unfused ops otherwise (more rows, K % 8 != 0, fp32 weights); all against the CPU.
+// bf16 weights, the warp-specialized tensor-core kernel from kGatedTmaMinRows rows (bf16, no biases;
+// tails of M, N and K past its 128 x 128 x 64 tiles), the unfused ops otherwise (more rows with
+// biases, K % 8 != 0, fp32 weights); all against the CPU.
 TEST_F(CudaBf16, GatedLinearMatchesCpu) {
   struct Case { int64_t M, N, K; bool bias, bf16; };
   for (const Case& c : {Case{1, 1408, 2048, false, true}, Case{3, 37, 1024, true, true}, Case{8, 10944, 2048, false, true},
                         Case{2, 65, 7168, true, true}, Case{2, 9, 36, true, true}, Case{20, 64, 256, true, true},
-                        Case{1, 33, 512, true, false}}) {
+                        Case{1, 33, 512, true, false}, Case{cuda::kGatedTmaMinRows, 8, 8, false, true},
+                        Case{600, 200, 136, false, true}, Case{1030, 2816, 2048, false, true},
+                        Case{700, 72, 64, true, true}, Case{520, 40, 60, false, true}}) {
     SCOPED_TRACE(testing::Message() << c.M << "x" << c.N << "x" << c.K << (c.bf16 ? " bf16" : " fp32"));
     const auto x = randn(c.M * c.K, 51), g = randn(c.N * c.K, 52, 0.0f, 0.1f), u = randn(c.N * c.K, 53),
                bg = randn(c.N, 54), bu = randn(c.N, 55);

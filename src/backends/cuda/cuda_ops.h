@@ -78,6 +78,11 @@ cudaError_t moe_experts(const MoeExpertsParams& p, cudaStream_t stream);
 constexpr int64_t kMaxGroupedGemmExperts = 1024;
 bool moe_grouped_gemm_supported(const MoeExpertsParams& p);
 cudaError_t moe_grouped_gemm(const MoeExpertsParams& p, cudaStream_t stream);
+// gated_linear of prefill-sized M with bf16 weights and no biases on the same warp-specialized kernel
+// (the SwiGLU in its epilogue, fp32 out): one product instead of two cuBLASLt calls and a SwiGLU pass.
+constexpr int64_t kGatedTmaMinRows = 512;
+bool gated_linear_tma_supported(const GatedLinearParams& p);
+cudaError_t gated_linear_tma(const GatedLinearParams& p, cudaStream_t stream);
 // Training experts on the same wgmma main loop (moe_train_experts.cu): needs D and F multiples of 8 and
 // E <= kMoeTrainMaxExperts (ops.h).
 bool moe_train_supported(const MoeTrainParams& p);

@@ -1,6 +1,8 @@
-// The main loop shared by the grouped expert GEMMs on Hopper warpgroup MMA (moe_grouped_gemm.cu for
-// prefill, moe_train_experts.cu for training): one 128 x 256 output tile per block of two warpgroups,
-// each 64 rows x 256 columns (m64n256k16, 128 fp32 accumulators per thread), K in steps of 64.
+// Tile shapes of the grouped expert GEMMs on Hopper warpgroup MMA (moe_grouped_gemm.cu for prefill,
+// moe_train_experts.cu for training) and the cp.async main loop of the training ones: one 128 x 256
+// output tile per block of two warpgroups, each 64 rows x 256 columns (m64n256k16, 128 fp32
+// accumulators per thread), K in steps of 64. (The prefill kernels feed the same ring by the bulk
+// tensor copy from a producer warp instead, tma.cuh; their operands are plain boxes.)
 //
 // Operand tiles are K-major and 128-byte swizzled (wgmma_bf16.cuh): A is 128 rows, B 256 rows, each
 // row 64 bf16 values of k. The caller says where each 16-byte chunk of a row comes from (a row gather,

@@ -507,6 +507,7 @@ cudaError_t gated_linear(const GatedLinearParams& p, cudaStream_t stream) {
     }
     if (launched || e != cudaSuccess) return e;
   }
+  if (gated_linear_tma_supported(p)) return gated_linear_tma(p, stream);
   DeviceScratch scratch;  // the unfused ops: gate into y, up beside it, SwiGLU in place
   float* up = scratch.get<float>(p.M * p.N);
   if (!up) return cudaErrorMemoryAllocation;

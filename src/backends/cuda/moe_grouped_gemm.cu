@@ -3,20 +3,26 @@
 //
 //   plan      one block: tokens per expert, offsets, M-tiles per expert, and each (token, slot) pair's
 //             row in expert order (sorted_token: row -> token; slot_of_pair: pair -> row).
-//   up        one grouped GEMM over all experts: block = (M-tile of one expert, 64 columns of gate and
-//             the same 64 of up); A rows gathered from bf16(x) through sorted_token; epilogue
-//             h = bf16(silu(gate) * up), so the SwiGLU never touches memory in fp32.
+//   maps      a tensor map per expert weight matrix (host templates, addresses from the device tables).
+//   gather    xs[row] = bf16(x[sorted_token[row]]): A in expert order, so its tiles are plain boxes.
+//   up        one grouped GEMM over all experts: block = (M-tile of one expert, 128 columns of gate and
+//             the same 128 of up); epilogue h = bf16(silu(gate) * up), so the SwiGLU never touches
+//             memory in fp32.
 //   down      one grouped GEMM: y[row] = h[row] . down[e]^T in fp32, rows in expert order.
 //   combine   out[t] = sum_k weights[t, k] * y[slot_of_pair[t K + k]] (k ascending), as the spec.
 //
-// GEMM tiles: 128 x 256 x 64 on the wgmma main loop of grouped_gemm_core.cuh (two warpgroups of
-// m64n256k16, 128-byte-swizzled tiles filled by cp.async: A rows are gathered, which the bulk tensor
-// copy cannot do). At prefill sizes these GEMMs are bound by loading operand tiles, not by the tensor
-// cores (an expert's weights serve ~128 rows on V3 shapes): 64-row tiles, which waste less of an
-// expert's last tile, measured 1.27x slower than 128-row tiles on bench-671b-l2 at 4096 tokens, since
-// every tile streams the whole weight slice. Rows past an expert's count and columns past N are zero-filled and not stored; K must be a
-// multiple of 8 (16-byte copies). Expert tiles are found by a binary search over the plan's tile
-// offsets; the grid is sized for the most tiles any routing can need, and extra blocks exit.
+// GEMM tiles: 128 x 256 x 64, warp-specialized: one thread copies A and B tiles with the bulk tensor
+// copy (TMA, tma.cuh) into a 4-stage ring of 128-byte-swizzled tiles, two warpgroups multiply (wgmma
+// m64n256k16, 64 rows each). The cp.async main loop of grouped_gemm_core.cuh (which training still
+// uses, for its gathered and K-split operands) measured 1155 us for the 16b-l4 up product at 4096
+// tokens (~250 TFLOP/s: every thread computing addresses and issuing 16-byte copies between its
+// MMAs); this kernel 557 us. Rows past an expert's count are read (the next expert's, or zeros past
+// the end) but not stored; columns past N and k past K read as zeros. K and N multiples of 8 (16-byte
+// rows for the maps). Expert tiles are found by a binary search over the plan's tile offsets; the
+// grid is sized for the most tiles any routing can need, and extra blocks exit.
+//
+// The same kernel serves gated_linear for prefill-sized M (one "expert" of all rows, the weight maps
+// as kernel parameters, fp32 out): one product instead of two cuBLASLt calls and a SwiGLU pass.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -24,6 +30,8 @@
 
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/grouped_gemm_core.cuh"
+#include "backends/cuda/tensor_map.h"
+#include "backends/cuda/tma.cuh"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -61,58 +69,146 @@ __global__ void __launch_bounds__(kPlanThreads)
   }
 }
 
+// xs[row, :] = bf16(x[sorted_token[row], :]) for row < rows: the up product's A operand gathered into
+// expert order once, so that its tiles are plain boxes for the bulk tensor copy. D a multiple of 8.
+__global__ void gather_rows_bf16_kernel(const float* x, const int32_t* sorted_token, int64_t rows, int64_t D,
+                                        bf16* xs) {
+  const int64_t octets = D / 8, n = rows * octets;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = i / octets, c = (i % octets) * 8;
+    const float4* src = reinterpret_cast<const float4*>(x + static_cast<int64_t>(sorted_token[row]) * D + c);
+    const float4 lo = src[0], hi = src[1];
+    __nv_bfloat162 v[4] = {__floats2bfloat162_rn(lo.x, lo.y), __floats2bfloat162_rn(lo.z, lo.w),
+                           __floats2bfloat162_rn(hi.x, hi.y), __floats2bfloat162_rn(hi.z, hi.w)};
+    *reinterpret_cast<uint4*>(xs + row * D + c) = *reinterpret_cast<const uint4*>(v);
+  }
+}
+
+// maps[e], maps[E + e], maps[2E + e]: expert e's gate, up and down weights, each a copy of its
+// template (made on the host, where the weight addresses are not known: they sit in device tables)
+// with the expert's address.
+__global__ void expert_maps_kernel(const __grid_constant__ CUtensorMap gate_up_tmpl,
+                                   const __grid_constant__ CUtensorMap down_tmpl, const uint16_t* const* gate,
+                                   const uint16_t* const* up, const uint16_t* const* down, int E, CUtensorMap* maps) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= 3 * E) return;
+  const int which = i / E, e = i % E;
+  const uint16_t* base = which == 0 ? gate[e] : which == 1 ? up[e] : down[e];
+  tma::copy_map_with_address(maps + i, which < 2 ? gate_up_tmpl : down_tmpl, base);
+}
+
 struct GemmArgs {
-  const bf16* a;                    // [rows of A, K]
-  const int32_t* a_rows;            // expert-ordered row -> A row (null: the identity)
-  const uint16_t* const* w0;        // per expert [N, K]: gate (gated) or down
-  const uint16_t* const* w1;        // per expert [N, K]: up (gated only)
+  const CUtensorMap* b_maps;        // [3E]: per expert gate, up, down (expert_maps_kernel); null: one
+                                    // group of dense_rows rows whose B maps come as kernel parameters
   const int32_t* offsets;           // [E + 1]
   const int32_t* tile_start;        // [E + 1]
   int E, N, K;
   int col_blocks;                   // blocks across N (128 columns of h gated, 256 of y plain)
-  bf16* h;                          // gated: [pairs, N] = bf16(silu(gate) * up)
-  float* y;                         // plain: [pairs, N]
+  int dense_rows;
+  bf16* h;                          // gated experts: [pairs, N] = bf16(silu(gate) * up)
+  float* y;                         // plain: [pairs, N]; gated dense: [rows, N] = silu(gate) * up
 };
 
-// Gated: the block computes 128 output columns from 256 shared B rows, 128 gate rows then the same 128
-// up rows, so that gate and up of one column meet in one thread (accumulator blocks j and j + 16).
-// Plain: 256 output columns.
+constexpr int kWsThreads = 384;  // warpgroup 0 feeds the ring (one thread), warpgroups 1 and 2 multiply
+
+// One 128 x 256 tile of A . B^T, warp-specialized: the producer thread copies each stage's A tile (128
+// expert-ordered rows of a_map, rows past the expert's count are read but not stored) and B tile with
+// the bulk tensor copy and a "full" barrier; each consumer warpgroup multiplies its 64 rows and its
+// warps release the slot on an "empty" barrier once their wgmma batch is done (one batch in flight).
+// Gated: the B tile is 128 gate rows then the same 128 rows of up, so that gate and up of one output
+// column meet in one thread (accumulator blocks j and j + 16), 128 output columns. Plain: 256.
 template <bool kGated>
-__global__ void __launch_bounds__(kThreads, 1) grouped_gemm_kernel(GemmArgs g) {
+__global__ void __launch_bounds__(kWsThreads, 1)
+    grouped_gemm_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b0_map,
+                        const __grid_constant__ CUtensorMap b1_map, GemmArgs g) {
   extern __shared__ unsigned char smem_raw[];
   unsigned char* ring = stage_ring(smem_raw);
-  int32_t* a_row = reinterpret_cast<int32_t*>(extra_space(ring));
-  // Column blocks vary fastest: the blocks that share an A tile (gathered rows) and the M-tiles of one
-  // expert run at the same time, so A and the expert's weights come from device memory about once and
-  // from L2 after (expert weights at prefill sizes are read for ~128 rows each: bandwidth-bound).
-  const int tile = static_cast<int>(blockIdx.x / g.col_blocks);
-  if (tile >= g.tile_start[g.E]) return;
-  const RowTile rt = locate_row_tile(g.offsets, g.tile_start, g.E, tile);
+  uint64_t* full = reinterpret_cast<uint64_t*>(extra_space(ring));
+  uint64_t* empty = full + kStages;
+  // Experts: column blocks vary fastest, so the blocks that share an A tile and the M-tiles of one
+  // expert run at the same time: A and the expert's weights come from device memory about once and from
+  // L2 after. Dense: a weight matrix larger than L2 would be streamed again for every M-tile that way;
+  // instead groups of kRowGroup M-tiles walk the columns with M-tiles fastest, so the blocks in flight
+  // share a few weight tiles and one group's A rows, and the weights are read once per group.
+  constexpr int kRowGroup = 16;
+  const bool dense = g.b_maps == nullptr;
+  int tile = 0, col_block = 0;
+  if (dense) {
+    const int row_tiles = (g.dense_rows + kBM - 1) / kBM, per_group = kRowGroup * g.col_blocks;
+    const int first = static_cast<int>(blockIdx.x / per_group) * kRowGroup, local = static_cast<int>(blockIdx.x % per_group);
+    const int group_rows = min(kRowGroup, row_tiles - first);
+    tile = first + local % group_rows;
+    col_block = local / group_rows;
+  } else {
+    tile = static_cast<int>(blockIdx.x / g.col_blocks);
+    col_block = static_cast<int>(blockIdx.x % g.col_blocks);
+    if (tile >= g.tile_start[g.E]) return;
+  }
+  const RowTile rt = dense ? RowTile{0, tile * kBM, min(kBM, g.dense_rows - tile * kBM)}
+                           : locate_row_tile(g.offsets, g.tile_start, g.E, tile);
   const int e = rt.expert, row_begin = rt.row_begin, rows = rt.rows;
-  const int n0 = static_cast<int>(blockIdx.x % g.col_blocks) * (kGated ? kBN / 2 : kBN);
-  if (threadIdx.x < kBM) {
-    const int r = static_cast<int>(threadIdx.x);
-    a_row[r] = r < rows ? (g.a_rows ? g.a_rows[row_begin + r] : row_begin + r) : -1;
+  const int n0 = col_block * (kGated ? kBN / 2 : kBN);
+  const int ktiles = (g.K + kBK - 1) / kBK;
+  constexpr uint32_t kConsumerWarps = 8;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      tma::barrier_init(&full[s], 1);
+      tma::barrier_init(&empty[s], kConsumerWarps);
+    }
+    tma::barrier_init_fence();
   }
   __syncthreads();
-  const bf16* w0 = reinterpret_cast<const bf16*>(g.w0[e]);
-  const bf16* w1 = kGated ? reinterpret_cast<const bf16*>(g.w1[e]) : w0;
+  const int wg = static_cast<int>(threadIdx.x / 128);
+  if (wg == 0) {
+    if (threadIdx.x != 0) return;
+    const CUtensorMap* b0 = dense ? &b0_map : g.b_maps + (kGated ? e : 2 * g.E + e);
+    const CUtensorMap* b1 = dense ? &b1_map : g.b_maps + g.E + e;
+    if (!dense) {
+      tma::acquire_map(b0);
+      if (kGated) tma::acquire_map(b1);
+    }
+    for (int kt = 0; kt < ktiles; ++kt) {
+      const int s = kt % kStages;
+      if (kt >= kStages) tma::wait(&empty[s], ((kt / kStages) - 1) & 1);  // its previous tile is consumed
+      unsigned char* a = ring + s * kStageBytes;
+      unsigned char* b = a + kBM * kRowBytes;
+      tma::arrive_expect_bytes(&full[s], kStageBytes);
+      tma::load_2d(a, &a_map, kt * kBK, row_begin, &full[s]);
+      if (kGated) {
+        tma::load_2d(b, b0, kt * kBK, n0, &full[s]);
+        tma::load_2d(b + (kBN / 2) * kRowBytes, b1, kt * kBK, n0, &full[s]);
+      } else {
+        tma::load_2d(b, b0, kt * kBK, n0, &full[s]);
+      }
+    }
+    return;
+  }
 
+  using namespace ptx;
+  const int c = wg - 1, warp = static_cast<int>(threadIdx.x / 32) % 4, lane = static_cast<int>(threadIdx.x % 32);
   float acc[kAcc];
-  mainloop(acc, ring, (g.K + kBK - 1) / kBK, [&](unsigned char* as, unsigned char* bs, int k0) {
-    load_tile<kBM>(as, [&](int r, int c) -> const void* {
-      const int src = a_row[r];
-      return src >= 0 && k0 + 8 * c < g.K ? g.a + static_cast<int64_t>(src) * g.K + k0 + 8 * c : nullptr;
-    }, g.a);
-    load_tile<kBN>(bs, [&](int r, int c) -> const void* {
-      // Gated: shared rows 0..127 are gate rows n0.., rows 128..255 the same rows of up.
-      const int n = kGated ? n0 + (r & (kBN / 2 - 1)) : n0 + r;
-      const bf16* w = kGated && r >= kBN / 2 ? w1 : w0;
-      return n < g.N && k0 + 8 * c < g.K ? w + static_cast<int64_t>(n) * g.K + k0 + 8 * c : nullptr;
-    }, w0);
-  });
+#pragma unroll
+  for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
+  wgmma_fence_operands(acc);
+  for (int kt = 0; kt < ktiles; ++kt) {
+    const int s = kt % kStages;
+    tma::wait(&full[s], (kt / kStages) & 1);
+    const unsigned char* stage = ring + s * kStageBytes;
+    wgmma_fence();
+    const uint64_t da = wgmma_desc_sw128(stage + c * 64 * kRowBytes), db = wgmma_desc_sw128(stage + kBM * kRowBytes);
+#pragma unroll
+    for (int k = 0; k < kBK / 16; ++k)  // a k16 step is 32 bytes along the swizzled row: +2 in the descriptor
+      wgmma_m64n256k16(acc, da + 2 * k, db + 2 * k);
+    wgmma_commit();
+    wgmma_wait<1>();  // the previous stage's batch is done: its slot may be refilled
+    wgmma_fence_operands(acc);
+    if (kt > 0 && lane == 0) tma::arrive(&empty[(kt - 1) % kStages]);
+  }
+  wgmma_wait<0>();
+  wgmma_fence_operands(acc);
 
-  const int row0 = first_row(), t = lane_pair();
+  const int row0 = 64 * c + 16 * warp + lane / 4, t = lane % 4;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int r = row0 + 8 * half;
@@ -125,8 +221,9 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_gemm_kernel(GemmArgs g) {
         if (col >= g.N) continue;
         float2 gate, up;
         gate_up_pair(acc, j, half, gate, up);
-        *reinterpret_cast<__nv_bfloat162*>(g.h + out_row * g.N + col) =
-            __floats2bfloat162_rn(silu_times(gate.x, up.x), silu_times(gate.y, up.y));
+        const float2 v = make_float2(silu_times(gate.x, up.x), silu_times(gate.y, up.y));
+        if (g.h) *reinterpret_cast<__nv_bfloat162*>(g.h + out_row * g.N + col) = __floats2bfloat162_rn(v.x, v.y);
+        else *reinterpret_cast<float2*>(g.y + out_row * g.N + col) = v;
       }
     } else {
 #pragma unroll
@@ -139,14 +236,14 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_gemm_kernel(GemmArgs g) {
   }
 }
 
-cudaError_t launch(const GemmArgs& up, const GemmArgs& down, unsigned max_tiles, cudaStream_t s) {
-  for (auto kernel : {grouped_gemm_kernel<true>, grouped_gemm_kernel<false>}) {
-    const cudaError_t e =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes));
-    if (e != cudaSuccess) return e;
-  }
-  grouped_gemm_kernel<true><<<max_tiles * up.col_blocks, kThreads, kSmemBytes, s>>>(up);
-  grouped_gemm_kernel<false><<<max_tiles * down.col_blocks, kThreads, kSmemBytes, s>>>(down);
+template <bool kGated>
+cudaError_t launch(const CUtensorMap& a, const CUtensorMap& b0, const CUtensorMap& b1, const GemmArgs& g,
+                   unsigned max_tiles, cudaStream_t s) {
+  static_assert(2 * kStages * sizeof(uint64_t) <= kExtraBytes, "the barriers live after the ring");
+  const cudaError_t e = cudaFuncSetAttribute(grouped_gemm_kernel<kGated>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(kSmemBytes));
+  if (e != cudaSuccess) return e;
+  grouped_gemm_kernel<kGated><<<max_tiles * g.col_blocks, kWsThreads, kSmemBytes, s>>>(a, b0, b1, g);
   return cudaGetLastError();
 }
 
@@ -164,30 +261,63 @@ cudaError_t moe_grouped_gemm(const MoeExpertsParams& p, cudaStream_t s) {
   if (p.T == 0) return cudaSuccess;
   const int64_t pairs = p.T * p.K;
   DeviceScratch sc;
-  uint16_t* x16 = nullptr;
-  cudaError_t e = sc.bf16_copy(p.x, p.T * p.D, s, &x16);
+  bf16* xs = sc.get<bf16>(pairs * p.D);
   int32_t* offsets = sc.get<int32_t>(p.E + 1);
   int32_t* tile_start = sc.get<int32_t>(p.E + 1);
   int32_t* sorted_token = sc.get<int32_t>(pairs);
   int32_t* slot_of_pair = sc.get<int32_t>(pairs);
   bf16* h = sc.get<bf16>(pairs * p.F);
   float* y = sc.get<float>(pairs * p.D);
-  if (e != cudaSuccess) return e;
+  CUtensorMap* maps = sc.get<CUtensorMap>(3 * p.E);
   if (sc.failed()) return cudaErrorMemoryAllocation;
-  plan_kernel<<<1, kPlanThreads, 0, s>>>(p.indices, pairs, static_cast<int>(p.K), static_cast<int>(p.E), kBM, offsets,
-                                         tile_start, sorted_token, slot_of_pair);
+  const int E = static_cast<int>(p.E), D = static_cast<int>(p.D), F = static_cast<int>(p.F);
+  // A operands over the expert-ordered rows; the weight maps' templates carry a placeholder address.
+  CUtensorMap a_up, a_down, gate_up_tmpl, down_tmpl;
+  cudaError_t e = make_bf16_tile_map(&a_up, xs, pairs, D, D, kBM);
+  if (e == cudaSuccess) e = make_bf16_tile_map(&a_down, h, pairs, F, F, kBM);
+  if (e == cudaSuccess) e = make_bf16_tile_map(&gate_up_tmpl, xs, F, D, D, kBN / 2);
+  if (e == cudaSuccess) e = make_bf16_tile_map(&down_tmpl, xs, D, F, F, kBN);
+  if (e != cudaSuccess) return e;
+  plan_kernel<<<1, kPlanThreads, 0, s>>>(p.indices, pairs, static_cast<int>(p.K), E, kBM, offsets, tile_start,
+                                         sorted_token, slot_of_pair);
+  expert_maps_kernel<<<(3 * E + 127) / 128, 128, 0, s>>>(gate_up_tmpl, down_tmpl, p.gate_bf16, p.up_bf16, p.down_bf16,
+                                                         E, maps);
+  gather_rows_bf16_kernel<<<blocks_for(pairs * p.D / 8, 256), 256, 0, s>>>(p.x, sorted_token, pairs, p.D, xs);
   // Any routing needs at most ceil(pairs / BM) + E tiles (each expert wastes at most one partial tile).
   const unsigned max_tiles = static_cast<unsigned>((pairs + kBM - 1) / kBM + p.E);
-  const int E = static_cast<int>(p.E), D = static_cast<int>(p.D), F = static_cast<int>(p.F);
   const int up_cols = (F + kBN / 2 - 1) / (kBN / 2), down_cols = (D + kBN - 1) / kBN;
-  const GemmArgs up{reinterpret_cast<const bf16*>(x16), sorted_token, p.gate_bf16, p.up_bf16, offsets, tile_start,
-                    E, F, D, up_cols, h, nullptr};
-  const GemmArgs down{h, nullptr, p.down_bf16, nullptr, offsets, tile_start, E, D, F, down_cols, nullptr, y};
-  e = launch(up, down, max_tiles, s);
+  const GemmArgs up{maps, offsets, tile_start, E, F, D, up_cols, 0, h, nullptr};
+  const GemmArgs down{maps, offsets, tile_start, E, D, F, down_cols, 0, nullptr, y};
+  // The weight maps are read from `maps`; the parameter maps are unused placeholders.
+  e = launch<true>(a_up, gate_up_tmpl, gate_up_tmpl, up, max_tiles, s);
+  if (e == cudaSuccess) e = launch<false>(a_down, down_tmpl, down_tmpl, down, max_tiles, s);
   if (e != cudaSuccess) return e;
   combine_kernel<<<blocks_for(p.T * p.D / 4, 256), 256, 0, s>>>(y, slot_of_pair, p.weights, p.T, static_cast<int>(p.K),
                                                                p.D, p.out, false);
   return cudaGetLastError();
+}
+
+bool gated_linear_tma_supported(const GatedLinearParams& p) {
+  return p.gate_bf16 && p.up_bf16 && !p.gate_bias && !p.up_bias && p.M >= kGatedTmaMinRows && p.K % 8 == 0 &&
+         p.N % 8 == 0 && p.M < (int64_t{1} << 31) / kBM * kBM && p.N < (int64_t{1} << 30) && p.K < (int64_t{1} << 30) &&
+         reinterpret_cast<uintptr_t>(p.gate_bf16) % 16 == 0 && reinterpret_cast<uintptr_t>(p.up_bf16) % 16 == 0 &&
+         (p.M + kBM - 1) / kBM * ((p.N + kBN / 2 - 1) / (kBN / 2)) < (int64_t{1} << 31);
+}
+
+cudaError_t gated_linear_tma(const GatedLinearParams& p, cudaStream_t s) {
+  if (!gated_linear_tma_supported(p)) return cudaErrorInvalidValue;
+  DeviceScratch sc;
+  uint16_t* x16 = nullptr;
+  cudaError_t e = sc.bf16_copy(p.x, p.M * p.K, s, &x16);
+  if (e != cudaSuccess) return e;
+  CUtensorMap a, gate, up;
+  e = make_bf16_tile_map(&a, x16, p.M, p.K, p.K, kBM);
+  if (e == cudaSuccess) e = make_bf16_tile_map(&gate, p.gate_bf16, p.N, p.K, p.K, kBN / 2);
+  if (e == cudaSuccess) e = make_bf16_tile_map(&up, p.up_bf16, p.N, p.K, p.K, kBN / 2);
+  if (e != cudaSuccess) return e;
+  const int N = static_cast<int>(p.N), K = static_cast<int>(p.K), cols = (N + kBN / 2 - 1) / (kBN / 2);
+  const GemmArgs g{nullptr, nullptr, nullptr, 1, N, K, cols, static_cast<int>(p.M), nullptr, p.y};
+  return launch<true>(a, gate, up, g, static_cast<unsigned>((p.M + kBM - 1) / kBM), s);
 }
 
 }  // namespace dsv::ops::cuda
