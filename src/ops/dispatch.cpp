@@ -163,6 +163,13 @@ void rope(const Context& ctx, const RopeParams& p) {
   run(ctx, p, cpu::rope, &BackendTable::rope, "rope");
 }
 
+void rope_table(const Context& ctx, const RopeTableParams& p) {
+  DSV_CHECK(p.T >= 0 && p.half >= 0 && p.first >= 0, "rope_table: bad sizes first={} T={} half={}", p.first, p.T,
+            p.half);
+  DSV_CHECK((p.inv_freq && p.cos && p.sin) || p.T * p.half == 0, "rope_table: null pointer");
+  run(ctx, p, cpu::rope_table, &BackendTable::rope_table, "rope_table");
+}
+
 void attention(const Context& ctx, const AttentionParams& p) {
   DSV_CHECK(p.q && p.out, "attention: null pointer");
   DSV_CHECK((p.k && p.v && !p.k_bf16 && !p.v_bf16) || (p.k_bf16 && p.v_bf16 && !p.k && !p.v),

@@ -82,6 +82,21 @@ struct RopeParams {
 };
 void rope(const Context& ctx, const RopeParams& p);
 
+// The rope tables of T consecutive positions first .. first + T - 1: for i < half,
+//   cos[t, i] = cos(inv_freq[i] * (first + t)) * factor,  sin[t, i] = sin(...) * factor (negated when
+// negate_sin), the angle a float product as transformers forms inv_freq @ positions in float32.
+// inv_freq [half], cos and sin [T, half] on the backend. A device may differ from the CPU in the last
+// bit or two of cos and sin (its own libm); built there, a long prompt's tables do not wait on the host.
+struct RopeTableParams {
+  const float* inv_freq = nullptr;
+  float* cos = nullptr;
+  float* sin = nullptr;
+  int64_t first = 0, T = 0, half = 0;
+  float factor = 1.0f;
+  bool negate_sin = false;
+};
+void rope_table(const Context& ctx, const RopeTableParams& p);
+
 // Causal attention for T queries over S keys (the last T keys are the queries' own positions).
 // q[T, H, Dqk], k[S, Hkv, Dqk], v[S, Hkv, Dv] -> out[T, H, Dv]; query t sees keys 0 .. S - T + t.
 // Hkv = H (one K/V per head, expanded MLA) or 1 (all heads share one K/V: absorbed MLA, where k is
@@ -583,6 +598,7 @@ struct BackendTable {
   void (*rmsnorm)(const RmsNormParams&, void* stream) = nullptr;
   void (*add_rmsnorm)(const AddRmsNormParams&, void* stream) = nullptr;
   void (*rope)(const RopeParams&, void* stream) = nullptr;
+  void (*rope_table)(const RopeTableParams&, void* stream) = nullptr;
   void (*attention)(const AttentionParams&, void* stream) = nullptr;
   void (*swiglu)(const SwigluParams&, void* stream) = nullptr;
   void (*gated_linear)(const GatedLinearParams&, void* stream) = nullptr;

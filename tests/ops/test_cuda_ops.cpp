@@ -2,6 +2,7 @@
 // only (ctest label "gpu"); CI builds it.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <tuple>
@@ -228,6 +229,33 @@ TEST_F(CudaOps, RopeMatchesCpu) {
 // Rows of 64 floats copied into 192-float head slots, as MLA assembles keys: strides that allow float4
 // moves (68) and strides that do not (70); one source for all copies (MLA's rope key) or one each; and
 // zero fill (null source).
+// The rope tables of a long prompt (and of positions far out, where the angles are large): the device's
+// sincosf against the host's cos/sin, within a few float ulps of values of magnitude <= factor.
+TEST_F(CudaOps, RopeTableMatchesCpu) {
+  for (auto [first, T, half, negate] : {std::tuple<int64_t, int64_t, int64_t, bool>{0, 4100, 32, false},
+                                        {160000, 37, 3, true}, {5, 1, 1, false}}) {
+    SCOPED_TRACE(testing::Message() << "first " << first << " T " << T << " half " << half);
+    std::vector<float> inv(half);
+    for (int64_t i = 0; i < half; ++i) inv[i] = std::pow(10000.0f, -static_cast<float>(i) / static_cast<float>(half));
+    const float factor = 1.25f;
+    std::vector<float> cos(T * half), sin(T * half);
+    RopeTableParams p{.inv_freq = inv.data(), .cos = cos.data(), .sin = sin.data(), .first = first, .T = T,
+                      .half = half, .factor = factor, .negate_sin = negate};
+    cpu::rope_table(p);
+    DeviceBuffer dinv(inv), dc(std::vector<float>(T * half, 9.0f)), ds(std::vector<float>(T * half, 9.0f));
+    p.inv_freq = dinv.ptr;
+    p.cos = dc.ptr;
+    p.sin = ds.ptr;
+    CUDA_OK(cuda::rope_table(p, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    const auto gc = dc.download(), gs = ds.download();
+    double worst = 0;
+    for (size_t i = 0; i < cos.size(); ++i)
+      worst = std::max({worst, std::fabs(static_cast<double>(gc[i]) - cos[i]), std::fabs(static_cast<double>(gs[i]) - sin[i])});
+    EXPECT_LE(worst, 8 * factor * 0x1p-24);  // a few float ulps at magnitude <= 1 (before the factor)
+  }
+}
+
 TEST_F(CudaOps, BatchedCopy2dMatchesCpu) {
   for (const int64_t src_stride : {int64_t{70}, int64_t{68}})
     for (const int64_t src_batch : {int64_t{0}, src_stride, int64_t{-1}}) {

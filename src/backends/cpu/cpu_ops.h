@@ -9,6 +9,7 @@ void linear(const LinearParams& p);
 void rmsnorm(const RmsNormParams& p);
 void add_rmsnorm(const AddRmsNormParams& p);
 void rope(const RopeParams& p);
+void rope_table(const RopeTableParams& p);
 void attention(const AttentionParams& p);
 void swiglu(const SwigluParams& p);
 void gated_linear(const GatedLinearParams& p);

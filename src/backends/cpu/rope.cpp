@@ -1,3 +1,5 @@
+#include <cmath>
+
 #include "backends/cpu/cpu_ops.h"
 
 namespace dsv::ops::cpu {
@@ -20,6 +22,15 @@ void rope(const RopeParams& p) {
       }
     }
   }
+}
+
+void rope_table(const RopeTableParams& p) {
+  for (int64_t t = 0; t < p.T; ++t)
+    for (int64_t i = 0; i < p.half; ++i) {
+      const float angle = p.inv_freq[i] * static_cast<float>(p.first + t);
+      p.cos[t * p.half + i] = std::cos(angle) * p.factor;
+      p.sin[t * p.half + i] = (p.negate_sin ? -std::sin(angle) : std::sin(angle)) * p.factor;
+    }
 }
 
 }  // namespace dsv::ops::cpu

@@ -24,6 +24,7 @@ cudaError_t swiglu(const SwigluParams& p, cudaStream_t stream);
 // products through `linear` and the SwiGLU kernel.
 cudaError_t gated_linear(const GatedLinearParams& p, cudaStream_t stream);
 cudaError_t rope(const RopeParams& p, cudaStream_t stream);
+cudaError_t rope_table(const RopeTableParams& p, cudaStream_t stream);
 // Reference-grade attention kernel (one block per query and head, online softmax over S): correct
 // for any sizes, not tuned. The flash-style prefill and absorbed decode kernels replace it.
 cudaError_t attention(const AttentionParams& p, cudaStream_t stream);

@@ -52,6 +52,7 @@ void register_cuda_backend() {
   t.rmsnorm = [](const RmsNormParams& p, void* s) { check(rmsnorm(p, as_stream(s)), "rmsnorm"); };
   t.add_rmsnorm = [](const AddRmsNormParams& p, void* s) { check(add_rmsnorm(p, as_stream(s)), "add_rmsnorm"); };
   t.rope = [](const RopeParams& p, void* s) { check(rope(p, as_stream(s)), "rope"); };
+  t.rope_table = [](const RopeTableParams& p, void* s) { check(rope_table(p, as_stream(s)), "rope_table"); };
   // TF32 or bf16 products (train.tf32 / train.bf16), or keys and values of a bf16 model: attention on
   // tensor cores too, where the shapes allow (bf16 takes the TF32 kernels for head dims the bf16 ones
   // do not cover).

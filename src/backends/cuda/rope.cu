@@ -25,7 +25,31 @@ __global__ void rope_kernel(RopeParams p) {
   }
 }
 
+// One thread per (position, pair); cosf / sinf are the accurate device functions (no fast math).
+__global__ void rope_table_kernel(RopeTableParams p) {
+  dependent_start();
+  const int64_t total = p.T * p.half;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = idx / p.half, i = idx % p.half;
+    const float angle = p.inv_freq[i] * static_cast<float>(p.first + t);
+    float s, c;
+    sincosf(angle, &s, &c);
+    p.cos[idx] = c * p.factor;
+    p.sin[idx] = (p.negate_sin ? -s : s) * p.factor;
+  }
+}
+
 }  // namespace
+
+cudaError_t rope_table(const RopeTableParams& p, cudaStream_t stream) {
+  const int64_t total = p.T * p.half;
+  if (total == 0) return cudaSuccess;
+  const int threads = 256;
+  const int64_t blocks = (total + threads - 1) / threads;
+  return launch_dependent(rope_table_kernel, static_cast<unsigned>(blocks < 65535 ? blocks : 65535), threads, 0,
+                          stream, p);
+}
 
 cudaError_t rope(const RopeParams& p, cudaStream_t stream) {
   const int64_t total = p.tokens * p.heads * (p.rope_dim / 2);
