@@ -40,7 +40,8 @@ TEST_F(CudaFlashAttentionBf16, ForwardMatchesCpu) {
                       {FlashCase{64, 64, 1, 16, 16, 0}, FlashCase{300, 300, 3, 192, 128, 0}, FlashCase{1, 1, 2, 32, 16, 0},
                        FlashCase{100, 357, 2, 64, 48, 0} /* T < S: prefill after a cache */,
                        FlashCase{130, 130, 2, 192, 128, 40} /* strided keys */, FlashCase{1000, 1000, 2, 192, 128, 0},
-                       FlashCase{17, 200, 1, 128, 128, 0}},
+                       FlashCase{17, 200, 1, 128, 128, 0},
+                       FlashCase{300, 1000, 2, 192, 128, 0} /* many ring laps, offset off the tile grid */},
                       1e-2, /*must_round=*/true);
 }
 

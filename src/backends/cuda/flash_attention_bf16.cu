@@ -1,7 +1,8 @@
 // Causal attention forward and backward on bf16 tensor cores (ops::MatmulPrecision::Bf16: the
 // autocast-style mode, fp32 storage, products on bf16-rounded inputs with fp32 accumulation).
 // Forward and dq: Hopper warpgroup MMA (wgmma) on head-major bf16 copies of q, k, v (and their
-// transposes), 128 queries per block (see "forward" and "dq on warpgroup MMA" below). dk / dv:
+// transposes), 128 queries per block (see "forward" and "dq on warpgroup MMA" below); the forward is
+// warp-specialized, its tiles fed by the bulk tensor copy (TMA) through a ring of slots. dk / dv:
 // FlashAttention-2 tiling with mma.sync m16n8k16 on dense bf16 copies of q, k, v and dout; tiles stream
 // into shared memory with cp.async (double-buffered), fragments come from ldmatrix, and scores,
 // probabilities and outputs stay in registers. The probabilities P and dS are rounded to bf16 as the A
@@ -24,10 +25,13 @@
 // of an 8x8 ldmatrix fall in distinct bank groups.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/mma_bf16.cuh"
+#include "backends/cuda/tensor_map.h"
+#include "backends/cuda/tma.cuh"
 #include "backends/cuda/wgmma_bf16.cuh"
 
 namespace dsv::ops::cuda {
@@ -109,6 +113,14 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+// 2^x on the special function unit, subnormal results flushed to zero (probabilities that small are
+// below bf16's resolution next to the row's largest, which is 1); 2^-inf = 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 template <int N>
 __device__ __forceinline__ void zero(float (&a)[N][4]) {
 #pragma unroll
@@ -156,17 +168,8 @@ struct Dims {
 // into 128-byte-swizzled shared tiles (wgmma_bf16.cuh) without bounds checks. Per 64-key tile and
 // warpgroup: S (64 x 64) = Q K^T from shared memory (Dp / 16 wgmma steps); the online softmax on the
 // accumulators; P, rounded to bf16, stays in registers as the A operand of O (64 x 128) += P V, whose B
-// is the Vt tile (keys contiguous: "K-major"). Key tiles are double-buffered by cp.async.
+// is the Vt tile (keys contiguous: "K-major").
 constexpr int kFwdQ = 128, kFwdK = 64, kFwdThreads = 256, kFwdDv = 128;
-
-template <int kDp>
-struct FwdSmem {
-  static constexpr int kQBytes = kFwdQ * kDp * 2;                  // kDp / 64 column blocks of [128][128 B]
-  static constexpr int kKBytes = kFwdK * kDp * 2;                  // kDp / 64 column blocks of [64][128 B]
-  static constexpr int kVBytes = kFwdDv * kFwdK * 2;               // [128 v dims][64 keys]
-  static constexpr int kStageBytes = kKBytes + kVBytes;
-  static constexpr size_t kBytes = kQBytes + 2 * kStageBytes + 1024;  // + alignment slack
-};
 
 // rows x (kDp / 8) 16-byte chunks of a packed [rows][kDp] tile into column blocks of [rows][128 B].
 template <int kDp>
@@ -236,70 +239,155 @@ __device__ __forceinline__ QueryBlock query_block(const Dims& d) {
           static_cast<int>((key_end + kFwdK - 1) / kFwdK)};
 }
 
+// Warp-specialized (the FlashAttention-3 structure): warpgroup 0 is the producer, one thread of which
+// copies the block's Q tile once and then each 64-key tile (K: Dp / 64 boxes of [64][128 B], Vt: one
+// box of [128 v dims][64 keys]) with the bulk tensor copy into a ring of slots ("full" barriers);
+// warpgroups 1 and 2 are the consumers, 64 queries each, and release a slot ("empty", one arrival per
+// consumer warp) once both products that read it are done. No block-wide barrier inside the loop, so
+// the two consumers drift apart and one's softmax overlaps the other's products; within a consumer the
+// scores of tile j are issued before P V of tile j - 1, so that its tensor-core work overlaps its own
+// softmax too. Measured on an H100 (PERFORMANCE.md): 128-key tiles (two slots at Dp 192) and a strict
+// ping-pong of the consumers on named barriers were both slower than this.
+// Registers: 168 a thread at 384 threads would spill in the consumers; the producer needs few.
+constexpr int kFwdWsThreads = 384, kFwdProducerRegs = 24, kFwdConsumerRegs = 240;
+constexpr size_t kMaxSmem = 227 * 1024;
+
 template <int kDp>
-__global__ void __launch_bounds__(kFwdThreads, 1)
-    fwd_kernel(const bf16* qp, const bf16* kp, const bf16* vt, Dims d, int64_t Tp, int64_t Sp, float* out, float* lse) {
+struct FwdSmem {
+  static constexpr int kN = kFwdK;
+  static constexpr int kQBytes = kFwdQ * kDp * 2;     // kDp / 64 column blocks of [128][128 B]
+  static constexpr int kKBytes = kN * kDp * 2;        // kDp / 64 column blocks of [kN][128 B]
+  static constexpr int kVBytes = kFwdDv * kN * 2;     // kN / 64 key blocks of [128 v dims][128 B]
+  static constexpr int kStageBytes = kKBytes + kVBytes;
+  static constexpr int kBarrierBytes = 2 * 8 * sizeof(uint64_t) + sizeof(uint64_t);
+  static constexpr int kStages = std::min<int>(4, (kMaxSmem - 1024 - kBarrierBytes - kQBytes) / kStageBytes);
+  static constexpr int kBarrierOffset = kQBytes + kStages * kStageBytes;  // full[], empty[], q_full
+  static constexpr size_t kBytes = kBarrierOffset + kBarrierBytes + 1024;  // + alignment slack
+  static_assert(kStages >= 2, "double buffering at least");
+  static_assert(kQBytes % 1024 == 0 && kStageBytes % 1024 == 0 && kKBytes % 1024 == 0, "swizzle atoms stay aligned");
+};
+
+template <int kDp>
+__global__ void __launch_bounds__(kFwdWsThreads, 1)
+    fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
+               const __grid_constant__ CUtensorMap v_map, Dims d, int64_t Tp, int64_t Sp, float* out, float* lse) {
   using L = FwdSmem<kDp>;
+  constexpr int kN = kFwdK, kStages = L::kStages, kSteps = kN / 16;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* Qs = align_to_swizzle_atom(smem_raw);
-  unsigned char* stages = Qs + L::kQBytes;
-  const auto [t0, h, wg, warp, g, t, offset, tiles] = query_block(d);
-  const bf16* kh = kp + h * Sp * kDp;
-  const bf16* vh = vt + static_cast<int64_t>(h) * kFwdDv * Sp;
-  auto load_keys = [&](int tile) {
-    unsigned char* st = stages + (tile & 1) * L::kStageBytes;
-    const int64_t k0 = static_cast<int64_t>(tile) * kFwdK;
-    load_swizzled<kDp>(st, kh + k0 * kDp, kFwdK);
-    for (int i = threadIdx.x; i < kFwdDv * (kFwdK / 8); i += kFwdThreads) {
-      const int r = i / (kFwdK / 8), c = i % (kFwdK / 8);
-      cp_async16(st + L::kKBytes + sw128_offset(r, c), vh + r * Sp + k0 + 8 * c, true);
+  unsigned char* ring = Qs + L::kQBytes;
+  uint64_t* full = reinterpret_cast<uint64_t*>(Qs + L::kBarrierOffset);
+  uint64_t* empty = full + kStages;
+  uint64_t* q_full = empty + kStages;
+  const int64_t t0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kFwdQ;  // the longest rows first
+  const int h = static_cast<int>(blockIdx.y);
+  const int64_t offset = d.S - d.T;  // key offset of query 0
+  const int64_t block_key_end = d.S < t0 + kFwdQ + offset ? d.S : t0 + kFwdQ + offset;
+  const int tiles = static_cast<int>((block_key_end + kN - 1) / kN);
+  constexpr uint32_t kConsumerWarps = 8;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      tma::barrier_init(&full[s], 1);
+      tma::barrier_init(&empty[s], kConsumerWarps);
     }
-  };
-  load_swizzled<kDp>(Qs, qp + (h * Tp + t0) * kDp, kFwdQ);
-  load_keys(0);
-  cp_async_commit();
+    tma::barrier_init(q_full, 1);
+    tma::barrier_init_fence();
+  }
+  __syncthreads();
+  const int wg = static_cast<int>(threadIdx.x / 128);
+  if (wg == 0) {
+    shrink_registers<kFwdProducerRegs>();
+    if (threadIdx.x != 0) return;
+    tma::arrive_expect_bytes(q_full, L::kQBytes);
+    for (int cb = 0; cb < kDp / 64; ++cb)
+      tma::load_2d(Qs + cb * kFwdQ * 128, &q_map, 64 * cb, static_cast<int>(h * Tp + t0), q_full);
+    for (int j = 0; j < tiles; ++j) {
+      const int s = j % kStages;
+      if (j >= kStages) tma::wait(&empty[s], ((j / kStages) - 1) & 1);  // its previous tile is consumed
+      unsigned char* st = ring + s * L::kStageBytes;
+      tma::arrive_expect_bytes(&full[s], L::kStageBytes);
+      for (int cb = 0; cb < kDp / 64; ++cb)
+        tma::load_2d(st + cb * kN * 128, &k_map, 64 * cb, static_cast<int>(h * Sp + j * kN), &full[s]);
+      for (int kb = 0; kb < kN / 64; ++kb)
+        tma::load_2d(st + L::kKBytes + kb * kFwdDv * 128, &v_map, j * kN + 64 * kb, h * kFwdDv, &full[s]);
+    }
+    return;
+  }
+  grow_registers<kFwdConsumerRegs>();
 
-  float o[64], s[32];
+  const int c = wg - 1, warp = static_cast<int>(threadIdx.x / 32) % 4, lane = static_cast<int>(threadIdx.x % 32);
+  const int g = lane / 4, t = lane % 4;
+  const int64_t wg_row = t0 + 64 * c, row0 = wg_row + 16 * warp + g, row1 = row0 + 8;
+  // This warpgroup's key tiles end at its last row's diagonal; the block's last tile may lie past it.
+  const int64_t wg_key_end = d.S < wg_row + 64 + offset ? d.S : wg_row + 64 + offset;
+  const int n = static_cast<int>((wg_key_end + kN - 1) / kN);
+  const float scale2 = d.scale * kLog2e;
+  auto stage = [&](int j) { return ring + (j % kStages) * L::kStageBytes; };
+  auto await_tile = [&](int j) { tma::wait(&full[j % kStages], (j / kStages) & 1); };
+  // Once the products reading tile j are complete: one arrival per warp frees its slot.
+  auto release = [&](int j) {
+    if (lane == 0) tma::arrive(&empty[j % kStages]);
+  };
+
+  float o[64], s[kN / 2];
+  uint32_t pa[kSteps][4];  // P of the previous tile: the bf16 A fragments of P V, one per 16 keys
 #pragma unroll
   for (int i = 0; i < 64; ++i) o[i] = 0.0f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // running max (log2 units) and sum
-  const int64_t wg_row = t0 + 64 * wg, row0 = wg_row + 16 * warp + g, row1 = row0 + 8;
-  const float scale2 = d.scale * kLog2e;
-  for (int it = 0; it < tiles; ++it) {
-    next_key_tile(it, tiles, load_keys);
-    const int64_t k0 = static_cast<int64_t>(it) * kFwdK;
-    if (k0 > wg_row + 63 + offset) continue;  // every key of the tile is past this warpgroup's diagonal
-    const unsigned char* st = stages + (it & 1) * L::kStageBytes;
+  // s = Q K_j^T (this warpgroup's 64 rows x kN keys), issued; the caller commits.
+  auto issue_scores = [&](int j) {
 #pragma unroll
-    for (int i = 0; i < 32; ++i) s[i] = 0.0f;
+    for (int i = 0; i < kN / 2; ++i) s[i] = 0.0f;
     wgmma_fence_operands(s);
     wgmma_fence();
-    rows_times_keys<kDp>(s, Qs, st, wg);
-    wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_fence_operands(s);
-    // Only tiles reaching past the diagonal of some row of this warp (or past S) need the mask.
-    const bool masked = k0 + kFwdK > d.S || k0 + kFwdK - 1 > wg_row + 16 * warp + offset;
+#pragma unroll
+    for (int kb = 0; kb < kDp / 64; ++kb) {
+      const uint64_t da = wgmma_desc_sw128(Qs + kb * kFwdQ * 128 + c * 64 * 128);
+      const uint64_t db = wgmma_desc_sw128(stage(j) + kb * kN * 128);
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(s, da + 2 * ks, db + 2 * ks);
+    }
+  };
+  // o += P V_j, issued; the caller commits.
+  auto issue_pv = [&](int j) {
+    wgmma_fence_operands(o);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks)
+      wgmma_m64n128k16_rs(o, pa[ks], wgmma_desc_sw128(stage(j) + L::kKBytes + (ks / 4) * kFwdDv * 128) + 2 * (ks % 4));
+  };
+  // The online softmax of tile j's scores in s (probabilities in place), the new running max and sum;
+  // a0 / a1: the factor the output so far must be scaled by. The per-element work is what bounds this
+  // loop next to the tensor cores: masking only on tiles that cross the diagonal (or S), the max taken
+  // on raw scores (scale > 0), the scale folded into one fma per probability, ex2 flushing to zero.
+  auto softmax = [&](int j, float& a0, float& a1) {
+    const int64_t k0 = static_cast<int64_t>(j) * kN;
+    if (k0 + kN > d.S || k0 + kN - 1 > wg_row + 16 * warp + offset) {
+      // Column col of the tile is key k0 + col: visible to a row while col <= row + offset - k0 and col < S - k0.
+      const int64_t limit_s = d.S - k0, limit0 = row0 + offset - k0, limit1 = limit0 + 8;
+#pragma unroll
+      for (int jj = 0; jj < kN / 8; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = 8 * jj + 2 * t + (e & 1);
+          if (col >= limit_s || col > (e < 2 ? limit0 : limit1)) s[4 * jj + e] = -INFINITY;
+        }
+    }
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t key = k0 + 8 * j + 2 * t + (e & 1), row = e < 2 ? row0 : row1;
-        const bool visible = !masked || (key < d.S && key <= row + offset);
-        float& x = s[4 * j + e];
-        x = visible ? x * scale2 : -INFINITY;
-        if (e < 2) mx0 = fmaxf(mx0, x);
-        else mx1 = fmaxf(mx1, x);
-      }
-    const float n0 = fmaxf(m0, quad_max(mx0)), n1 = fmaxf(m1, quad_max(mx1));
+    for (int i = 0; i < kN / 2; ++i) {
+      if (i & 2) mx1 = fmaxf(mx1, s[i]);
+      else mx0 = fmaxf(mx0, s[i]);
+    }
+    const float n0 = fmaxf(m0, quad_max(mx0) * scale2), n1 = fmaxf(m1, quad_max(mx1) * scale2);
     // A row with no visible key yet keeps max -inf: its probabilities are 0, not exp(nan).
     const float b0 = n0 == -INFINITY ? 0.0f : n0, b1 = n1 == -INFINITY ? 0.0f : n1;
-    const float a0 = exp2f(m0 - b0), a1 = exp2f(m1 - b1);
+    a0 = fast_exp2(m0 - b0);
+    a1 = fast_exp2(m1 - b1);
     float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
-    for (int i = 0; i < 32; ++i) {
-      const float pr = exp2f(s[i] - ((i & 2) ? b1 : b0));
+    for (int i = 0; i < kN / 2; ++i) {
+      const float pr = fast_exp2(fmaf(s[i], scale2, (i & 2) ? -b1 : -b0));
       s[i] = pr;
       if (i & 2) sum1 += pr;
       else sum0 += pr;
@@ -308,19 +396,55 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
     l1 = l1 * a1 + quad_sum(sum1);
     m0 = n0;
     m1 = n1;
+  };
+  // The probabilities as bf16 A fragments: accumulator blocks 2ks, 2ks + 1 (keys 16ks .. 16ks + 15).
+  auto to_fragments = [&] {
 #pragma unroll
-    for (int i = 0; i < 64; ++i) o[i] *= (i & 2) ? a1 : a0;
-    uint32_t pa[4][4];
-    to_a_fragments(s, pa);
-    wgmma_fence_operands(o);
-    wgmma_fence();
-    const uint64_t dv = wgmma_desc_sw128(st + L::kKBytes);
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) wgmma_m64n128k16_rs(o, pa[ks], dv + 2 * ks);
+    for (int ks = 0; ks < kSteps; ++ks) {
+      pa[ks][0] = pack(s[8 * ks + 0], s[8 * ks + 1]);
+      pa[ks][1] = pack(s[8 * ks + 2], s[8 * ks + 3]);
+      pa[ks][2] = pack(s[8 * ks + 4], s[8 * ks + 5]);
+      pa[ks][3] = pack(s[8 * ks + 6], s[8 * ks + 7]);
+    }
+  };
+
+  tma::wait(q_full, 0);
+  float a0, a1;
+  await_tile(0);
+  issue_scores(0);
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(s);
+  softmax(0, a0, a1);  // o is still zero: nothing to rescale
+  to_fragments();
+  for (int j = 1; j < n; ++j) {
+    await_tile(j);
+      issue_scores(j);
     wgmma_commit();
+    issue_pv(j - 1);
+    wgmma_commit();
+      wgmma_wait<1>();  // the scores are in; P V of the previous tile may still run
+    wgmma_fence_operands(s);
+    softmax(j, a0, a1);
     wgmma_wait<0>();
     wgmma_fence_operands(o);
+    release(j - 1);
+#pragma unroll
+    for (int i = 0; i < 64; ++i) o[i] *= (i & 2) ? a1 : a0;
+    to_fragments();
   }
+  issue_pv(n - 1);
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(o);
+  release(n - 1);
+  // Tiles past this warpgroup's diagonal: released once landed, so that each arrival counts toward the
+  // fill it belongs to.
+  for (int j = n; j < tiles; ++j) {
+    await_tile(j);
+    release(j);
+      }
+
   const float f0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, f1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
   const int64_t os = static_cast<int64_t>(d.H) * d.Dv;
 #pragma unroll
@@ -612,10 +736,15 @@ cudaError_t bf16_rows(DeviceScratch& scratch, const float* src, int64_t stride, 
 template <int kDp>
 cudaError_t forward_kernel(const bf16* q, const bf16* k, const bf16* vt, const Dims& d, int64_t Tp, int64_t Sp,
                            float* out, float* lse, cudaStream_t stream) {
-  const cudaError_t e = allow_smem(fwd_kernel<kDp>, FwdSmem<kDp>::kBytes);
+  using L = FwdSmem<kDp>;
+  CUtensorMap q_map, k_map, v_map;
+  cudaError_t e = make_bf16_tile_map(&q_map, q, d.H * Tp, kDp, kDp, kFwdQ);
+  if (e == cudaSuccess) e = make_bf16_tile_map(&k_map, k, d.H * Sp, kDp, kDp, kFwdK);
+  if (e == cudaSuccess) e = make_bf16_tile_map(&v_map, vt, static_cast<int64_t>(d.H) * kFwdDv, Sp, Sp, kFwdDv);
+  if (e == cudaSuccess) e = allow_smem(fwd_kernel<kDp>, L::kBytes);
   if (e != cudaSuccess) return e;
-  fwd_kernel<kDp><<<dim3(tiles_of(d.T, kFwdQ), static_cast<unsigned>(d.H)), kFwdThreads, FwdSmem<kDp>::kBytes, stream>>>(
-      q, k, vt, d, Tp, Sp, out, lse);
+  fwd_kernel<kDp><<<dim3(tiles_of(d.T, kFwdQ), static_cast<unsigned>(d.H)), kFwdWsThreads, L::kBytes, stream>>>(
+      q_map, k_map, v_map, d, Tp, Sp, out, lse);
   return cudaGetLastError();
 }
 

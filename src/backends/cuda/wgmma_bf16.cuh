@@ -108,6 +108,17 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
       : "l"(desc_a), "l"(desc_b), "r"(1));
 }
 
+// Warp-specialized kernels: the producer warpgroup gives registers back, consumers take them
+// (setmaxnreg; every warp of a warpgroup executes it, counts are multiples of 8 in 24 .. 256).
+template <int kRegs>
+__device__ __forceinline__ void grow_registers() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void shrink_registers() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
 // d (64 x 128, fp32) += A (64 x 16, bf16 fragments in registers: the mma.sync m16n8k16 A layout per
 // warp, a[0..3]) . B (128 x 16, shared, descriptor)^T.
 __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
