@@ -49,17 +49,28 @@ void forward(const Model& m, const int32_t* ids, int64_t T, KvCache& cache, cons
   const layers::RopeTable rope = layers::make_rope_table(ctx, c, length, T);
   const layers::TokenSlots slots{.cos = rope.cos.data(), .sin = rope.sin.data(), .sequence = opt.sequence,
                                  .first = length};
+  // Without taps, each layer leaves its FFN output in `carry` for the next norm to add (one pass over
+  // the residual stream fewer per layer); taps see every layer's output, so they keep the plain adds.
+  const bool defer_adds = !opt.tap && c.num_hidden_layers > 0;
+  ops::Buffer<float> carry(ctx.backend, defer_adds ? T * D : 0);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-    layers::decoder_layer(ctx, c, w.layers[l], x.data(), T, cache, l, slots, opt.mla_mode, opt.tap, l);
+    layers::decoder_layer(ctx, c, w.layers[l], x.data(), T, cache, l, slots, opt.mla_mode, opt.tap, l,
+                          defer_adds && l > 0 ? carry.data() : nullptr, defer_adds ? carry.data() : nullptr);
   length += T;
 
-  layers::rmsnorm_rows(ctx, x.data(), w.norm, T, c.rms_norm_eps, x.data());
-  layers::emit(ctx, opt.tap, "final_norm", -1, x.data(), {T, D});
-  if (opt.final_hidden) ops::copy_to_host(ctx, opt.final_hidden, x.data(), static_cast<size_t>(T * D) * sizeof(float));
+  // The final norm (adding the last carry), into `carry` when there is one.
+  float* hidden = defer_adds ? carry.data() : x.data();
+  if (defer_adds)
+    ops::add_rmsnorm(ctx, {.x = x.data(), .delta = carry.data(), .weight = w.norm.data, .y = hidden, .rows = T, .dim = D,
+                           .eps = static_cast<float>(c.rms_norm_eps)});
+  else
+    layers::rmsnorm_rows(ctx, x.data(), w.norm, T, c.rms_norm_eps, hidden);
+  layers::emit(ctx, opt.tap, "final_norm", -1, hidden, {T, D});
+  if (opt.final_hidden) ops::copy_to_host(ctx, opt.final_hidden, hidden, static_cast<size_t>(T * D) * sizeof(float));
   if (!opt.logits) return;
   const int64_t first = opt.all_logits ? 0 : T - 1, rows = T - first;
   ops::Buffer<float> logits(ctx.backend, rows * V);
-  ops::linear(ctx, {.x = x.data() + first * D, .w = w.lm_head.data, .w_bf16 = w.lm_head.bf16, .y = logits.data(), .M = rows, .N = V, .K = D});
+  ops::linear(ctx, {.x = hidden + first * D, .w = w.lm_head.data, .w_bf16 = w.lm_head.bf16, .y = logits.data(), .M = rows, .N = V, .K = D});
   layers::emit(ctx, opt.tap, "logits", -1, logits.data(), {rows, V});
   ops::copy_to_host(ctx, opt.logits, logits.data(), static_cast<size_t>(rows * V) * sizeof(float));
 }
