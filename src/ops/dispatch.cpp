@@ -11,6 +11,7 @@
 
 #include "backends/cpu/cpu_ops.h"
 #include "core/error.h"
+#include "ops/memory.h"
 #include "ops/ops.h"
 
 namespace dsv::ops {
@@ -179,6 +180,37 @@ void attention(const Context& ctx, const AttentionParams& p) {
   DSV_CHECK(p.Hkv == 0 || p.Hkv == 1 || p.Hkv == p.H, "attention: Hkv={} must be 1 or H={}", p.Hkv, p.H);
   DSV_CHECK(p.batch >= 1, "attention: batch must be >= 1, found {}", p.batch);
   DSV_CHECK(!p.lse || (p.k && !p.kv_lengths), "attention: lse output needs fp32 k / v and no kv_lengths");
+  if (p.k_head_stride || p.v_head_stride || p.k_shared) {
+    DSV_CHECK(p.k && p.v && p.batch == 1 && !p.kv_lengths && (p.Hkv == 0 || p.Hkv == p.H),
+              "attention: head strides and a shared key tail need fp32 k / v, one problem and H key heads");
+    DSV_CHECK(!p.k_shared || (p.k_shared_dims > 0 && p.k_shared_dims <= p.Dqk && p.k_shared_stride >= p.k_shared_dims),
+              "attention: shared key tail of {} dims (row stride {}) for keys of {} dims", p.k_shared_dims,
+              p.k_shared_stride, p.Dqk);
+    const bool native = ctx.backend != Backend::Cpu && backend_available(ctx.backend) &&
+                        backend_table(ctx.backend).attention_reads_layout &&
+                        backend_table(ctx.backend).attention_reads_layout(p);
+    if (!native) {  // dense copies k[S, H, Dqk], v[S, H, Dv], then the plain op
+      const int64_t H = p.H, own = p.Dqk - (p.k_shared ? p.k_shared_dims : 0);
+      const int64_t kh = p.k_head_stride ? p.k_head_stride : own, vh = p.v_head_stride ? p.v_head_stride : p.Dv;
+      Buffer<float> k(ctx.backend, p.S * H * p.Dqk), v(ctx.backend, p.S * H * p.Dv);
+      if (own > 0)
+        copy2d(ctx, {.src = p.k, .dst = k.data(), .rows = p.S, .cols = own, .src_stride = p.k_stride ? p.k_stride : H * kh,
+                     .dst_stride = H * p.Dqk, .batch = H, .src_batch_stride = kh, .dst_batch_stride = p.Dqk});
+      if (p.k_shared)
+        copy2d(ctx, {.src = p.k_shared, .dst = k.data() + own, .rows = p.S, .cols = p.k_shared_dims,
+                     .src_stride = p.k_shared_stride, .dst_stride = H * p.Dqk, .batch = H, .src_batch_stride = 0,
+                     .dst_batch_stride = p.Dqk});
+      copy2d(ctx, {.src = p.v, .dst = v.data(), .rows = p.S, .cols = p.Dv, .src_stride = p.v_stride ? p.v_stride : H * vh,
+                   .dst_stride = H * p.Dv, .batch = H, .src_batch_stride = vh, .dst_batch_stride = p.Dv});
+      AttentionParams dense = p;
+      dense.k = k.data();
+      dense.v = v.data();
+      dense.k_stride = dense.v_stride = dense.k_head_stride = dense.v_head_stride = 0;
+      dense.k_shared = nullptr;
+      dense.k_shared_stride = dense.k_shared_dims = 0;
+      return run(ctx, dense, cpu::attention, &BackendTable::attention, "attention");
+    }
+  }
   run(ctx, p, cpu::attention, &BackendTable::attention, "attention");
 }
 

@@ -133,6 +133,17 @@ struct AttentionParams {
   // its tensor cores (fp32 softmax and accumulation) whatever matmul_precision() says, as a bf16
   // FlashAttention does. The CPU computes in fp32 regardless.
   bool bf16_operands = false;
+  // Where each head sits in a row of k / v (fp32 k and v, one problem, Hkv = H): head h starts
+  // h * k_head_stride / h * v_head_stride values into its row (0: Dqk / Dv apart, heads packed). With
+  // k_shared, the last k_shared_dims dims of every head's key are one vector per key row, shared by all
+  // heads (MLA's roped key): key s of head h is
+  //   [k[s * k_stride + h * k_head_stride + (0 .. Dqk - k_shared_dims)] ; k_shared[s * k_shared_stride + (0 .. k_shared_dims)]]
+  // (k_head_stride 0 then means Dqk - k_shared_dims; k_stride / v_stride 0: H head strides). Backends
+  // that do not read this layout get dense copies of k and v made first (ops::attention), so that
+  // prefill through MLA need not assemble per-head keys where a device packs its own copies anyway.
+  int64_t k_head_stride = 0, v_head_stride = 0;
+  const float* k_shared = nullptr;
+  int64_t k_shared_stride = 0, k_shared_dims = 0;
 };
 void attention(const Context& ctx, const AttentionParams& p);
 
@@ -600,6 +611,8 @@ struct BackendTable {
   void (*rope)(const RopeParams&, void* stream) = nullptr;
   void (*rope_table)(const RopeTableParams&, void* stream) = nullptr;
   void (*attention)(const AttentionParams&, void* stream) = nullptr;
+  // Whether `attention` reads these params' head strides and shared key tail itself (null: never).
+  bool (*attention_reads_layout)(const AttentionParams&) = nullptr;
   void (*swiglu)(const SwigluParams&, void* stream) = nullptr;
   void (*gated_linear)(const GatedLinearParams&, void* stream) = nullptr;
   void (*route)(const RouterParams&, void* stream) = nullptr;

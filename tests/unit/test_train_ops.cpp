@@ -466,6 +466,37 @@ void check_attention_backward(const AttnShape& a, size_t fd_per_tensor) {
   for (float x : dv) ASSERT_TRUE(std::isfinite(x));
 }
 
+// MLA's expanded layout, read in place: rows kv[S, H, Dn + Dv] (each head's key part, then its value
+// part) and one roped key per row, shared by all heads, at an offset inside wider cache rows.
+TEST(OpsAttention, HeadStridesAndASharedKeyTailReadTheMlaLayout) {
+  const int64_t T = 4, S = 7, H = 3, Dn = 5, R = 3, Dv = 4, C = 8, width = C + R, Dqk = Dn + R;
+  const float scale = 0.4f;
+  const auto q = randn(T * H * Dqk, 30), kv = randn(S * H * (Dn + Dv), 31), rows = randn(S * width, 32);
+  std::vector<double> kd(S * H * Dqk), vd(S * H * Dv);  // the dense keys and values this stands for
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t i = 0; i < Dn; ++i) kd[(s * H + h) * Dqk + i] = kv[(s * H + h) * (Dn + Dv) + i];
+      for (int64_t i = 0; i < R; ++i) kd[(s * H + h) * Dqk + Dn + i] = rows[s * width + C + i];
+      for (int64_t i = 0; i < Dv; ++i) vd[(s * H + h) * Dv + i] = kv[(s * H + h) * (Dn + Dv) + Dn + i];
+    }
+  ops::AttentionParams p{.q = q.data(), .k = kv.data(), .v = kv.data() + Dn, .T = T, .S = S, .H = H, .Dqk = Dqk,
+                         .Dv = Dv, .k_stride = H * (Dn + Dv), .v_stride = H * (Dn + Dv), .scale = scale,
+                         .k_head_stride = Dn + Dv, .v_head_stride = Dn + Dv, .k_shared = rows.data() + C,
+                         .k_shared_stride = width, .k_shared_dims = R};
+  std::vector<float> out(T * H * Dv, kNaN);
+  p.out = out.data();
+  ops::attention(Context{}, p);
+  expect_close(out, attention_d({T, S, H, Dqk, Dv}, to_double(q), kd, vd, scale), 1e-5, "MLA layout");
+
+  // A tail wider than the key, or than its own rows, is refused.
+  ops::AttentionParams bad = p;
+  bad.k_shared_dims = Dqk + 1;
+  test::expect_error([&] { ops::attention(Context{}, bad); }, {"shared key tail of 9 dims", "keys of 8 dims"});
+  bad = p;
+  bad.k_shared_stride = R - 1;
+  test::expect_error([&] { ops::attention(Context{}, bad); }, {"row stride 2"});
+}
+
 TEST(TrainOpsAttention, BackwardMatchesFiniteDifferences) {
   check_attention_backward({5, 9, 3, 7, 5}, 1000);   // T < S: past keys, odd sizes
   check_attention_backward({6, 6, 2, 11, 4}, 1000);  // T == S

@@ -572,9 +572,25 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
     }
 }
 
-// dst[h][r][c] = bf16(src[r * stride + h * D + c]) for r < rows, c < D; zero up to [H][rows_pad][width_pad].
-__global__ void pack_heads_kernel(const float* src, int64_t stride, int64_t rows, int D, int H, int64_t rows_pad,
-                                  int width_pad, bf16* dst) {
+// The fp32 rows a packing reads: value (r, h, c) of a [rows, H, D] view is src[r * stride + h * head_stride
+// + c] for c < D - tail_dims, and tail[r * tail_stride + c - (D - tail_dims)] (one tail per row, shared by
+// all heads: MLA's roped key) after.
+struct HeadRows {
+  const float* src;
+  int64_t stride, head_stride;
+  const float* tail = nullptr;
+  int64_t tail_stride = 0;
+  int tail_dims = 0;
+  __device__ __forceinline__ float at(int64_t r, int h, int c, int D) const {
+    const int own = D - tail_dims;
+    return c < own ? src[r * stride + h * head_stride + c] : tail[r * tail_stride + (c - own)];
+  }
+};
+// Dense rows of H heads of D values, `stride` apart.
+HeadRows dense_rows(const float* src, int64_t stride, int64_t D) { return {src, stride, D}; }
+
+// dst[h][r][c] = bf16(src(r, h, c)) for r < rows, c < D; zero up to [H][rows_pad][width_pad].
+__global__ void pack_heads_kernel(HeadRows src, int64_t rows, int D, int H, int64_t rows_pad, int width_pad, bf16* dst) {
   const int chunks = width_pad / 8;
   const int64_t n = static_cast<int64_t>(H) * rows_pad * chunks;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -586,16 +602,16 @@ __global__ void pack_heads_kernel(const float* src, int64_t stride, int64_t rows
 #pragma unroll
     for (int u = 0; u < 8; ++u) {
       const int c = 8 * c8 + u;
-      v[u] = __float2bfloat16_rn(r < rows && c < D ? src[r * stride + static_cast<int64_t>(h) * D + c] : 0.0f);
+      v[u] = __float2bfloat16_rn(r < rows && c < D ? src.at(r, h, c, D) : 0.0f);
     }
     *reinterpret_cast<uint4*>(dst + i * 8) = *reinterpret_cast<const uint4*>(v);
   }
 }
 
-// dst[h][c][r] = bf16(src[r * stride + h * D + c]) for r < rows, c < D; zero up to [H][width_pad][rows_pad]
-// (both pads multiples of 32). Through a 32 x 32 shared tile, so that reads and writes are coalesced.
-__global__ void pack_heads_transposed_kernel(const float* src, int64_t stride, int64_t rows, int D, int64_t rows_pad,
-                                             int width_pad, bf16* dst) {
+// dst[h][c][r] = bf16(src(r, h, c)) for r < rows, c < D; zero up to [H][width_pad][rows_pad] (both pads
+// multiples of 32). Through a 32 x 32 shared tile, so that reads and writes are coalesced.
+__global__ void pack_heads_transposed_kernel(HeadRows src, int64_t rows, int D, int64_t rows_pad, int width_pad,
+                                             bf16* dst) {
   __shared__ float tile[32][33];
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * 32;
   const int c0 = static_cast<int>(blockIdx.y) * 32, h = static_cast<int>(blockIdx.z);
@@ -604,7 +620,7 @@ __global__ void pack_heads_transposed_kernel(const float* src, int64_t stride, i
   for (int i = 0; i < 4; ++i) {
     const int64_t r = r0 + ty + 8 * i;
     const int c = c0 + tx;
-    tile[ty + 8 * i][tx] = r < rows && c < D ? src[r * stride + static_cast<int64_t>(h) * D + c] : 0.0f;
+    tile[ty + 8 * i][tx] = r < rows && c < D ? src.at(r, h, c, D) : 0.0f;
   }
   __syncthreads();
 #pragma unroll
@@ -728,8 +744,9 @@ cudaError_t bf16_rows(DeviceScratch& scratch, const float* src, int64_t stride, 
   *out = dst;
   if (!dst) return cudaErrorMemoryAllocation;
   // One "head" as wide as the row, no padding: the same conversion as the forward's packing.
-  pack_heads_kernel<<<grid_for(rows * width / 8), 256, 0, stream>>>(src, stride, rows, static_cast<int>(width), 1,
-                                                                    rows, static_cast<int>(width), dst);
+  pack_heads_kernel<<<grid_for(rows * width / 8), 256, 0, stream>>>(dense_rows(src, stride, width), rows,
+                                                                    static_cast<int>(width), 1, rows,
+                                                                    static_cast<int>(width), dst);
   return cudaGetLastError();
 }
 
@@ -748,10 +765,10 @@ cudaError_t forward_kernel(const bf16* q, const bf16* k, const bf16* vt, const D
   return cudaGetLastError();
 }
 
-// out (and lse when not null) of causal attention from fp32 q [T, H, Dqk] dense and k / v rows of
-// strides k_stride / v_stride: packs bf16 head-major copies, then the wgmma kernel.
-cudaError_t forward(const float* q, const float* k, int64_t k_stride, const float* v, int64_t v_stride, const Dims& d,
-                    float* out, float* lse, cudaStream_t stream) {
+// out (and lse when not null) of causal attention from fp32 q [T, H, Dqk] dense and the rows of k and
+// v: packs bf16 head-major copies, then the wgmma kernel.
+cudaError_t forward(const float* q, const HeadRows& k, const HeadRows& v, const Dims& d, float* out, float* lse,
+                    cudaStream_t stream) {
   const int Dp = (d.Dqk + 63) / 64 * 64;
   const int64_t Tp = (d.T + kFwdQ - 1) / kFwdQ * kFwdQ, Sp = (d.S + kFwdK - 1) / kFwdK * kFwdK;
   DeviceScratch scratch;
@@ -759,11 +776,11 @@ cudaError_t forward(const float* q, const float* k, int64_t k_stride, const floa
   bf16* kp = scratch.get<bf16>(d.H * Sp * Dp);
   bf16* vt = scratch.get<bf16>(d.H * kFwdDv * Sp);
   if (scratch.failed()) return cudaErrorMemoryAllocation;
-  pack_heads_kernel<<<grid_for(d.H * Tp * Dp / 8), 256, 0, stream>>>(q, static_cast<int64_t>(d.H) * d.Dqk, d.T, d.Dqk,
-                                                                   d.H, Tp, Dp, qp);
-  pack_heads_kernel<<<grid_for(d.H * Sp * Dp / 8), 256, 0, stream>>>(k, k_stride, d.S, d.Dqk, d.H, Sp, Dp, kp);
+  pack_heads_kernel<<<grid_for(d.H * Tp * Dp / 8), 256, 0, stream>>>(
+      dense_rows(q, static_cast<int64_t>(d.H) * d.Dqk, d.Dqk), d.T, d.Dqk, d.H, Tp, Dp, qp);
+  pack_heads_kernel<<<grid_for(d.H * Sp * Dp / 8), 256, 0, stream>>>(k, d.S, d.Dqk, d.H, Sp, Dp, kp);
   pack_heads_transposed_kernel<<<dim3(static_cast<unsigned>(Sp / 32), kFwdDv / 32, static_cast<unsigned>(d.H)), 256, 0,
-                                 stream>>>(v, v_stride, d.S, d.Dv, Sp, kFwdDv, vt);
+                                 stream>>>(v, d.S, d.Dv, Sp, kFwdDv, vt);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   switch (Dp) {
@@ -798,12 +815,15 @@ cudaError_t dq_wgmma(const AttentionBackwardParams& p, const Dims& d, const floa
   bf16* vp = scratch.get<bf16>(d.H * Sp * kFwdDv);
   bf16* ktp = scratch.get<bf16>(d.H * Dp * Sp);
   if (scratch.failed()) return cudaErrorMemoryAllocation;
-  pack_heads_kernel<<<grid_for(d.H * Tp * Dp / 8), 256, 0, stream>>>(p.q, qw, d.T, d.Dqk, d.H, Tp, Dp, qp);
-  pack_heads_kernel<<<grid_for(d.H * Tp * kFwdDv / 8), 256, 0, stream>>>(p.dout, vw, d.T, d.Dv, d.H, Tp, kFwdDv, gp);
-  pack_heads_kernel<<<grid_for(d.H * Sp * Dp / 8), 256, 0, stream>>>(p.k, qw, d.S, d.Dqk, d.H, Sp, Dp, kp);
-  pack_heads_kernel<<<grid_for(d.H * Sp * kFwdDv / 8), 256, 0, stream>>>(p.v, vw, d.S, d.Dv, d.H, Sp, kFwdDv, vp);
+  const HeadRows q_rows = dense_rows(p.q, qw, d.Dqk), k_rows = dense_rows(p.k, qw, d.Dqk);
+  pack_heads_kernel<<<grid_for(d.H * Tp * Dp / 8), 256, 0, stream>>>(q_rows, d.T, d.Dqk, d.H, Tp, Dp, qp);
+  pack_heads_kernel<<<grid_for(d.H * Tp * kFwdDv / 8), 256, 0, stream>>>(dense_rows(p.dout, vw, d.Dv), d.T, d.Dv, d.H,
+                                                                         Tp, kFwdDv, gp);
+  pack_heads_kernel<<<grid_for(d.H * Sp * Dp / 8), 256, 0, stream>>>(k_rows, d.S, d.Dqk, d.H, Sp, Dp, kp);
+  pack_heads_kernel<<<grid_for(d.H * Sp * kFwdDv / 8), 256, 0, stream>>>(dense_rows(p.v, vw, d.Dv), d.S, d.Dv, d.H, Sp,
+                                                                         kFwdDv, vp);
   pack_heads_transposed_kernel<<<dim3(static_cast<unsigned>(Sp / 32), static_cast<unsigned>(Dp / 32),
-                                      static_cast<unsigned>(d.H)), 256, 0, stream>>>(p.k, qw, d.S, d.Dqk, Sp, Dp, ktp);
+                                      static_cast<unsigned>(d.H)), 256, 0, stream>>>(k_rows, d.S, d.Dqk, Sp, Dp, ktp);
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   switch (Dp) {
@@ -824,8 +844,12 @@ bool flash_attention_bf16_supported(int64_t H, int64_t Hkv, int64_t Dqk, int64_t
 cudaError_t flash_attention_bf16(const AttentionParams& p, cudaStream_t stream) {
   if (!flash_attention_bf16_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S)) return cudaErrorInvalidValue;
   const Dims d{p.T, p.S, static_cast<int>(p.H), static_cast<int>(p.Dqk), static_cast<int>(p.Dv), p.scale};
-  const int64_t qw = p.H * p.Dqk, vw = p.H * p.Dv;
-  return forward(p.q, p.k, p.k_stride ? p.k_stride : qw, p.v, p.v_stride ? p.v_stride : vw, d, p.out, p.lse, stream);
+  // Head strides and a shared key tail as ops::AttentionParams defines them.
+  const int64_t tail = p.k_shared ? p.k_shared_dims : 0;
+  const int64_t kh = p.k_head_stride ? p.k_head_stride : p.Dqk - tail, vh = p.v_head_stride ? p.v_head_stride : p.Dv;
+  const HeadRows k{p.k, p.k_stride ? p.k_stride : p.H * kh, kh, p.k_shared, p.k_shared_stride, static_cast<int>(tail)};
+  const HeadRows v = dense_rows(p.v, p.v_stride ? p.v_stride : p.H * vh, vh);
+  return forward(p.q, k, v, d, p.out, p.lse, stream);
 }
 
 cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cudaStream_t stream) {
@@ -851,7 +875,7 @@ cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cuda
   float* D_h = lse_h + p.H * Tp;
   if (e == cudaSuccess && scratch.failed()) e = cudaErrorMemoryAllocation;
   if (e == cudaSuccess && !given)
-    e = forward(p.q, p.k, qw, p.v, vw, d, own_out, own_lse, stream);
+    e = forward(p.q, dense_rows(p.k, qw, p.Dqk), dense_rows(p.v, vw, p.Dv), d, own_out, own_lse, stream);
   if (e == cudaSuccess) e = attention_row_dots(p.dout, out, Dsum, rows, p.Dv, stream);
   if (e == cudaSuccess) {
     head_major_stats_kernel<<<grid_for(p.H * Tp), 256, 0, stream>>>(lse, Dsum, p.T, d.H, Tp, lse_h, D_h);

@@ -15,6 +15,12 @@ void check(cudaError_t e, const char* what) {
   DSV_CHECK(e == cudaSuccess, "CUDA {} failed: {} ({})", what, cudaGetErrorString(e), static_cast<int>(e));
 }
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+// bf16 products (train.bf16), or keys and values of a bf16 model: the bf16 tensor-core attention
+// where its shapes allow.
+bool takes_bf16_flash(const AttentionParams& p) {
+  return (matmul_precision() == MatmulPrecision::Bf16 || p.bf16_operands) && p.k && !p.k_bf16 && p.batch == 1 &&
+         !p.kv_lengths && flash_attention_bf16_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S);
+}
 
 // The side streams of a main stream, made on first use and kept for the process, with the events
 // that order each with the main one (an event may be recorded again at once: a wait binds to the
@@ -57,16 +63,15 @@ void register_cuda_backend() {
   // tensor cores too, where the shapes allow (bf16 takes the TF32 kernels for head dims the bf16 ones
   // do not cover).
   t.attention = [](const AttentionParams& p, void* s) {
+    if (takes_bf16_flash(p)) return check(flash_attention_bf16(p, as_stream(s)), "flash_attention_bf16");
     const MatmulPrecision mp = matmul_precision();
-    const bool bf16 = mp == MatmulPrecision::Bf16 || p.bf16_operands;
-    if ((bf16 || mp == MatmulPrecision::Tf32) && !p.k_bf16 && p.batch == 1 && !p.kv_lengths) {
-      if (bf16 && flash_attention_bf16_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S))
-        return check(flash_attention_bf16(p, as_stream(s)), "flash_attention_bf16");
-      if (flash_attention_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S))
-        return check(flash_attention(p, as_stream(s)), "flash_attention");
-    }
+    if ((mp == MatmulPrecision::Bf16 || mp == MatmulPrecision::Tf32 || p.bf16_operands) && !p.k_bf16 &&
+        p.batch == 1 && !p.kv_lengths && flash_attention_supported(p.H, p.Hkv, p.Dqk, p.Dv, p.T, p.S))
+      return check(flash_attention(p, as_stream(s)), "flash_attention");
     check(attention(p, as_stream(s)), "attention");
   };
+  // The bf16 kernels pack their own head-major copies, from any head strides and shared key tail.
+  t.attention_reads_layout = takes_bf16_flash;
   t.swiglu = [](const SwigluParams& p, void* s) { check(swiglu(p, as_stream(s)), "swiglu"); };
   t.gated_linear = [](const GatedLinearParams& p, void* s) { check(gated_linear(p, as_stream(s)), "gated_linear"); };
   t.route = [](const RouterParams& p, void* s) { check(route(p, as_stream(s)), "route"); };

@@ -94,21 +94,16 @@ void mla(const ops::Context& ctx, const ModelConfig& c, const MlaWeights& w, con
     if (widened.size())
       ops::cast(ctx, {.x = cache.row_bf16(cache_layer, 0, seq), .y = widened.data(), .n = S * width, .to_bf16 = false});
     const float* rows = cache.bf16 ? widened.data() : cache.row(cache_layer, 0, seq);
-    // Expanded: kv[S, H, Dn + Dv] = latent . kv_b^T, then k[S, H, Dn + R] = [k_nope ; shared k_rope]
-    // and v[S, H, Dv].
-    ops::Buffer<float> kv(be, S * H * (Dn + Dv)), k(be, S * H * Dqk), v(be, S * H * Dv);
+    // Expanded: kv[S, H, Dn + Dv] = latent . kv_b^T; head h's key is [kv[s, h, :Dn] ; the shared roped key
+    // rows[s, C:]] and its value kv[s, h, Dn:], handed to the attention as strides and a shared key tail
+    // (a device packs its own bf16 copies from there; other backends get dense copies made).
+    ops::Buffer<float> kv(be, S * H * (Dn + Dv));
     ops::linear(ctx, {.x = rows, .w = w.kv_b_proj.data, .w_bf16 = w.kv_b_proj.bf16, .y = kv.data(), .M = S, .N = H * (Dn + Dv), .K = C,
                       .x_stride = cache.width});
-    if (Dn > 0)
-      ops::copy2d(ctx, {.src = kv.data(), .dst = k.data(), .rows = S * H, .cols = Dn, .src_stride = Dn + Dv,
-                        .dst_stride = Dqk});
-    // The one rope key is shared by all heads: one batched copy (source batch stride 0) per layer.
-    ops::copy2d(ctx, {.src = rows + C, .dst = k.data() + Dn, .rows = S, .cols = R, .src_stride = cache.width,
-                      .dst_stride = H * Dqk, .batch = H, .src_batch_stride = 0, .dst_batch_stride = Dqk});
-    ops::copy2d(ctx, {.src = kv.data() + Dn, .dst = v.data(), .rows = S * H, .cols = Dv, .src_stride = Dn + Dv,
-                      .dst_stride = Dv});
-    ops::attention(ctx, {.q = q.data(), .k = k.data(), .v = v.data(), .out = attn.data(), .T = T, .S = S, .H = H,
-                         .Dqk = Dqk, .Dv = Dv, .scale = scale, .bf16_operands = w.kv_b_proj.bf16 != nullptr});
+    ops::attention(ctx, {.q = q.data(), .k = kv.data(), .v = kv.data() + Dn, .out = attn.data(), .T = T, .S = S, .H = H,
+                         .Dqk = Dqk, .Dv = Dv, .k_stride = H * (Dn + Dv), .v_stride = H * (Dn + Dv), .scale = scale,
+                         .bf16_operands = w.kv_b_proj.bf16 != nullptr, .k_head_stride = Dn + Dv, .v_head_stride = Dn + Dv,
+                         .k_shared = R > 0 ? rows + C : nullptr, .k_shared_stride = cache.width, .k_shared_dims = R});
   } else {
     // Absorbed (DeepSeek-V2 s2.1.2): fold W_UK into the query and W_UV after the attention, so all
     // heads attend over the cached rows [C + R] themselves, as one shared key/value head:
