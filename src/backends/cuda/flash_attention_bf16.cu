@@ -246,21 +246,22 @@ __device__ __forceinline__ QueryBlock query_block(const Dims& d) {
 // consumer warp) once both products that read it are done. No block-wide barrier inside the loop, so
 // the two consumers drift apart and one's softmax overlaps the other's products; within a consumer the
 // scores of tile j are issued before P V of tile j - 1, so that its tensor-core work overlaps its own
-// softmax too. Measured on an H100 (PERFORMANCE.md): 128-key tiles (two slots at Dp 192) and a strict
-// ping-pong of the consumers on named barriers were both slower than this.
+// softmax too. Measured on an H100 (PERFORMANCE.md): 128-key tiles (two slots at Dp 192), a strict
+// ping-pong of the consumers on named barriers and three consumer warpgroups were all slower than this.
 // Registers: 168 a thread at 384 threads would spill in the consumers; the producer needs few.
 constexpr int kFwdWsThreads = 384, kFwdProducerRegs = 24, kFwdConsumerRegs = 240;
+constexpr int kFwdMaxStages = 4;
 constexpr size_t kMaxSmem = 227 * 1024;
 
 template <int kDp>
 struct FwdSmem {
-  static constexpr int kN = kFwdK;
   static constexpr int kQBytes = kFwdQ * kDp * 2;     // kDp / 64 column blocks of [128][128 B]
-  static constexpr int kKBytes = kN * kDp * 2;        // kDp / 64 column blocks of [kN][128 B]
-  static constexpr int kVBytes = kFwdDv * kN * 2;     // kN / 64 key blocks of [128 v dims][128 B]
+  static constexpr int kKBytes = kFwdK * kDp * 2;     // kDp / 64 column blocks of [64][128 B]
+  static constexpr int kVBytes = kFwdDv * kFwdK * 2;  // [128 v dims][64 keys]
   static constexpr int kStageBytes = kKBytes + kVBytes;
-  static constexpr int kBarrierBytes = 2 * 8 * sizeof(uint64_t) + sizeof(uint64_t);
-  static constexpr int kStages = std::min<int>(4, (kMaxSmem - 1024 - kBarrierBytes - kQBytes) / kStageBytes);
+  static constexpr int kBarrierBytes = (2 * kFwdMaxStages + 1) * sizeof(uint64_t);
+  static constexpr int kStages =
+      std::min<int>(kFwdMaxStages, (kMaxSmem - 1024 - kBarrierBytes - kQBytes) / kStageBytes);
   static constexpr int kBarrierOffset = kQBytes + kStages * kStageBytes;  // full[], empty[], q_full
   static constexpr size_t kBytes = kBarrierOffset + kBarrierBytes + 1024;  // + alignment slack
   static_assert(kStages >= 2, "double buffering at least");
@@ -272,7 +273,7 @@ __global__ void __launch_bounds__(kFwdWsThreads, 1)
     fwd_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                const __grid_constant__ CUtensorMap v_map, Dims d, int64_t Tp, int64_t Sp, float* out, float* lse) {
   using L = FwdSmem<kDp>;
-  constexpr int kN = kFwdK, kStages = L::kStages, kSteps = kN / 16;
+  constexpr int kStages = L::kStages;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* Qs = align_to_swizzle_atom(smem_raw);
   unsigned char* ring = Qs + L::kQBytes;
@@ -283,7 +284,7 @@ __global__ void __launch_bounds__(kFwdWsThreads, 1)
   const int h = static_cast<int>(blockIdx.y);
   const int64_t offset = d.S - d.T;  // key offset of query 0
   const int64_t block_key_end = d.S < t0 + kFwdQ + offset ? d.S : t0 + kFwdQ + offset;
-  const int tiles = static_cast<int>((block_key_end + kN - 1) / kN);
+  const int tiles = static_cast<int>((block_key_end + kFwdK - 1) / kFwdK);
   constexpr uint32_t kConsumerWarps = 8;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
@@ -307,9 +308,8 @@ __global__ void __launch_bounds__(kFwdWsThreads, 1)
       unsigned char* st = ring + s * L::kStageBytes;
       tma::arrive_expect_bytes(&full[s], L::kStageBytes);
       for (int cb = 0; cb < kDp / 64; ++cb)
-        tma::load_2d(st + cb * kN * 128, &k_map, 64 * cb, static_cast<int>(h * Sp + j * kN), &full[s]);
-      for (int kb = 0; kb < kN / 64; ++kb)
-        tma::load_2d(st + L::kKBytes + kb * kFwdDv * 128, &v_map, j * kN + 64 * kb, h * kFwdDv, &full[s]);
+        tma::load_2d(st + cb * kFwdK * 128, &k_map, 64 * cb, static_cast<int>(h * Sp + j * kFwdK), &full[s]);
+      tma::load_2d(st + L::kKBytes, &v_map, j * kFwdK, h * kFwdDv, &full[s]);
     }
     return;
   }
@@ -320,7 +320,7 @@ __global__ void __launch_bounds__(kFwdWsThreads, 1)
   const int64_t wg_row = t0 + 64 * c, row0 = wg_row + 16 * warp + g, row1 = row0 + 8;
   // This warpgroup's key tiles end at its last row's diagonal; the block's last tile may lie past it.
   const int64_t wg_key_end = d.S < wg_row + 64 + offset ? d.S : wg_row + 64 + offset;
-  const int n = static_cast<int>((wg_key_end + kN - 1) / kN);
+  const int n = static_cast<int>((wg_key_end + kFwdK - 1) / kFwdK);
   const float scale2 = d.scale * kLog2e;
   auto stage = [&](int j) { return ring + (j % kStages) * L::kStageBytes; };
   auto await_tile = [&](int j) { tma::wait(&full[j % kStages], (j / kStages) & 1); };
@@ -329,44 +329,38 @@ __global__ void __launch_bounds__(kFwdWsThreads, 1)
     if (lane == 0) tma::arrive(&empty[j % kStages]);
   };
 
-  float o[64], s[kN / 2];
-  uint32_t pa[kSteps][4];  // P of the previous tile: the bf16 A fragments of P V, one per 16 keys
+  float o[64], s[32];
+  uint32_t pa[4][4];  // P of the previous tile: the bf16 A fragments of P V, one per 16 keys
 #pragma unroll
   for (int i = 0; i < 64; ++i) o[i] = 0.0f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // running max (log2 units) and sum
-  // s = Q K_j^T (this warpgroup's 64 rows x kN keys), issued; the caller commits.
+  // s = Q K_j^T (this warpgroup's 64 rows x 64 keys), issued; the caller commits.
   auto issue_scores = [&](int j) {
 #pragma unroll
-    for (int i = 0; i < kN / 2; ++i) s[i] = 0.0f;
+    for (int i = 0; i < 32; ++i) s[i] = 0.0f;
     wgmma_fence_operands(s);
     wgmma_fence();
-#pragma unroll
-    for (int kb = 0; kb < kDp / 64; ++kb) {
-      const uint64_t da = wgmma_desc_sw128(Qs + kb * kFwdQ * 128 + c * 64 * 128);
-      const uint64_t db = wgmma_desc_sw128(stage(j) + kb * kN * 128);
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks) wgmma_m64n64k16(s, da + 2 * ks, db + 2 * ks);
-    }
+    rows_times_keys<kDp>(s, Qs, stage(j), c);
   };
   // o += P V_j, issued; the caller commits.
   auto issue_pv = [&](int j) {
     wgmma_fence_operands(o);
     wgmma_fence();
+    const uint64_t dv = wgmma_desc_sw128(stage(j) + L::kKBytes);
 #pragma unroll
-    for (int ks = 0; ks < kSteps; ++ks)
-      wgmma_m64n128k16_rs(o, pa[ks], wgmma_desc_sw128(stage(j) + L::kKBytes + (ks / 4) * kFwdDv * 128) + 2 * (ks % 4));
+    for (int ks = 0; ks < 4; ++ks) wgmma_m64n128k16_rs(o, pa[ks], dv + 2 * ks);
   };
   // The online softmax of tile j's scores in s (probabilities in place), the new running max and sum;
   // a0 / a1: the factor the output so far must be scaled by. The per-element work is what bounds this
   // loop next to the tensor cores: masking only on tiles that cross the diagonal (or S), the max taken
   // on raw scores (scale > 0), the scale folded into one fma per probability, ex2 flushing to zero.
   auto softmax = [&](int j, float& a0, float& a1) {
-    const int64_t k0 = static_cast<int64_t>(j) * kN;
-    if (k0 + kN > d.S || k0 + kN - 1 > wg_row + 16 * warp + offset) {
+    const int64_t k0 = static_cast<int64_t>(j) * kFwdK;
+    if (k0 + kFwdK > d.S || k0 + kFwdK - 1 > wg_row + 16 * warp + offset) {
       // Column col of the tile is key k0 + col: visible to a row while col <= row + offset - k0 and col < S - k0.
       const int64_t limit_s = d.S - k0, limit0 = row0 + offset - k0, limit1 = limit0 + 8;
 #pragma unroll
-      for (int jj = 0; jj < kN / 8; ++jj)
+      for (int jj = 0; jj < 8; ++jj)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int col = 8 * jj + 2 * t + (e & 1);
@@ -375,7 +369,7 @@ __global__ void __launch_bounds__(kFwdWsThreads, 1)
     }
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-    for (int i = 0; i < kN / 2; ++i) {
+    for (int i = 0; i < 32; ++i) {
       if (i & 2) mx1 = fmaxf(mx1, s[i]);
       else mx0 = fmaxf(mx0, s[i]);
     }
@@ -386,7 +380,7 @@ __global__ void __launch_bounds__(kFwdWsThreads, 1)
     a1 = fast_exp2(m1 - b1);
     float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
-    for (int i = 0; i < kN / 2; ++i) {
+    for (int i = 0; i < 32; ++i) {
       const float pr = fast_exp2(fmaf(s[i], scale2, (i & 2) ? -b1 : -b0));
       s[i] = pr;
       if (i & 2) sum1 += pr;
@@ -397,17 +391,6 @@ __global__ void __launch_bounds__(kFwdWsThreads, 1)
     m0 = n0;
     m1 = n1;
   };
-  // The probabilities as bf16 A fragments: accumulator blocks 2ks, 2ks + 1 (keys 16ks .. 16ks + 15).
-  auto to_fragments = [&] {
-#pragma unroll
-    for (int ks = 0; ks < kSteps; ++ks) {
-      pa[ks][0] = pack(s[8 * ks + 0], s[8 * ks + 1]);
-      pa[ks][1] = pack(s[8 * ks + 2], s[8 * ks + 3]);
-      pa[ks][2] = pack(s[8 * ks + 4], s[8 * ks + 5]);
-      pa[ks][3] = pack(s[8 * ks + 6], s[8 * ks + 7]);
-    }
-  };
-
   tma::wait(q_full, 0);
   float a0, a1;
   await_tile(0);
@@ -416,14 +399,14 @@ __global__ void __launch_bounds__(kFwdWsThreads, 1)
   wgmma_wait<0>();
   wgmma_fence_operands(s);
   softmax(0, a0, a1);  // o is still zero: nothing to rescale
-  to_fragments();
+  to_a_fragments(s, pa);
   for (int j = 1; j < n; ++j) {
     await_tile(j);
-      issue_scores(j);
+    issue_scores(j);
     wgmma_commit();
     issue_pv(j - 1);
     wgmma_commit();
-      wgmma_wait<1>();  // the scores are in; P V of the previous tile may still run
+    wgmma_wait<1>();  // the scores are in; P V of the previous tile may still run
     wgmma_fence_operands(s);
     softmax(j, a0, a1);
     wgmma_wait<0>();
@@ -431,7 +414,7 @@ __global__ void __launch_bounds__(kFwdWsThreads, 1)
     release(j - 1);
 #pragma unroll
     for (int i = 0; i < 64; ++i) o[i] *= (i & 2) ? a1 : a0;
-    to_fragments();
+    to_a_fragments(s, pa);
   }
   issue_pv(n - 1);
   wgmma_commit();
@@ -443,7 +426,7 @@ __global__ void __launch_bounds__(kFwdWsThreads, 1)
   for (int j = n; j < tiles; ++j) {
     await_tile(j);
     release(j);
-      }
+  }
 
   const float f0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, f1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
   const int64_t os = static_cast<int64_t>(d.H) * d.Dv;
