@@ -1,96 +1,121 @@
-// Tile shapes of the grouped expert GEMMs on Hopper warpgroup MMA (moe_grouped_gemm.cu for prefill,
-// moe_train_experts.cu for training) and the cp.async main loop of the training ones: one 128 x 256
-// output tile per block of two warpgroups, each 64 rows x 256 columns (m64n256k16, 128 fp32
-// accumulators per thread), K in steps of 64. (The prefill kernels feed the same ring by the bulk
-// tensor copy from a producer warp instead, tma.cuh; their operands are plain boxes.)
-//
-// Operand tiles are K-major and 128-byte swizzled (wgmma_bf16.cuh): A is 128 rows, B 256 rows, each
-// row 64 bf16 values of k. The caller says where each 16-byte chunk of a row comes from (a row gather,
-// a K split over two matrices, a K segment of a transposed matrix ...); a null source zero-fills the
-// chunk. Stages are filled by cp.async in a 4-deep ring that runs two tiles ahead, with one wgmma batch
-// in flight while the next tiles land.
+// Tile shapes and the main loop of the grouped expert GEMMs on Hopper warpgroup MMA
+// (moe_grouped_gemm.cu for prefill, moe_train_experts.cu for training): one 128 x 256 output tile per
+// block, K in steps of 64, warp-specialized. Warpgroup 0's first thread copies each k-tile's A box
+// (128 rows) and B box (256 rows) with the bulk tensor copy (TMA, tma.cuh) into a 4-slot ring of
+// 128-byte-swizzled, K-major tiles (wgmma_bf16.cuh) and completes the slot's "full" barrier;
+// warpgroups 1 and 2 multiply 64 rows each (wgmma m64n256k16, 128 fp32 accumulators per thread), keep
+// one batch in flight, and release a slot on its "empty" barrier once their batch on it is done.
+// A cp.async main loop in which every thread computed addresses and issued 16-byte copies between its
+// MMAs measured 1155 us for the 16b-l4 prefill up product at 4096 tokens (~250 TFLOP/s); this one 557 us.
 #pragma once
 #include <cuda_bf16.h>
 
 #include <cstdint>
 
 #include "backends/cuda/mma_bf16.cuh"
+#include "backends/cuda/tma.cuh"
 #include "backends/cuda/wgmma_bf16.cuh"
 
 namespace dsv::ops::cuda::grouped_gemm {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kBM = 128, kBN = 256, kBK = 64, kThreads = 256;
+constexpr int kBM = 128, kBN = 256, kBK = 64;
+constexpr int kThreads = 384;                          // warpgroup 0 feeds the ring, 1 and 2 multiply
+constexpr uint32_t kConsumerWarps = 8;
 constexpr int kRowBytes = kBK * 2;                     // one swizzled shared row: 64 bf16 = 128 bytes
 constexpr int kAcc = kBN / 2;                          // fp32 accumulators per thread (64 x 256 each)
 constexpr int kStageBytes = (kBM + kBN) * kRowBytes;   // 48 KB
 constexpr int kSmemLimit = 227 * 1024;                 // shared memory one block may have on sm_90
-constexpr int kExtraBytes = kBM * 4;                   // room after the ring for a kernel's row table
+constexpr int kExtraBytes = kBM * 4;                   // room after the ring for the barriers
 constexpr int kStages = (kSmemLimit - kExtraBytes - 1024) / kStageBytes;  // 4
 constexpr size_t kSmemBytes = kStages * kStageBytes + kExtraBytes + 1024;  // + alignment slack
 static_assert(kStages >= 3, "the ring needs a slot in flight, one being read and one landing");
+static_assert(2 * kStages * sizeof(uint64_t) <= kExtraBytes, "the barriers live after the ring");
 
-// The block's shared memory: the stage ring at a swizzle-atom boundary, then kExtraBytes.
-__device__ __forceinline__ unsigned char* stage_ring(unsigned char* smem_raw) {
-  return ptx::align_to_swizzle_atom(smem_raw);
+// The ring at a swizzle-atom boundary of the block's shared memory, and its barriers after it.
+struct Ring {
+  unsigned char* slots;
+  uint64_t* full;
+  uint64_t* empty;
+};
+// Every thread of the block calls it (it ends in a barrier).
+__device__ __forceinline__ Ring make_ring(unsigned char* smem_raw) {
+  Ring r;
+  r.slots = ptx::align_to_swizzle_atom(smem_raw);
+  r.full = reinterpret_cast<uint64_t*>(r.slots + kStages * kStageBytes);
+  r.empty = r.full + kStages;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      tma::barrier_init(&r.full[s], 1);
+      tma::barrier_init(&r.empty[s], kConsumerWarps);
+    }
+    tma::barrier_init_fence();
+  }
+  __syncthreads();
+  return r;
 }
-__device__ __forceinline__ unsigned char* extra_space(unsigned char* ring) { return ring + kStages * kStageBytes; }
 
-// Issues this thread's share of the cp.async copies of one kRows x 64 tile: chunk c (k 8c..8c+7) of
-// row r comes from src(r, c) (16 bytes, 16-byte aligned), or is zero when src returns null.
-template <int kRows, class Src>
-__device__ __forceinline__ void load_tile(unsigned char* tile, const Src& src, const void* any_global) {
-  for (int i = threadIdx.x; i < kRows * (kBK / 8); i += kThreads) {
-    const int r = i / (kBK / 8), c = i % (kBK / 8);
-    const void* p = src(r, c);
-    ptx::cp_async16(tile + ptx::sw128_offset(r, c), p ? p : any_global, p != nullptr);
+// Splits the block after make_ring: true for warpgroup 0, the producer (its first thread copies, the
+// others have nothing to do), which gives registers back; false for the consumers, which take them
+// (the epilogues hold 128 accumulators and their operands: 168 registers each spilled).
+constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 65536, "the register file of one SM");
+__device__ __forceinline__ bool is_producer() {
+  if (threadIdx.x < 128) {
+    ptx::shrink_registers<kProducerRegs>();
+    return true;
+  }
+  ptx::grow_registers<kConsumerRegs>();
+  return false;
+}
+
+// The producer thread: for each k-tile, waits for the slot, then load(a_tile, b_tile, kt, bar) issues
+// copies completing `bar` with kStageBytes in all (boxes count whole, zero-filled parts included).
+template <class Load>
+__device__ __forceinline__ void produce(const Ring& r, int ktiles, const Load& load) {
+  for (int kt = 0; kt < ktiles; ++kt) {
+    const int s = kt % kStages;
+    if (kt >= kStages) tma::wait(&r.empty[s], ((kt / kStages) - 1) & 1);  // its previous tile is consumed
+    unsigned char* a = r.slots + s * kStageBytes;
+    tma::arrive_expect_bytes(&r.full[s], kStageBytes);
+    load(a, a + kBM * kRowBytes, kt, &r.full[s]);
   }
 }
 
-// acc (this warpgroup's 64 x 256 fragment) = sum over ktiles of A . B^T, where
-// load_stage(a_tile, b_tile, k0) fills the 128 x 64 A tile and the 256 x 64 B tile for k0.
-template <class LoadStage>
-__device__ __forceinline__ void mainloop(float (&acc)[kAcc], unsigned char* ring, int ktiles,
-                                         const LoadStage& load_stage) {
+// A consumer thread: acc (its warpgroup's 64 x 256 fragment) = sum over k-tiles of A . B^T.
+// edit(a_tile, b_tile, kt) runs on every consumer thread once a tile has landed, before the tensor
+// cores read it; a kernel that writes the tile there fences and synchronizes the consumers itself.
+template <class Edit>
+__device__ __forceinline__ void consume(const Ring& r, float (&acc)[kAcc], int ktiles, const Edit& edit) {
   using namespace ptx;
-  auto issue = [&](int slot, int kt) {
-    unsigned char* a = ring + slot * kStageBytes;
-    load_stage(a, a + kBM * kRowBytes, kt * kBK);
-  };
-  // kStages - 2 tiles ahead: the slot refilled in step kt held tile kt - 2, whose wgmma every warpgroup
-  // has finished (wgmma_wait<1> after issuing kt - 1) before the barrier of step kt.
-#pragma unroll
-  for (int s = 0; s < kStages - 2; ++s) {
-    if (s < ktiles) issue(s, s);
-    cp_async_commit();
-  }
-  const int wg = threadIdx.x / 128;
-  const int a_off = wg * 64 * kRowBytes, b_off = kBM * kRowBytes;  // this warpgroup's A rows; all of B
+  const int c = static_cast<int>(threadIdx.x / 128) - 1, lane = static_cast<int>(threadIdx.x % 32);
 #pragma unroll
   for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
   wgmma_fence_operands(acc);
   for (int kt = 0; kt < ktiles; ++kt) {
-    cp_async_wait<kStages - 3>();
-    fence_proxy_async();  // this thread's cp.async data, visible to the tensor cores' async proxy
-    __syncthreads();
-    const int pf = kt + kStages - 2;
-    if (pf < ktiles) issue(pf % kStages, pf);
-    cp_async_commit();
-    const unsigned char* stage = ring + (kt % kStages) * kStageBytes;
+    const int s = kt % kStages;
+    tma::wait(&r.full[s], (kt / kStages) & 1);
+    unsigned char* stage = r.slots + s * kStageBytes;
+    edit(stage, stage + kBM * kRowBytes, kt);
     wgmma_fence();
-    const uint64_t da = wgmma_desc_sw128(stage + a_off), db = wgmma_desc_sw128(stage + b_off);
+    const uint64_t da = wgmma_desc_sw128(stage + c * 64 * kRowBytes), db = wgmma_desc_sw128(stage + kBM * kRowBytes);
 #pragma unroll
-    for (int s = 0; s < kBK / 16; ++s)  // a k16 step is 32 bytes along the swizzled row: +2 in the descriptor
-      wgmma_m64n256k16(acc, da + 2 * s, db + 2 * s);
+    for (int k = 0; k < kBK / 16; ++k)  // a k16 step is 32 bytes along the swizzled row: +2 in the descriptor
+      wgmma_m64n256k16(acc, da + 2 * k, db + 2 * k);
     wgmma_commit();
-    wgmma_wait<1>();
+    wgmma_wait<1>();  // the previous stage's batch is done: its slot may be refilled
     wgmma_fence_operands(acc);
+    if (kt > 0 && lane == 0) tma::arrive(&r.empty[(kt - 1) % kStages]);
   }
   wgmma_wait<0>();
   wgmma_fence_operands(acc);
-  cp_async_wait<0>();
 }
+// A barrier of the two consumer warpgroups only (named barrier 1; the producer does not take part).
+__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
+struct NoEdit {
+  __device__ void operator()(unsigned char*, unsigned char*, int) const {}
+};
 
 // An M-tile of expert-grouped rows (expert e owns rows offsets[e] .. offsets[e+1] and M-tiles
 // tile_start[e] .. tile_start[e+1]): its expert, first row and number of rows (<= kBM).
@@ -108,10 +133,10 @@ __device__ __forceinline__ RowTile locate_row_tile(const int32_t* offsets, const
   return {lo, row_begin, min(kBM, offsets[lo + 1] - row_begin)};
 }
 
-// Where this thread's accumulators sit in the 128 x 256 tile: acc[4j + 2h + {0, 1}] is row
+// Where a consumer thread's accumulators sit in the 128 x 256 tile: acc[4j + 2h + {0, 1}] is row
 // first_row() + 8h, columns 8j + 2 lane_pair() + {0, 1}.
 __device__ __forceinline__ int first_row() {
-  return 64 * (threadIdx.x / 128) + 16 * ((threadIdx.x / 32) % 4) + (threadIdx.x % 32) / 4;
+  return 64 * (threadIdx.x / 128 - 1) + 16 * ((threadIdx.x / 32) % 4) + (threadIdx.x % 32) / 4;
 }
 __device__ __forceinline__ int lane_pair() { return threadIdx.x % 4; }
 
@@ -125,6 +150,20 @@ __device__ __forceinline__ void gate_up_pair(const float (&acc)[kAcc], int j, in
 __device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + __expf(-g)) * u; }
 
 namespace {  // one copy of the kernel per translation unit that launches it
+
+// Weight maps of the experts: maps[e], maps[E + e], maps[2E + e]: expert e's gate, up and down weights, each a copy of its
+// template (made on the host, where the weight addresses are not known: they sit in device tables)
+// with the expert's address.
+__global__ void expert_maps_kernel(const __grid_constant__ CUtensorMap gate_up_tmpl,
+                                   const __grid_constant__ CUtensorMap down_tmpl, const uint16_t* const* gate,
+                                   const uint16_t* const* up, const uint16_t* const* down, int E, CUtensorMap* maps) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= 3 * E) return;
+  const int which = i / E, e = i % E;
+  const uint16_t* base = which == 0 ? gate[e] : which == 1 ? up[e] : down[e];
+  tma::copy_map_with_address(maps + i, which < 2 ? gate_up_tmpl : down_tmpl, base);
+}
+
 
 // out[t, :] (+)= sum_k w[t K + k] * y[slot_of_pair[t K + k], :], k ascending (w null: 1); D a multiple
 // of 4. The weighted combine of the routed experts' rows back into token order.

@@ -11,14 +11,9 @@
 //   down      one grouped GEMM: y[row] = h[row] . down[e]^T in fp32, rows in expert order.
 //   combine   out[t] = sum_k weights[t, k] * y[slot_of_pair[t K + k]] (k ascending), as the spec.
 //
-// GEMM tiles: 128 x 256 x 64, warp-specialized: one thread copies A and B tiles with the bulk tensor
-// copy (TMA, tma.cuh) into a 4-stage ring of 128-byte-swizzled tiles, two warpgroups multiply (wgmma
-// m64n256k16, 64 rows each). The cp.async main loop of grouped_gemm_core.cuh (which training still
-// uses, for its gathered and K-split operands) measured 1155 us for the 16b-l4 up product at 4096
-// tokens (~250 TFLOP/s: every thread computing addresses and issuing 16-byte copies between its
-// MMAs); this kernel 557 us. Rows past an expert's count are read (the next expert's, or zeros past
-// the end) but not stored; columns past N and k past K read as zeros. K and N multiples of 8 (16-byte
-// rows for the maps). Expert tiles are found by a binary search over the plan's tile offsets; the
+// GEMM tiles: 128 x 256 x 64 on the warp-specialized TMA main loop of grouped_gemm_core.cuh. Rows
+// past an expert's count are read (the next expert's, or zeros past the end) but not stored; columns
+// past N and k past K read as zeros. K and N multiples of 8 (16-byte rows for the maps). Expert tiles are found by a binary search over the plan's tile offsets; the
 // grid is sized for the most tiles any routing can need, and extra blocks exit.
 //
 // The same kernel serves gated_linear for prefill-sized M (one "expert" of all rows, the weight maps
@@ -85,19 +80,6 @@ __global__ void gather_rows_bf16_kernel(const float* x, const int32_t* sorted_to
   }
 }
 
-// maps[e], maps[E + e], maps[2E + e]: expert e's gate, up and down weights, each a copy of its
-// template (made on the host, where the weight addresses are not known: they sit in device tables)
-// with the expert's address.
-__global__ void expert_maps_kernel(const __grid_constant__ CUtensorMap gate_up_tmpl,
-                                   const __grid_constant__ CUtensorMap down_tmpl, const uint16_t* const* gate,
-                                   const uint16_t* const* up, const uint16_t* const* down, int E, CUtensorMap* maps) {
-  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-  if (i >= 3 * E) return;
-  const int which = i / E, e = i % E;
-  const uint16_t* base = which == 0 ? gate[e] : which == 1 ? up[e] : down[e];
-  tma::copy_map_with_address(maps + i, which < 2 ? gate_up_tmpl : down_tmpl, base);
-}
-
 struct GemmArgs {
   const CUtensorMap* b_maps;        // [3E]: per expert gate, up, down (expert_maps_kernel); null: one
                                     // group of dense_rows rows whose B maps come as kernel parameters
@@ -110,22 +92,15 @@ struct GemmArgs {
   float* y;                         // plain: [pairs, N]; gated dense: [rows, N] = silu(gate) * up
 };
 
-constexpr int kWsThreads = 384;  // warpgroup 0 feeds the ring (one thread), warpgroups 1 and 2 multiply
-
-// One 128 x 256 tile of A . B^T, warp-specialized: the producer thread copies each stage's A tile (128
-// expert-ordered rows of a_map, rows past the expert's count are read but not stored) and B tile with
-// the bulk tensor copy and a "full" barrier; each consumer warpgroup multiplies its 64 rows and its
-// warps release the slot on an "empty" barrier once their wgmma batch is done (one batch in flight).
-// Gated: the B tile is 128 gate rows then the same 128 rows of up, so that gate and up of one output
-// column meet in one thread (accumulator blocks j and j + 16), 128 output columns. Plain: 256.
+// One 128 x 256 tile of A . B^T on the main loop of grouped_gemm_core.cuh: A is 128 expert-ordered
+// rows of a_map (rows past the expert's count are read but not stored). Gated: the B tile is 128 gate
+// rows then the same 128 rows of up, so that gate and up of one output column meet in one thread
+// (accumulator blocks j and j + 16), 128 output columns. Plain: 256.
 template <bool kGated>
-__global__ void __launch_bounds__(kWsThreads, 1)
+__global__ void __launch_bounds__(kThreads, 1)
     grouped_gemm_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b0_map,
                         const __grid_constant__ CUtensorMap b1_map, GemmArgs g) {
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* ring = stage_ring(smem_raw);
-  uint64_t* full = reinterpret_cast<uint64_t*>(extra_space(ring));
-  uint64_t* empty = full + kStages;
   // Experts: column blocks vary fastest, so the blocks that share an A tile and the M-tiles of one
   // expert run at the same time: A and the expert's weights come from device memory about once and from
   // L2 after. Dense: a weight matrix larger than L2 would be streamed again for every M-tile that way;
@@ -150,17 +125,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const int e = rt.expert, row_begin = rt.row_begin, rows = rt.rows;
   const int n0 = col_block * (kGated ? kBN / 2 : kBN);
   const int ktiles = (g.K + kBK - 1) / kBK;
-  constexpr uint32_t kConsumerWarps = 8;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      tma::barrier_init(&full[s], 1);
-      tma::barrier_init(&empty[s], kConsumerWarps);
-    }
-    tma::barrier_init_fence();
-  }
-  __syncthreads();
-  const int wg = static_cast<int>(threadIdx.x / 128);
-  if (wg == 0) {
+  const Ring ring = make_ring(smem_raw);
+  if (is_producer()) {
     if (threadIdx.x != 0) return;
     const CUtensorMap* b0 = dense ? &b0_map : g.b_maps + (kGated ? e : 2 * g.E + e);
     const CUtensorMap* b1 = dense ? &b1_map : g.b_maps + g.E + e;
@@ -168,47 +134,17 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       tma::acquire_map(b0);
       if (kGated) tma::acquire_map(b1);
     }
-    for (int kt = 0; kt < ktiles; ++kt) {
-      const int s = kt % kStages;
-      if (kt >= kStages) tma::wait(&empty[s], ((kt / kStages) - 1) & 1);  // its previous tile is consumed
-      unsigned char* a = ring + s * kStageBytes;
-      unsigned char* b = a + kBM * kRowBytes;
-      tma::arrive_expect_bytes(&full[s], kStageBytes);
-      tma::load_2d(a, &a_map, kt * kBK, row_begin, &full[s]);
-      if (kGated) {
-        tma::load_2d(b, b0, kt * kBK, n0, &full[s]);
-        tma::load_2d(b + (kBN / 2) * kRowBytes, b1, kt * kBK, n0, &full[s]);
-      } else {
-        tma::load_2d(b, b0, kt * kBK, n0, &full[s]);
-      }
-    }
+    produce(ring, ktiles, [&](unsigned char* a, unsigned char* b, int kt, uint64_t* bar) {
+      tma::load_2d(a, &a_map, kt * kBK, row_begin, bar);
+      tma::load_2d(b, b0, kt * kBK, n0, bar);
+      if (kGated) tma::load_2d(b + (kBN / 2) * kRowBytes, b1, kt * kBK, n0, bar);
+    });
     return;
   }
-
-  using namespace ptx;
-  const int c = wg - 1, warp = static_cast<int>(threadIdx.x / 32) % 4, lane = static_cast<int>(threadIdx.x % 32);
   float acc[kAcc];
-#pragma unroll
-  for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
-  wgmma_fence_operands(acc);
-  for (int kt = 0; kt < ktiles; ++kt) {
-    const int s = kt % kStages;
-    tma::wait(&full[s], (kt / kStages) & 1);
-    const unsigned char* stage = ring + s * kStageBytes;
-    wgmma_fence();
-    const uint64_t da = wgmma_desc_sw128(stage + c * 64 * kRowBytes), db = wgmma_desc_sw128(stage + kBM * kRowBytes);
-#pragma unroll
-    for (int k = 0; k < kBK / 16; ++k)  // a k16 step is 32 bytes along the swizzled row: +2 in the descriptor
-      wgmma_m64n256k16(acc, da + 2 * k, db + 2 * k);
-    wgmma_commit();
-    wgmma_wait<1>();  // the previous stage's batch is done: its slot may be refilled
-    wgmma_fence_operands(acc);
-    if (kt > 0 && lane == 0) tma::arrive(&empty[(kt - 1) % kStages]);
-  }
-  wgmma_wait<0>();
-  wgmma_fence_operands(acc);
+  consume(ring, acc, ktiles, NoEdit{});
 
-  const int row0 = 64 * c + 16 * warp + lane / 4, t = lane % 4;
+  const int row0 = first_row(), t = lane_pair();
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int r = row0 + 8 * half;
@@ -239,11 +175,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 template <bool kGated>
 cudaError_t launch(const CUtensorMap& a, const CUtensorMap& b0, const CUtensorMap& b1, const GemmArgs& g,
                    unsigned max_tiles, cudaStream_t s) {
-  static_assert(2 * kStages * sizeof(uint64_t) <= kExtraBytes, "the barriers live after the ring");
   const cudaError_t e = cudaFuncSetAttribute(grouped_gemm_kernel<kGated>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(kSmemBytes));
   if (e != cudaSuccess) return e;
-  grouped_gemm_kernel<kGated><<<max_tiles * g.col_blocks, kWsThreads, kSmemBytes, s>>>(a, b0, b1, g);
+  grouped_gemm_kernel<kGated><<<max_tiles * g.col_blocks, kThreads, kSmemBytes, s>>>(a, b0, b1, g);
   return cudaGetLastError();
 }
 

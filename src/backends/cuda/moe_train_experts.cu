@@ -1,6 +1,6 @@
 // Routed experts of a training step on bf16 tensor cores (ops::moe_train_forward / _backward): every
-// product of all experts of a layer is one grouped GEMM on the shared wgmma main loop
-// (grouped_gemm_core.cuh), over the caller's padded expert-ordered rows.
+// product of all experts of a layer is one grouped GEMM on the warp-specialized TMA main loop shared
+// with the prefill experts (grouped_gemm_core.cuh), over the caller's padded expert-ordered rows.
 //
 // Forward:   xs = bf16(x) gathered by row            gather_kernel
 //            h = bf16(silu(gate) * up), gu saved      rows GEMM, B rows = 128 gate + the same 128 up rows
@@ -13,14 +13,20 @@
 //            dW += (rows of one expert)^T (rows)      segment GEMMs over row-major transposes of dys, h,
 //                                                     dgu and xs: an expert's rows become a K segment
 // wgmma reads K-major tiles only, so the backward makes bf16 transposes of the expert weights (down^T,
-// gate^T, up^T) and of the four activations; padding rows are zeros, so expert segments (multiples of 8
-// rows) can be read 16 bytes at a time and add nothing. No atomics: results do not depend on timing.
+// and [gate^T | up^T] side by side) and of the four activations. Every operand is a plain box of a
+// tensor map: gathered rows are in expert order already, per-expert weights have a map each
+// (expert_maps_kernel), the transposed weights of all experts are one matrix with expert e's rows at
+// e * rows-per-expert. A segment's last k-tile reaches into the next expert's rows; the consumers zero
+// those columns in shared memory before they multiply (segments are multiples of 8 rows: whole 16-byte
+// chunks). No atomics: results do not depend on timing.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "backends/cuda/cuda_ops.h"
 #include "backends/cuda/grouped_gemm_core.cuh"
+#include "backends/cuda/tensor_map.h"
 
 namespace dsv::ops::cuda {
 namespace {
@@ -59,11 +65,6 @@ __global__ void tile_starts_kernel(const int32_t* offsets, int E, int32_t* tile_
     tiles += (offsets[e + 1] - offsets[e] + kBM - 1) / kBM;
   }
   tile_start[E] = tiles;
-}
-
-// table[e] = base + e * stride.
-__global__ void table_kernel(const bf16* base, int64_t stride, int E, const bf16** table) {
-  for (int e = threadIdx.x; e < E; e += blockDim.x) table[e] = base + e * stride;
 }
 
 // dst[z][c, r] = src[z][r, c] for an R x C bf16 matrix (row strides ld_src, ld_dst); src from a table of
@@ -126,14 +127,13 @@ enum class Epilogue {
   SwigluBackward,  // acc = dh; dgu = bf16([dh * u * silu'(g) | dh * silu(g)]) with g, u read from gu
 };
 
-// Row-grouped products: out[r] = a[r] . B_e^T for the rows r of expert e, B_e [N, K] =
-// w0[e] (row stride K), or with k_split > 0 the columns k < k_split from w0[e] ([N, k_split]) and the
-// others from w1[e] ([N, K - k_split]); gated, B rows n come from w0[e] (gate) and w1[e] (up) alike.
+// Row-grouped products: out[r] = a[r] . B_e^T for the rows r of expert e (A: a_map over the expert-ordered
+// rows [rows, K]). B_e [N, K] is b_maps[b_first + e] (per-expert weight maps; gated: gate rows from
+// b_maps[e] and the same rows of up from b_maps[E + e]), or without b_maps the rows
+// e * b_expert_rows .. of b_map (one matrix holding every expert's B).
 struct RowsGemm {
-  const bf16* a;  // [rows, K]
-  const bf16* const* w0;
-  const bf16* const* w1;
-  int k_split;
+  const CUtensorMap* b_maps;
+  int b_first, b_expert_rows;
   const int32_t* offsets;     // [E + 1]
   const int32_t* tile_start;  // [E + 1]
   int E, N, K, col_blocks;
@@ -144,38 +144,35 @@ struct RowsGemm {
 };
 
 template <Epilogue kEpi>
-__global__ void __launch_bounds__(kThreads, 1) rows_gemm_kernel(RowsGemm g) {
+__global__ void __launch_bounds__(kThreads, 1)
+    rows_gemm_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map, RowsGemm g) {
   constexpr bool kGated = kEpi == Epilogue::GatedSave;
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* ring = stage_ring(smem_raw);
   const int tile = static_cast<int>(blockIdx.x / g.col_blocks);
   if (tile >= g.tile_start[g.E]) return;
   const RowTile rt = locate_row_tile(g.offsets, g.tile_start, g.E, tile);
   const int e = rt.expert, row_begin = rt.row_begin, rows = rt.rows;
   const int n0 = static_cast<int>(blockIdx.x % g.col_blocks) * (kGated ? kBN / 2 : kBN);
-  const bf16* w0 = g.w0[e];
-  const bf16* w1 = g.w1 ? g.w1[e] : w0;
-  const bf16* a = g.a + static_cast<int64_t>(row_begin) * g.K;
-  const int ld0 = g.k_split > 0 ? g.k_split : g.K, ld1 = g.K - g.k_split;
-
+  const int ktiles = (g.K + kBK - 1) / kBK;
+  const Ring ring = make_ring(smem_raw);
+  if (is_producer()) {
+    if (threadIdx.x != 0) return;
+    const CUtensorMap* b0 = g.b_maps ? g.b_maps + g.b_first + e : &b_map;
+    const CUtensorMap* b1 = g.b_maps ? g.b_maps + g.E + e : &b_map;
+    const int b_row = g.b_maps ? n0 : e * g.b_expert_rows + n0;
+    if (g.b_maps) {
+      tma::acquire_map(b0);
+      if (kGated) tma::acquire_map(b1);
+    }
+    produce(ring, ktiles, [&](unsigned char* a, unsigned char* b, int kt, uint64_t* bar) {
+      tma::load_2d(a, &a_map, kt * kBK, row_begin, bar);
+      tma::load_2d(b, b0, kt * kBK, b_row, bar);
+      if (kGated) tma::load_2d(b + (kBN / 2) * kRowBytes, b1, kt * kBK, b_row, bar);
+    });
+    return;
+  }
   float acc[kAcc];
-  mainloop(acc, ring, (g.K + kBK - 1) / kBK, [&](unsigned char* as, unsigned char* bs, int k0) {
-    load_tile<kBM>(as, [&](int r, int c) -> const void* {
-      const int k = k0 + 8 * c;
-      return r < rows && k < g.K ? a + static_cast<int64_t>(r) * g.K + k : nullptr;
-    }, g.a);
-    load_tile<kBN>(bs, [&](int r, int c) -> const void* {
-      const int k = k0 + 8 * c;
-      if (kGated) {  // shared rows 0..127: gate rows n0.., rows 128..255: the same rows of up
-        const int n = n0 + (r & (kBN / 2 - 1));
-        return n < g.N && k < g.K ? (r < kBN / 2 ? w0 : w1) + static_cast<int64_t>(n) * g.K + k : nullptr;
-      }
-      const int n = n0 + r;
-      if (n >= g.N || k >= g.K) return nullptr;
-      if (g.k_split > 0 && k >= g.k_split) return w1 + static_cast<int64_t>(n) * ld1 + (k - g.k_split);
-      return w0 + static_cast<int64_t>(n) * ld0 + k;
-    }, w0);
-  });
+  consume(ring, acc, ktiles, NoEdit{});
 
   const int row0 = first_row(), t = lane_pair();
 #pragma unroll
@@ -235,38 +232,46 @@ __global__ void __launch_bounds__(kThreads, 1) rows_gemm_kernel(RowsGemm g) {
 }
 
 // Segment-grouped products (weight gradients): c[e][M, N] += a_t[:, seg] . b_t[:, seg]^T over expert e's
-// rows seg = [offsets[e], offsets[e+1]) of the transposed activations a_t [M, ld] and b_t [N, ld].
+// rows seg = [offsets[e], offsets[e+1]) of the transposed activations a_t [M, rows] (a_map) and
+// b_t [N, rows] (b_map).
 struct SegmentGemm {
-  const bf16* a_t;
-  const bf16* b_t;
-  int64_t ld;
   const int32_t* offsets;
   int E, M, N, m_blocks, n_blocks;
   float* const* c;
 };
 
-__global__ void __launch_bounds__(kThreads, 1) segment_gemm_kernel(SegmentGemm g) {
+__global__ void __launch_bounds__(kThreads, 1)
+    segment_gemm_kernel(const __grid_constant__ CUtensorMap a_map, const __grid_constant__ CUtensorMap b_map,
+                        SegmentGemm g) {
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* ring = stage_ring(smem_raw);
   const int per_expert = g.m_blocks * g.n_blocks;
   const int e = static_cast<int>(blockIdx.x) / per_expert, rest = static_cast<int>(blockIdx.x) % per_expert;
   const int m0 = rest / g.n_blocks * kBM, n0 = rest % g.n_blocks * kBN;
-  const int64_t k_begin = g.offsets[e];
-  const int len = g.offsets[e + 1] - g.offsets[e];
+  const int k_begin = g.offsets[e];
+  const int len = g.offsets[e + 1] - k_begin;
   if (len == 0) return;
-  const bf16* a = g.a_t + k_begin;
-  const bf16* b = g.b_t + k_begin;
-
+  const int ktiles = (len + kBK - 1) / kBK;
+  const Ring ring = make_ring(smem_raw);
+  if (is_producer()) {
+    if (threadIdx.x != 0) return;
+    produce(ring, ktiles, [&](unsigned char* a, unsigned char* b, int kt, uint64_t* bar) {
+      tma::load_2d(a, &a_map, k_begin + kt * kBK, m0, bar);
+      tma::load_2d(b, &b_map, k_begin + kt * kBK, n0, bar);
+    });
+    return;
+  }
+  // The last k-tile's columns past the segment hold the next expert's rows: zero them in A and B.
+  const int valid_chunks = (len % kBK) / 8;
   float acc[kAcc];
-  mainloop(acc, ring, (len + kBK - 1) / kBK, [&](unsigned char* as, unsigned char* bs, int k0) {
-    load_tile<kBM>(as, [&](int r, int c) -> const void* {
-      const int k = k0 + 8 * c;
-      return m0 + r < g.M && k < len ? a + static_cast<int64_t>(m0 + r) * g.ld + k : nullptr;
-    }, g.a_t);
-    load_tile<kBN>(bs, [&](int r, int c) -> const void* {
-      const int k = k0 + 8 * c;
-      return n0 + r < g.N && k < len ? b + static_cast<int64_t>(n0 + r) * g.ld + k : nullptr;
-    }, g.b_t);
+  consume(ring, acc, ktiles, [&](unsigned char* a, unsigned char*, int kt) {
+    if (kt != ktiles - 1 || valid_chunks == 0) return;
+    const int chunks = kBK / 8 - valid_chunks;
+    for (int i = static_cast<int>(threadIdx.x) - 128; i < (kBM + kBN) * chunks; i += kThreads - 128) {
+      const int r = i / chunks, c = valid_chunks + i % chunks;  // A rows then B rows (B follows A)
+      *reinterpret_cast<uint4*>(a + ptx::sw128_offset(r, c)) = make_uint4(0, 0, 0, 0);
+    }
+    ptx::fence_proxy_async();  // the zeros, visible to the tensor cores
+    consumers_sync();
   });
 
   // c += acc: every old value is loaded before any store, so that the loads go out together (a load
@@ -321,14 +326,21 @@ unsigned rows_grid(const MoeTrainParams& p, int col_blocks) {
 }
 
 template <Epilogue kEpi>
-void launch_rows(const RowsGemm& g, const MoeTrainParams& p, cudaStream_t s) {
-  rows_gemm_kernel<kEpi><<<rows_grid(p, g.col_blocks), kThreads, kSmemBytes, s>>>(g);
+void launch_rows(const CUtensorMap& a, const CUtensorMap& b, const RowsGemm& g, const MoeTrainParams& p,
+                 cudaStream_t s) {
+  rows_gemm_kernel<kEpi><<<rows_grid(p, g.col_blocks), kThreads, kSmemBytes, s>>>(a, b, g);
 }
 
-void launch_segments(SegmentGemm g, cudaStream_t s) {
-  g.m_blocks = (g.M + kBM - 1) / kBM;
-  g.n_blocks = (g.N + kBN - 1) / kBN;
-  segment_gemm_kernel<<<static_cast<unsigned>(g.E * g.m_blocks * g.n_blocks), kThreads, kSmemBytes, s>>>(g);
+// c[e] += a_t[:, seg_e] . b_t[:, seg_e]^T for a_t [M, rows] and b_t [N, rows].
+cudaError_t launch_segments(const bf16* a_t, const bf16* b_t, const MoeTrainParams& p, int M, int N, float* const* c,
+                            cudaStream_t s) {
+  CUtensorMap a, b;
+  cudaError_t e = make_bf16_tile_map(&a, a_t, M, p.rows, p.rows, kBM);
+  if (e == cudaSuccess) e = make_bf16_tile_map(&b, b_t, N, p.rows, p.rows, kBN);
+  if (e != cudaSuccess) return e;
+  const SegmentGemm g{p.offsets, static_cast<int>(p.E), M, N, (M + kBM - 1) / kBM, (N + kBN - 1) / kBN, c};
+  segment_gemm_kernel<<<static_cast<unsigned>(g.E * g.m_blocks * g.n_blocks), kThreads, kSmemBytes, s>>>(a, b, g);
+  return cudaSuccess;
 }
 
 const bf16* const* as_bf16(const uint16_t* const* t) { return reinterpret_cast<const bf16* const*>(t); }
@@ -340,6 +352,7 @@ bool moe_train_supported(const MoeTrainParams& p) {
   static_assert(kMoeTrainMaxExperts <= kMaxGroupedGemmExperts, "tile_starts_kernel and the plan share the bound");
   return p.D % 8 == 0 && p.F % 8 == 0 && p.E <= kMoeTrainMaxExperts && p.rows % 8 == 0 &&
          p.rows < int64_t{65535} * 64 &&  // transpose grid
+         p.E * std::max(p.D, p.F) < (int64_t{1} << 31) &&  // tensor-map coordinates of all experts' weights
          p.rows * 2 * p.F < (int64_t{1} << 31) && p.rows * p.D < (int64_t{1} << 31);
 }
 
@@ -349,19 +362,28 @@ cudaError_t moe_train_forward(const MoeTrainParams& p, cudaStream_t s) {
   if (e != cudaSuccess) return e;
   DeviceScratch sc;
   int32_t* tile_start = sc.get<int32_t>(p.E + 1);
+  CUtensorMap* maps = sc.get<CUtensorMap>(3 * p.E);
   if (sc.failed()) return cudaErrorMemoryAllocation;
   const int E = static_cast<int>(p.E), D = static_cast<int>(p.D), F = static_cast<int>(p.F);
   bf16* xs = reinterpret_cast<bf16*>(p.xs);
   bf16* h = reinterpret_cast<bf16*>(p.h);
+  // A over the expert-ordered rows; the weight maps' templates carry a placeholder address.
+  CUtensorMap a_up, a_down, gate_up_tmpl, down_tmpl;
+  e = make_bf16_tile_map(&a_up, xs, p.rows, D, D, kBM);
+  if (e == cudaSuccess) e = make_bf16_tile_map(&a_down, h, p.rows, F, F, kBM);
+  if (e == cudaSuccess) e = make_bf16_tile_map(&gate_up_tmpl, xs, F, D, D, kBN / 2);
+  if (e == cudaSuccess) e = make_bf16_tile_map(&down_tmpl, xs, D, F, F, kBN);
+  if (e != cudaSuccess) return e;
   gather_kernel<<<blocks_for(p.rows * p.D / 8, 256), 256, 0, s>>>(p.x, p.row_pair, nullptr, static_cast<int>(p.K),
                                                                   p.rows, p.D, xs);
   tile_starts_kernel<<<1, 1, 0, s>>>(p.offsets, E, tile_start);
-  RowsGemm up{xs, as_bf16(p.gate), as_bf16(p.up), 0, p.offsets, tile_start, E, F, D, (F + kBN / 2 - 1) / (kBN / 2),
-              nullptr, h, p.gu, nullptr};
-  launch_rows<Epilogue::GatedSave>(up, p, s);
-  RowsGemm down{h, as_bf16(p.down), nullptr, 0, p.offsets, tile_start, E, D, F, (D + kBN - 1) / kBN,
-                p.y, nullptr, nullptr, nullptr};
-  launch_rows<Epilogue::StoreF32>(down, p, s);
+  expert_maps_kernel<<<(3 * E + 127) / 128, 128, 0, s>>>(gate_up_tmpl, down_tmpl, p.gate, p.up, p.down, E, maps);
+  const RowsGemm up{maps, 0, 0, p.offsets, tile_start, E, F, D, (F + kBN / 2 - 1) / (kBN / 2),
+                    nullptr, h, p.gu, nullptr};
+  launch_rows<Epilogue::GatedSave>(a_up, a_up, up, p, s);
+  const RowsGemm down{maps, 2 * E, 0, p.offsets, tile_start, E, D, F, (D + kBN - 1) / kBN,
+                      p.y, nullptr, nullptr, nullptr};
+  launch_rows<Epilogue::StoreF32>(a_down, a_down, down, p, s);
   combine_kernel<<<blocks_for(p.T * p.D / 4, 256), 256, 0, s>>>(p.y, p.slot_of_pair, p.weights, p.T,
                                                                static_cast<int>(p.K), p.D, p.out, false);
   return cudaGetLastError();
@@ -376,8 +398,8 @@ cudaError_t moe_train_backward(const MoeTrainBackwardParams& b, cudaStream_t s) 
   const int64_t rows = p.rows, FD = p.F * p.D;
   DeviceScratch sc, acts;
   int32_t* tile_start = sc.get<int32_t>(p.E + 1);
-  const bf16** tables = sc.get<const bf16*>(3 * p.E);  // down^T, gate^T, up^T of each expert
-  bf16* wt = sc.get<bf16>(3 * p.E * FD);
+  bf16* down_t = sc.get<bf16>(p.E * FD);      // expert e: [F, D] at e * FD
+  bf16* gate_up_t = sc.get<bf16>(2 * p.E * FD);  // expert e: [D, 2F] = [gate^T | up^T] at e * 2FD
   bf16* dys = acts.get<bf16>(rows * p.D);
   bf16* dgu = acts.get<bf16>(rows * 2 * p.F);
   float* dxs = acts.get<float>(rows * p.D);
@@ -386,44 +408,48 @@ cudaError_t moe_train_backward(const MoeTrainBackwardParams& b, cudaStream_t s) 
   bf16* dgu_t = acts.get<bf16>(rows * 2 * p.F);
   bf16* xs_t = acts.get<bf16>(rows * p.D);
   if (sc.failed() || acts.failed()) return cudaErrorMemoryAllocation;
-  const bf16** down_t = tables;
-  const bf16** gate_t = tables + p.E;
-  const bf16** up_t = tables + 2 * p.E;
+  CUtensorMap a_dh, b_dh, a_dx, b_dx;
+  e = make_bf16_tile_map(&a_dh, dys, rows, D, D, kBM);
+  if (e == cudaSuccess) e = make_bf16_tile_map(&b_dh, down_t, p.E * p.F, D, D, kBN);
+  if (e == cudaSuccess) e = make_bf16_tile_map(&a_dx, dgu, rows, 2 * F, 2 * F, kBM);
+  if (e == cudaSuccess) e = make_bf16_tile_map(&b_dx, gate_up_t, p.E * p.D, 2 * F, 2 * F, kBN);
+  if (e != cudaSuccess) return e;
 
   const int64_t pairs = p.T * p.K;
   pair_dots_kernel<<<blocks_for(pairs * 32, 256), 256, 0, s>>>(b.dout, p.y, p.slot_of_pair, pairs,
                                                               static_cast<int>(p.K), p.D, b.dweights);
   gather_kernel<<<blocks_for(rows * p.D / 8, 256), 256, 0, s>>>(b.dout, p.row_pair, p.weights, static_cast<int>(p.K),
                                                                 rows, p.D, dys);
-  // Weight transposes: down [D, F] -> [F, D]; gate, up [F, D] -> [D, F].
-  auto transpose = [&](const bf16* const* table, const bf16* src, int64_t R, int64_t C, bf16* dst, int z,
-                       int64_t dst_stride) {
+  // dst[z] = src[z]^T for R x C sources, rows of dst ld_dst apart.
+  auto transpose = [&](const bf16* const* table, const bf16* src, int64_t R, int64_t C, bf16* dst, int64_t ld_dst,
+                       int z, int64_t dst_stride) {
     const dim3 grid(static_cast<unsigned>((C + 63) / 64), static_cast<unsigned>((R + 63) / 64), static_cast<unsigned>(z));
-    transpose_kernel<<<grid, 256, 0, s>>>(table, src, R, C, C, dst, R, dst_stride);
+    transpose_kernel<<<grid, 256, 0, s>>>(table, src, R, C, C, dst, ld_dst, dst_stride);
   };
-  transpose(as_bf16(p.down), nullptr, D, F, wt, E, FD);
-  transpose(as_bf16(p.gate), nullptr, F, D, wt + E * FD, E, FD);
-  transpose(as_bf16(p.up), nullptr, F, D, wt + 2 * E * FD, E, FD);
-  table_kernel<<<1, 256, 0, s>>>(wt, FD, 3 * E, tables);
+  // Weights: down [D, F] -> [F, D]; gate, up [F, D] -> the two halves of [D, 2F].
+  transpose(as_bf16(p.down), nullptr, D, F, down_t, D, E, FD);
+  transpose(as_bf16(p.gate), nullptr, F, D, gate_up_t, 2 * F, E, 2 * FD);
+  transpose(as_bf16(p.up), nullptr, F, D, gate_up_t + F, 2 * F, E, 2 * FD);
   tile_starts_kernel<<<1, 1, 0, s>>>(p.offsets, E, tile_start);
 
-  RowsGemm dh{dys, down_t, nullptr, 0, p.offsets, tile_start, E, F, D, (F + kBN - 1) / kBN,
-              nullptr, nullptr, p.gu, dgu};
-  launch_rows<Epilogue::SwigluBackward>(dh, p, s);
-  RowsGemm dx{dgu, gate_t, up_t, F, p.offsets, tile_start, E, D, 2 * F, (D + kBN - 1) / kBN,
-              dxs, nullptr, nullptr, nullptr};
-  launch_rows<Epilogue::StoreF32>(dx, p, s);
+  const RowsGemm dh{nullptr, 0, F, p.offsets, tile_start, E, F, D, (F + kBN - 1) / kBN,
+                    nullptr, nullptr, p.gu, dgu};
+  launch_rows<Epilogue::SwigluBackward>(a_dh, b_dh, dh, p, s);
+  const RowsGemm dx{nullptr, 0, D, p.offsets, tile_start, E, D, 2 * F, (D + kBN - 1) / kBN,
+                    dxs, nullptr, nullptr, nullptr};
+  launch_rows<Epilogue::StoreF32>(a_dx, b_dx, dx, p, s);
   combine_kernel<<<blocks_for(p.T * p.D / 4, 256), 256, 0, s>>>(dxs, p.slot_of_pair, nullptr, p.T,
                                                                static_cast<int>(p.K), p.D, b.dx, true);
 
   // Activation transposes [rows, X] -> [X, rows]: an expert's rows become a K segment.
-  transpose(nullptr, dys, rows, p.D, dys_t, 1, 0);
-  transpose(nullptr, as_bf16(p.h), rows, p.F, h_t, 1, 0);
-  transpose(nullptr, dgu, rows, 2 * p.F, dgu_t, 1, 0);
-  transpose(nullptr, as_bf16(p.xs), rows, p.D, xs_t, 1, 0);
-  launch_segments({dys_t, h_t, rows, p.offsets, E, D, F, 0, 0, b.ddown}, s);
-  launch_segments({dgu_t, xs_t, rows, p.offsets, E, F, D, 0, 0, b.dgate}, s);
-  launch_segments({dgu_t + p.F * rows, xs_t, rows, p.offsets, E, F, D, 0, 0, b.dup}, s);
+  transpose(nullptr, dys, rows, p.D, dys_t, rows, 1, 0);
+  transpose(nullptr, as_bf16(p.h), rows, p.F, h_t, rows, 1, 0);
+  transpose(nullptr, dgu, rows, 2 * p.F, dgu_t, rows, 1, 0);
+  transpose(nullptr, as_bf16(p.xs), rows, p.D, xs_t, rows, 1, 0);
+  e = launch_segments(dys_t, h_t, p, D, F, b.ddown, s);
+  if (e == cudaSuccess) e = launch_segments(dgu_t, xs_t, p, F, D, b.dgate, s);
+  if (e == cudaSuccess) e = launch_segments(dgu_t + p.F * rows, xs_t, p, F, D, b.dup, s);
+  if (e != cudaSuccess) return e;
   return cudaGetLastError();
 }
 
