@@ -86,10 +86,13 @@ __device__ __forceinline__ void produce(const Ring& r, int ktiles, const Load& l
 // A consumer thread: acc (its warpgroup's 64 x 256 fragment) = sum over k-tiles of A . B^T.
 // edit(a_tile, b_tile, kt) runs on every consumer thread once a tile has landed, before the tensor
 // cores read it; a kernel that writes the tile there fences and synchronizes the consumers itself.
-template <class Edit>
+// Tiles are K-major (128 / 256 rows of 64 k values), or with kMnA / kMnB MN-major: 64 k rows of 64 MN
+// values per 8 KB box, A's box c for consumer c, B's four boxes in order (wgmma_desc_sw128_mn).
+template <bool kMnA = false, bool kMnB = false, class Edit>
 __device__ __forceinline__ void consume(const Ring& r, float (&acc)[kAcc], int ktiles, const Edit& edit) {
   using namespace ptx;
   const int c = static_cast<int>(threadIdx.x / 128) - 1, lane = static_cast<int>(threadIdx.x % 32);
+  constexpr int kStepA = kMnA ? 128 : 2, kStepB = kMnB ? 128 : 2;  // a k16 step in descriptor units (16 bytes)
 #pragma unroll
   for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
   wgmma_fence_operands(acc);
@@ -99,10 +102,12 @@ __device__ __forceinline__ void consume(const Ring& r, float (&acc)[kAcc], int k
     unsigned char* stage = r.slots + s * kStageBytes;
     edit(stage, stage + kBM * kRowBytes, kt);
     wgmma_fence();
-    const uint64_t da = wgmma_desc_sw128(stage + c * 64 * kRowBytes), db = wgmma_desc_sw128(stage + kBM * kRowBytes);
+    const unsigned char* a = stage + c * 64 * kRowBytes;  // K-major: 64 rows; MN-major: box c (8 KB either way)
+    const unsigned char* b = stage + kBM * kRowBytes;
+    const uint64_t da = kMnA ? wgmma_desc_sw128_mn(a) : wgmma_desc_sw128(a);
+    const uint64_t db = kMnB ? wgmma_desc_sw128_mn(b) : wgmma_desc_sw128(b);
 #pragma unroll
-    for (int k = 0; k < kBK / 16; ++k)  // a k16 step is 32 bytes along the swizzled row: +2 in the descriptor
-      wgmma_m64n256k16(acc, da + 2 * k, db + 2 * k);
+    for (int k = 0; k < kBK / 16; ++k) wgmma_m64n256k16<kMnA, kMnB>(acc, da + kStepA * k, db + kStepB * k);
     wgmma_commit();
     wgmma_wait<1>();  // the previous stage's batch is done: its slot may be refilled
     wgmma_fence_operands(acc);

@@ -37,6 +37,19 @@ __device__ __forceinline__ uint64_t wgmma_desc_sw128(const void* p) {
   desc |= uint64_t{1} << 62;            // 128-byte swizzle
   return desc;
 }
+// Descriptor of an MN-major operand tile (the MN values of one k contiguous): boxes of 64 k rows x 64
+// MN values, each row 128 bytes in the 128-byte swizzle (what a TMA box of a row-major [k, MN] matrix
+// writes), the box of MN values 64i .. 64i + 63 at byte 8192 i. Leading byte offset: from one 64-wide
+// MN block to the next (8192); stride byte offset: from one 8-row group of k to the next (1024). A k16
+// step is 16 rows: +2048 bytes (+128 in the descriptor).
+__device__ __forceinline__ uint64_t wgmma_desc_sw128_mn(const void* p) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  uint64_t desc = (addr & 0x3FFFFu) >> 4;
+  desc |= uint64_t{8192 >> 4} << 16;
+  desc |= uint64_t{1024 >> 4} << 32;
+  desc |= uint64_t{1} << 62;
+  return desc;
+}
 // The first 1024-byte boundary at or after p: where swizzled tiles of dynamic shared memory start
 // (launch with 1024 bytes of slack).
 __device__ __forceinline__ unsigned char* align_to_swizzle_atom(unsigned char* p) {
@@ -75,7 +88,9 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a,
       : "l"(desc_a), "l"(desc_b), "r"(1));
 }
 
-// d (64 x 256, fp32, this warpgroup's accumulator fragments) += A (64 x 16) . B (256 x 16)^T, both shared.
+// d (64 x 256, fp32, this warpgroup's accumulator fragments) += A (64 x 16) . B (256 x 16)^T, both shared;
+// kMnA / kMnB: that operand is MN-major (wgmma_desc_sw128_mn) instead of K-major.
+template <bool kMnA = false, bool kMnB = false>
 __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
@@ -88,7 +103,7 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
       "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
       "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
       "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-      "}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+      "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -105,7 +120,7 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
         "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
         "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
         "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(desc_a), "l"(desc_b), "r"(1));
+      : "l"(desc_a), "l"(desc_b), "r"(1), "n"(kMnA ? 1 : 0), "n"(kMnB ? 1 : 0));
 }
 
 // Warp-specialized kernels: the producer warpgroup gives registers back, consumers take them
