@@ -18,9 +18,6 @@ struct RopeTable {
   ops::Buffer<float> cos, sin;  // [T, R/2]
 };
 RopeTable make_rope_table(const ops::Context& ctx, const ModelConfig& c, int64_t first_position, int64_t T);
-// One row per entry of `positions`. negate_sin gives the inverse rotation (the backward of rope).
-RopeTable make_rope_table(const ops::Context& ctx, const ModelConfig& c, const std::vector<int64_t>& positions,
-                          bool negate_sin = false);
 
 // The same angles on the host: cos/sin [positions.size(), R/2].
 void rope_angles(const ModelConfig& c, const std::vector<int64_t>& positions, float* cos, float* sin,

@@ -31,13 +31,4 @@ void rope_angles(const ModelConfig& c, const std::vector<int64_t>& positions, fl
     }
 }
 
-RopeTable make_rope_table(const ops::Context& ctx, const ModelConfig& c, const std::vector<int64_t>& positions,
-                          bool negate_sin) {
-  const int64_t half = c.qk_rope_head_dim / 2, T = static_cast<int64_t>(positions.size());
-  std::vector<float> cos(static_cast<size_t>(T * half)), sin(static_cast<size_t>(T * half));
-  rope_angles(c, positions, cos.data(), sin.data(), negate_sin);
-  return RopeTable{.tokens = T, .half = half, .cos = ops::Buffer<float>(ctx, cos.data(), cos.size()),
-                   .sin = ops::Buffer<float>(ctx, sin.data(), sin.size())};
-}
-
 }  // namespace dsv::layers
