@@ -505,7 +505,9 @@ void moe_train_forward(const Context& ctx, const MoeTrainParams& p);
 //   dgu[r]      = bf16([dh * up * silu'(gate) | dh * silu(gate)])  (gate, up = gu[r])  [2F]
 //   dx[t]      += sum_k dgu[r][:F] . gate[e] + dgu[r][F:] . up[e]  (r = slot_of_pair[t K + k], k ascending)
 //   dgate[e]   += sum_r dgu[r][:F]^T xs[r],  dup[e] += sum_r dgu[r][F:]^T xs[r],  ddown[e] += sum_r dys[r]^T h[r]
-// dgate, dup and ddown are tables of E fp32 gradients ([F, D], [F, D], [D, F]).
+// dgate, dup and ddown are tables of E fp32 gradients ([F, D], [F, D], [D, F]). With overwrite_dw
+// they are written instead (= in place of +=; an expert without rows gets zeros), so that a trainer's
+// first micro-batch needs neither a zeroed buffer nor a read of the old values.
 struct MoeTrainBackwardParams {
   MoeTrainParams fwd;
   const float* dout = nullptr;  // [T, D]
@@ -514,6 +516,7 @@ struct MoeTrainBackwardParams {
   float* const* dgate = nullptr;
   float* const* dup = nullptr;
   float* const* ddown = nullptr;
+  bool overwrite_dw = false;
 };
 void moe_train_backward(const Context& ctx, const MoeTrainBackwardParams& p);
 

@@ -224,8 +224,16 @@ void moe_forward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights
   }
 }
 
+void zero_expert_grads(const ops::Context& ctx, const MoeWeights& g) {
+  for (const MlpWeights& e : g.experts)
+    for (const Tensor* t : {&e.gate_proj, &e.up_proj, &e.down_proj})
+      if (t->numel()) ops::copy2d(ctx, {.src = nullptr, .dst = mut(*t), .rows = 1, .cols = t->numel(),
+                                        .src_stride = t->numel(), .dst_stride = t->numel()});
+}
+
 void moe_backward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& g,
-                  const float* xn, Batch batch, const MoeSaved& s, const float* dout, float* dxn) {
+                  const float* xn, Batch batch, const MoeSaved& s, const float* dout, float* dxn,
+                  bool overwrite_expert_grads) {
   const int64_t T = batch.tokens(), D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
   const ops::Backend be = ctx.backend;
   if (has_shared(w)) mlp_backward(ctx, w.shared, g.shared, xn, T, D, s.shared, dout, dxn, false);
@@ -244,8 +252,10 @@ void moe_backward(const ops::Context& ctx, const ModelConfig& c, const MoeWeight
     dw = Buffer<float>(be, T * K);
     ops::moe_train_backward(ctx, {.fwd = grouped_params(c, s, xn, T, F), .dout = dout, .dx = dxn,
                                   .dweights = dw.data(), .dgate = grad_tables.data(),
-                                  .dup = grad_tables.data() + E, .ddown = grad_tables.data() + 2 * E});
+                                  .dup = grad_tables.data() + E, .ddown = grad_tables.data() + 2 * E,
+                                  .overwrite_dw = overwrite_expert_grads});
   } else {
+    if (overwrite_expert_grads) zero_expert_grads(ctx, g);  // the per-expert products accumulate
     // out[t] += scale * y_e[r]: dy_e[r] = scale * dout[t], dscale = dout[t] . y_e[r] (all experts' dscale
     // gathered on the device, read back once).
     Buffer<float> dscale(be, T * K);

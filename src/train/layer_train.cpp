@@ -56,12 +56,12 @@ void recompute_dropped(const ops::Context& ctx, const ModelConfig& c, const Laye
 }
 
 void layer_backward(const ops::Context& ctx, const ModelConfig& c, const LayerWeights& w, const LayerWeights& g,
-                    Batch batch, const Ropes& ropes, const LayerSaved& s, float* dx) {
+                    Batch batch, const Ropes& ropes, const LayerSaved& s, float* dx, bool overwrite_expert_grads) {
   const int64_t T = batch.tokens(), D = c.hidden_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
   Buffer<float> dn(ctx.backend, T * D);
   // ffn branch: dx (wrt the output) also flows straight through the residual.
-  if (w.is_moe) moe_backward(ctx, c, w.moe, g.moe, s.xn2.data(), batch, s.moe, dx, dn.data());
+  if (w.is_moe) moe_backward(ctx, c, w.moe, g.moe, s.xn2.data(), batch, s.moe, dx, dn.data(), overwrite_expert_grads);
   else mlp_backward(ctx, w.mlp, g.mlp, s.xn2.data(), T, D, s.mlp, dx, dn.data(), false);
   ops::rmsnorm_backward(ctx, {.x = s.x_mid.data(), .weight = w.post_attention_layernorm.data, .dy = dn.data(),
                               .dx = dx, .dweight = mut(g.post_attention_layernorm), .rows = T, .dim = D, .eps = eps,

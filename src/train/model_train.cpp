@@ -180,6 +180,10 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
     prev = st.h.data();
   }
 
+  // MTP modules without a backward this pass still owe their expert gradients when overwriting.
+  if (opt.overwrite_expert_grads)
+    for (size_t k = result.mtp_count.size(); k < grads.mtp.size(); ++k) zero_expert_grads(ctx, grads.mtp[k].block.moe);
+
   // ---- MTP backward, deepest first: each depth's input gradient joins the previous depth's dh ----
   for (int64_t k = static_cast<int64_t>(result.mtp_count.size()); k >= 1; --k) {
     MtpState& st = mtp[k - 1];
@@ -192,7 +196,7 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
                                 .dx = dx.data(), .dweight = mut(mg.shared_head_norm), .rows = n, .dim = D, .eps = eps});
     // block_out was overwritten in place by the block; its input is the block's saved x_in.
     if (opt.recompute == Recompute::Selective) recompute_dropped(ctx, c, mw.block, st.batch, st.ropes, st.block);
-    layer_backward(ctx, c, mw.block, mg.block, st.batch, st.ropes, st.block, dx.data());
+    layer_backward(ctx, c, mw.block, mg.block, st.batch, st.ropes, st.block, dx.data(), opt.overwrite_expert_grads);
     ops::linear_backward(ctx, {.dy = dx.data(), .x = st.cat.data(), .w = mw.eh_proj.data, .dx = dcat.data(),
                                .dw = mut(mg.eh_proj), .M = n, .N = D, .K = 2 * D, .accumulate_dw = true});
     ops::rmsnorm_backward(ctx, {.x = st.emb.data(), .weight = mw.enorm.data, .dy = dcat.data(), .dx = dpart.data(),
@@ -219,7 +223,8 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
       layer_forward(ctx, c, w.layers[l], x_again.data(), batch, ropes, opt.aux, saved[l], ignored);
     }
     if (opt.recompute == Recompute::Selective) recompute_dropped(ctx, c, w.layers[l], batch, ropes, saved[l]);
-    layer_backward(ctx, c, w.layers[l], grads.layers[l], batch, ropes, saved[l], dx.data());
+    layer_backward(ctx, c, w.layers[l], grads.layers[l], batch, ropes, saved[l], dx.data(),
+                   opt.overwrite_expert_grads);
     saved[l] = LayerSaved{};  // free as we go
   }
   ops::embed_backward(ctx, {.ids = ids.data(), .dout = dx.data(), .dtable = mut(grads.embed_tokens), .T = T, .D = D});

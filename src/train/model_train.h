@@ -24,6 +24,9 @@ struct PassOptions {
   int64_t loss_targets = 0;
   std::vector<int64_t> mtp_targets;
   bool forward_only = false;    // validation: losses only, no gradients touched
+  // The routed experts' weight gradients (main layers and every MTP module's block) are written, not
+  // accumulated: a trainer's first micro-batch, with ParamStore::zero_grads(keep_routed_experts).
+  bool overwrite_expert_grads = false;
 };
 
 // Loss-carrying targets (>= 0) of one micro-batch: main, and per MTP depth k = 1..depth the targets

@@ -1,6 +1,7 @@
 #include "train/param_store.h"
 
 #include <filesystem>
+#include <set>
 
 #include "core/error.h"
 #include "io/hf_names.h"
@@ -18,26 +19,35 @@ void ParamStore::layout(const ModelConfig& config, int64_t mtp_modules, ops::Bac
   model_->backend = backend;
   std::vector<WeightSlot> table = hf_weight_table(config, mtp_modules, model_->weights);
   std::vector<WeightSlot> grad_table = hf_weight_table(config, mtp_modules, grads_);
+  std::set<const Tensor*> routed;
+  const auto add_routed = [&](const LayerWeights& l) {
+    for (const MlpWeights& e : l.moe.experts) routed.insert({&e.gate_proj, &e.up_proj, &e.down_proj});
+  };
+  for (const LayerWeights& l : model_->weights.layers) add_routed(l);
+  for (const MtpWeights& m : model_->weights.mtp) add_routed(m.block);
   for (const WeightSlot& s : table) {
     ParamSlot p{.hf_name = s.hf_name, .shape = s.shape};
     p.numel = 1;
     for (int64_t d : s.shape) p.numel *= d;
     p.trainable = !is_router_bias(s.hf_name);
     p.decay = s.shape.size() >= 2;
+    p.routed_expert = routed.contains(s.target);
     slots_.push_back(p);
   }
   // Offsets grouped by optimizer treatment (decayed matrices, then other trainable tensors, then
   // buffers), so the optimizer and the gradient norm run over two contiguous ranges instead of
-  // one launch per tensor. 16-float alignment keeps every tensor 64-byte aligned for vector loads;
-  // the padding stays zero in every buffer (AdamW leaves zeros at zero).
+  // one launch per tensor; the routed experts lead the decayed range, so that a trainer can leave
+  // their gradients to an overwriting backward. 16-float alignment keeps every tensor 64-byte aligned
+  // for vector loads; the padding stays zero in every buffer (AdamW leaves zeros at zero).
   total_ = 0;
-  for (int group = 0; group < 3; ++group) {
+  const auto group_of = [](const ParamSlot& p) { return p.trainable ? (p.decay ? (p.routed_expert ? 0 : 1) : 2) : 3; };
+  for (int group = 0; group < 4; ++group) {
     for (ParamSlot& p : slots_) {
-      if (group != (p.trainable ? (p.decay ? 0 : 1) : 2)) continue;
+      if (group != group_of(p)) continue;
       p.offset = total_;
       total_ += (p.numel + 15) / 16 * 16;
     }
-    (group == 0 ? decay_end_ : group == 1 ? trainable_end_ : total_) = total_;
+    (group == 0 ? experts_end_ : group == 1 ? decay_end_ : group == 2 ? trainable_end_ : total_) = total_;
   }
   params_ = ops::Buffer<float>(backend, static_cast<size_t>(total_));
   grad_ = ops::Buffer<float>(backend, static_cast<size_t>(total_));
@@ -107,9 +117,11 @@ int64_t ParamStore::trainable_count() const {
   return n;
 }
 
-void ParamStore::zero_grads() const {
-  ops::copy2d(model_->context(), {.src = nullptr, .dst = grad_.data(), .rows = 1, .cols = total_,
-                                  .src_stride = total_, .dst_stride = total_});
+void ParamStore::zero_grads(bool keep_routed_experts) const {
+  const int64_t begin = keep_routed_experts ? experts_end_ : 0, n = total_ - begin;
+  if (n == 0) return;
+  ops::copy2d(model_->context(), {.src = nullptr, .dst = grad_.data() + begin, .rows = 1, .cols = n,
+                                  .src_stride = n, .dst_stride = n});
 }
 
 void ParamStore::save_hf(const std::string& dir, const std::string& config_json_text) const {

@@ -18,6 +18,7 @@ struct ParamSlot {
   int64_t offset = 0, numel = 0;  // into the flat buffers
   bool trainable = true;          // false: a buffer (V3 e_score_correction_bias)
   bool decay = true;              // weight decay: tensors with >= 2 dims only
+  bool routed_expert = false;     // gate/up/down of a routed expert (main layers and MTP blocks)
 };
 
 class ParamStore {
@@ -38,8 +39,10 @@ class ParamStore {
   const Weights& grads() const { return grads_; }
   const std::vector<ParamSlot>& slots() const { return slots_; }
   int64_t total() const { return total_; }
-  // The flat buffers are grouped: [0, decay_end) trainable tensors with weight decay, [decay_end,
-  // trainable_end) trainable tensors without, [trainable_end, total) buffers (router biases).
+  // The flat buffers are grouped: [0, decay_end) trainable tensors with weight decay, the routed
+  // experts' first ([0, experts_end)), [decay_end, trainable_end) trainable tensors without,
+  // [trainable_end, total) buffers (router biases).
+  int64_t experts_end() const { return experts_end_; }
   int64_t decay_end() const { return decay_end_; }
   int64_t trainable_end() const { return trainable_end_; }
   int64_t trainable_count() const;
@@ -53,7 +56,9 @@ class ParamStore {
   float* adam_v() const { return v_.data(); }
   uint16_t* adam_m_bf16() const { return m16_.data(); }
   uint16_t* adam_v_bf16() const { return v16_.data(); }
-  void zero_grads() const;
+  // Zeroes the gradients; keep_routed_experts leaves [0, experts_end) alone for a pass whose expert
+  // backward overwrites them (PassOptions::overwrite_expert_grads).
+  void zero_grads(bool keep_routed_experts = false) const;
   // Writes the weights as an HF checkpoint (config.json copied from `config_json_text`).
   void save_hf(const std::string& dir, const std::string& config_json_text) const;
 
@@ -64,7 +69,7 @@ class ParamStore {
   std::unique_ptr<Model> model_;
   Weights grads_;
   std::vector<ParamSlot> slots_;
-  int64_t total_ = 0, decay_end_ = 0, trainable_end_ = 0;
+  int64_t total_ = 0, experts_end_ = 0, decay_end_ = 0, trainable_end_ = 0;
   ops::Buffer<float> params_, grad_, m_, v_;
   ops::Buffer<uint16_t> m16_, v16_;
 };

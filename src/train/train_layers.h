@@ -104,9 +104,13 @@ void mlp_backward(const ops::Context& ctx, const MlpWeights& w, const MlpWeights
 
 void moe_forward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, const float* xn, Batch batch,
                  const AuxSpec& aux, float* out, MoeSaved& saved, MoeStats& stats);
-// dxn is overwritten.
+// dxn is overwritten; so are the routed experts' weight gradients with overwrite_expert_grads
+// (accumulated otherwise, like every other gradient).
 void moe_backward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& g,
-                  const float* xn, Batch batch, const MoeSaved& saved, const float* dout, float* dxn);
+                  const float* xn, Batch batch, const MoeSaved& saved, const float* dout, float* dxn,
+                  bool overwrite_expert_grads = false);
+// Zeroes the routed experts' weight gradients of g.
+void zero_expert_grads(const ops::Context& ctx, const MoeWeights& g);
 
 // dst[0, n) = src[0, n) on the backend.
 void copy_values(const ops::Context& ctx, const float* src, float* dst, int64_t n);
@@ -123,8 +127,9 @@ void recompute_dropped(const ops::Context& ctx, const ModelConfig& c, const Laye
 // x[T, D]: the residual stream, updated in place (x += attn(norm x); x += ffn(norm x)).
 void layer_forward(const ops::Context& ctx, const ModelConfig& c, const LayerWeights& w, float* x, Batch batch,
                    const Ropes& ropes, const AuxSpec& aux, LayerSaved& saved, MoeStats& stats);
-// dx: in, the gradient of the layer output; out, of its input.
+// dx: in, the gradient of the layer output; out, of its input. overwrite_expert_grads: see moe_backward.
 void layer_backward(const ops::Context& ctx, const ModelConfig& c, const LayerWeights& w, const LayerWeights& g,
-                    Batch batch, const Ropes& ropes, const LayerSaved& saved, float* dx);
+                    Batch batch, const Ropes& ropes, const LayerSaved& saved, float* dx,
+                    bool overwrite_expert_grads = false);
 
 }  // namespace dsv::train

@@ -117,6 +117,7 @@ Trainer::~Trainer() = default;
 
 int64_t Trainer::steps_done() const { return impl_->steps_done; }
 const Model& Trainer::model() const { return impl_->store->model(); }
+const ParamStore& Trainer::store() const { return *impl_->store; }
 int64_t Trainer::parameter_count() const { return impl_->store->trainable_count(); }
 void Trainer::save_hf(const std::string& dir) const { impl_->store->save_hf(dir, impl_->config_json); }
 bool Trainer::has_validation() const { return impl_->valid_data != nullptr; }
@@ -200,7 +201,7 @@ StepMetrics Trainer::step() {
   StepMetrics out;
   out.step = s.steps_done + 1;
   out.lr = learning_rate(cfg, out.step);
-  store.zero_grads();
+  store.zero_grads(/*keep_routed_experts=*/true);  // the first micro-batch overwrites them
   s.refresh_compute_copy();  // the weights as the last update (or a resume) left them
   PassOptions opt = pass_options(cfg, s.mtp_depth);
   // The whole step's samples first: the losses are means over the step's loss-carrying targets.
@@ -222,6 +223,7 @@ StepMetrics Trainer::step() {
   std::vector<int64_t> mtp_count;
   std::vector<std::vector<int64_t>> load;
   for (int64_t a = 0; a < A; ++a) {
+    opt.overwrite_expert_grads = a == 0;
     PassResult r = forward_backward(m, store.grads(), inputs.data() + a * B * S, targets.data() + a * B * S,
                                     Batch{B, S}, opt);
     loss_sum += r.loss_sum;

@@ -7,6 +7,7 @@
 
 #include "model/model.h"
 #include "train/model_train.h"
+#include "train/param_store.h"
 #include "train/sample_source.h"
 #include "train/train_config.h"
 
@@ -40,6 +41,8 @@ class Trainer {
   StepMetrics step();
   int64_t steps_done() const;
   const Model& model() const;
+  // The flat weights, gradients (the last step's, until the next step) and moments.
+  const ParamStore& store() const;
   int64_t parameter_count() const;
   // Writes the current weights as an HF checkpoint directory (config.json + model.safetensors).
   void save_hf(const std::string& dir) const;

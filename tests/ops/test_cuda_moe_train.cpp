@@ -135,6 +135,22 @@ TEST_F(CudaMoeTrain, MatchesCpu) {
     EXPECT_LE(e_gate, 2e-4);
     EXPECT_LE(e_up, 2e-4);
     EXPECT_LE(e_down, 2e-4);
+
+    // overwrite_dw: the old gradients (NaN here) are never read and every expert's are written, zeros
+    // for an expert without rows (the skewed cases have some): equal to accumulating onto zeros.
+    const auto weight_grads = [&](std::vector<float> start, bool overwrite) {
+      Dev<float> d_dx(dx0), d_dw(nans(P)), d_grads(start);
+      std::vector<float*> dev_grads(3 * E);
+      for (int64_t i = 0; i < 3 * E; ++i) dev_grads[i] = d_grads.ptr + i * F * D;
+      Dev<float*> d_grad_tables(dev_grads);
+      EXPECT_EQ(cuda::moe_train_backward({.fwd = q, .dout = d_dout.ptr, .dx = d_dx.ptr, .dweights = d_dw.ptr,
+                                          .dgate = d_grad_tables.ptr, .dup = d_grad_tables.ptr + E,
+                                          .ddown = d_grad_tables.ptr + 2 * E, .overwrite_dw = overwrite}, 0),
+                cudaSuccess);
+      EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      return d_grads.download();
+    };
+    EXPECT_EQ(weight_grads(nans(g0.size()), true), weight_grads(std::vector<float>(g0.size(), 0.0f), false));
   }
 }
 

@@ -2,7 +2,9 @@
 // step-1 gradients and whole loss curves, with the same bars as the CPU trainer.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "backends/cuda/cuda_ops.h"
@@ -125,6 +127,36 @@ TEST_P(CudaTrain, Bf16ResumeRepeatsTheStep) {
   std::filesystem::remove_all(dir);
   EXPECT_EQ(m.step, 3);
   EXPECT_EQ(m.loss, want);
+}
+
+// A step's gradients start clean: the first micro-batch overwrites the routed experts' gradients
+// (grouped experts on the device with bf16) and the rest are zeroed, so gradients left in the buffer
+// (NaN here) never reach the update. Same bits as a trainer whose buffer started at zero.
+TEST_P(CudaTrain, Bf16StaleGradientsNeverLeak) {
+  Case c = open_case(GetParam());
+  c.config.device = "cuda";
+  c.config.bf16 = true;
+  const auto grads_of = [](const Trainer& t) {
+    std::vector<float> g(static_cast<size_t>(t.store().total()));
+    ops::copy_to_host(t.model().context(), g.data(), t.store().grad_data(), g.size() * sizeof(float));
+    return g;
+  };
+  Trainer clean(c.config);
+  const StepMetrics want = clean.step();
+  const std::vector<float> want_grads = grads_of(clean);
+  Trainer poisoned(c.config);
+  std::vector<float> nan(static_cast<size_t>(poisoned.store().total()), 0.0f);  // the padding stays zero
+  for (const ParamSlot& p : poisoned.store().slots()) std::fill_n(nan.begin() + p.offset, p.numel, NAN);
+  ops::copy_to_backend(poisoned.model().context(), poisoned.store().grad_data(), nan.data(), nan.size() * sizeof(float));
+  const StepMetrics got = poisoned.step();
+  ops::set_matmul_precision(ops::MatmulPrecision::Fp32);
+  EXPECT_FALSE(got.skipped);
+  EXPECT_EQ(got.loss, want.loss);
+  EXPECT_EQ(got.grad_norm, want.grad_norm);
+  const std::vector<float> got_grads = grads_of(poisoned);
+  int64_t differing = 0;
+  for (size_t i = 0; i < got_grads.size(); ++i) differing += std::memcmp(&got_grads[i], &want_grads[i], 4) != 0;
+  EXPECT_EQ(differing, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaTrain, ::testing::ValuesIn(train_cases()),

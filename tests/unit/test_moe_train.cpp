@@ -159,6 +159,20 @@ TEST(MoeTrain, ForwardAndBackwardMatchPerPairDoubleReference) {
     EXPECT_LE(e_gate, 1e-4);
     EXPECT_LE(e_up, 1e-4);
     EXPECT_LE(e_down, 1e-4);
+
+    // overwrite_dw: the weight gradients are written, the old values (NaN here) never read.
+    std::vector<float> ow_gate(E * F * D, NAN), ow_up(E * F * D, NAN), ow_down(E * D * F, NAN);
+    for (int64_t e = 0; e < E; ++e) {
+      grads[e] = ow_gate.data() + e * F * D;
+      grads[E + e] = ow_up.data() + e * F * D;
+      grads[2 * E + e] = ow_down.data() + e * D * F;
+    }
+    ops::moe_train_backward(cpu, {.fwd = p, .dout = dout.data(), .dx = got_dx.data(), .dweights = got_dw.data(),
+                                  .dgate = grads.data(), .dup = grads.data() + E, .ddown = grads.data() + 2 * E,
+                                  .overwrite_dw = true});
+    EXPECT_LE(rel_l2(ow_gate, dgate), 1e-4);
+    EXPECT_LE(rel_l2(ow_up, dup), 1e-4);
+    EXPECT_LE(rel_l2(ow_down, ddown), 1e-4);
   }
 }
 

@@ -101,9 +101,10 @@ void moe_train_backward(const MoeTrainBackwardParams& b) {
           u += bf(dgu[r * 2 * F + F + f]) * bf(p.xs[r * D + d]);
           w += bf(dys[r * D + d]) * bf(p.h[r * F + f]);
         }
-        b.dgate[e][f * D + d] += g;
-        b.dup[e][f * D + d] += u;
-        b.ddown[e][d * F + f] += w;
+        const bool add = !b.overwrite_dw;
+        b.dgate[e][f * D + d] = (add ? b.dgate[e][f * D + d] : 0.0f) + g;
+        b.dup[e][f * D + d] = (add ? b.dup[e][f * D + d] : 0.0f) + u;
+        b.ddown[e][d * F + f] = (add ? b.ddown[e][d * F + f] : 0.0f) + w;
       }
   }
 }

@@ -208,10 +208,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 // Segment-grouped products (weight gradients): c[e][M, N] += a[seg, :]^T . b[seg, :] over expert e's
 // rows seg = [offsets[e], offsets[e+1]) of the row-major activations a [rows, M] (a_map) and
 // b [rows, N] (b_map): both operands MN-major, 64 rows of k per box (two boxes of A, four of B).
+// With overwrite, c[e] = the product (zeros for an expert without rows), the old values never read.
 struct SegmentGemm {
   const int32_t* offsets;
   int E, M, N, m_blocks, n_blocks;
   float* const* c;
+  bool overwrite;
 };
 
 __global__ void __launch_bounds__(kThreads, 1)
@@ -223,7 +225,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int m0 = rest / g.n_blocks * kBM, n0 = rest % g.n_blocks * kBN;
   const int k_begin = g.offsets[e];
   const int len = g.offsets[e + 1] - k_begin;
-  if (len == 0) return;
+  if (len == 0 && !g.overwrite) return;
   const int ktiles = (len + kBK - 1) / kBK;
   const Ring ring = make_ring(smem_raw);
   constexpr int kBox = 64 * kRowBytes;  // 64 k rows x 64 values
@@ -252,12 +254,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     consumers_sync();
   });
 
-  // c += acc: every old value is loaded before any store, so that the loads go out together (a load
+  // c += acc (c = acc with overwrite): every old value is loaded before any store, so that the loads go out together (a load
   // after a store to the same array would otherwise wait for it: the compiler cannot tell them apart).
   float* out = g.c[e];
   const int row0 = first_row(), t = lane_pair();
 #pragma unroll
-  for (int pass = 0; pass < 2; ++pass) {
+  for (int pass = g.overwrite ? 1 : 0; pass < 2; ++pass) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int m = m0 + row0 + 8 * half;
@@ -311,12 +313,13 @@ void launch_rows(const CUtensorMap& a, const CUtensorMap& a2, const RowsGemm& g,
 
 // c[e] += a[seg_e, :]^T . b[seg_e, :] for the row-major a [rows, M] (rows ld_a apart) and b [rows, N].
 cudaError_t launch_segments(const bf16* a, int64_t ld_a, const bf16* b, const MoeTrainParams& p, int M, int N,
-                            float* const* c, cudaStream_t s) {
+                            float* const* c, bool overwrite, cudaStream_t s) {
   CUtensorMap am, bm;
   cudaError_t e = make_bf16_tile_map(&am, a, p.rows, M, ld_a, 64);
   if (e == cudaSuccess) e = make_bf16_tile_map(&bm, b, p.rows, N, N, 64);
   if (e != cudaSuccess) return e;
-  const SegmentGemm g{p.offsets, static_cast<int>(p.E), M, N, (M + kBM - 1) / kBM, (N + kBN - 1) / kBN, c};
+  const SegmentGemm g{p.offsets, static_cast<int>(p.E), M, N, (M + kBM - 1) / kBM, (N + kBN - 1) / kBN, c,
+                      overwrite};
   segment_gemm_kernel<<<static_cast<unsigned>(g.E * g.m_blocks * g.n_blocks), kThreads, kSmemBytes, s>>>(am, bm, g);
   return cudaSuccess;
 }
@@ -407,9 +410,9 @@ cudaError_t moe_train_backward(const MoeTrainBackwardParams& b, cudaStream_t s) 
                                                                static_cast<int>(p.K), p.D, b.dx, true);
 
   // Weight gradients straight from the row-major activations: an expert's rows are a K segment.
-  e = launch_segments(dys, D, as_bf16(p.h), p, D, F, b.ddown, s);
-  if (e == cudaSuccess) e = launch_segments(dgu, 2 * F, as_bf16(p.xs), p, F, D, b.dgate, s);
-  if (e == cudaSuccess) e = launch_segments(dgu + F, 2 * F, as_bf16(p.xs), p, F, D, b.dup, s);
+  e = launch_segments(dys, D, as_bf16(p.h), p, D, F, b.ddown, b.overwrite_dw, s);
+  if (e == cudaSuccess) e = launch_segments(dgu, 2 * F, as_bf16(p.xs), p, F, D, b.dgate, b.overwrite_dw, s);
+  if (e == cudaSuccess) e = launch_segments(dgu + F, 2 * F, as_bf16(p.xs), p, F, D, b.dup, b.overwrite_dw, s);
   if (e != cudaSuccess) return e;
   return cudaGetLastError();
 }
