@@ -1,28 +1,21 @@
 // Causal attention forward and backward on bf16 tensor cores (ops::MatmulPrecision::Bf16: the
 // autocast-style mode, fp32 storage, products on bf16-rounded inputs with fp32 accumulation).
-// Forward and dq: Hopper warpgroup MMA (wgmma) on head-major bf16 copies of q, k, v (and their
-// transposes), 128 queries per block (see "forward" and "dq on warpgroup MMA" below); the forward is
-// warp-specialized, its tiles fed by the bulk tensor copy (TMA) through a ring of slots. dk / dv:
-// FlashAttention-2 tiling with mma.sync m16n8k16 on dense bf16 copies of q, k, v and dout; tiles stream
-// into shared memory with cp.async (double-buffered), fragments come from ldmatrix, and scores,
-// probabilities and outputs stay in registers. The probabilities P and dS are rounded to bf16 as the A
-// operand of the second product of each pair (P V, P^T dO, dS^T Q, dS K); the softmax, its statistics
-// and every accumulator are fp32.
+// All three kernels run on Hopper warpgroup MMA (wgmma) over head-major bf16 copies of q, k, v, dout
+// (and k transposed for dq): the forward, 128 queries per block, warp-specialized with its tiles fed
+// by the bulk tensor copy (TMA); dq, 128 queries per block; dk / dv, 128 keys per block, reading the
+// same q and dout tiles K-major for the scores and MN-major for the gradients. The probabilities P and
+// dS are rounded to bf16 as the register A operand of the second product of each pair (P V, P^T dO,
+// dS^T Q, dS K); the softmax, its statistics and every accumulator are fp32.
 //
 // Semantics are those of the reference (attention.cu): query t of T sees keys 0 .. S - T + t;
 // q [T, H, Dqk] dense, k / v rows of H * D floats (or k_stride / v_stride), out [T, H, Dv] dense.
-// Backward as flash_attention.cu: the forward again for out and logsumexp, D = dout . out, then
-// dk / dv per 64-key block over the query tiles that see it and dq per 128-query block (no atomics:
-// deterministic).
+// Backward as flash_attention.cu: out and logsumexp from the forward (or the forward again), D = dout .
+// out, then dk / dv per 128-key block over the query tiles that see it and dq per 128-query block (no
+// atomics: deterministic).
 //
-// Fragment layouts (PTX m16n8k16, g = lane / 4, t = lane % 4):
-//   A (16 x 16, row): a0 (g, 2t..2t+1)  a1 (g+8, 2t..)  a2 (g, 2t+8..)  a3 (g+8, 2t+8..)
-//   B (16 x 8, col):  b0 (k 2t..2t+1, n g)  b1 (k 2t+8.., n g)
-//   C (16 x 8):       c0 c1 (g, 2t 2t+1)  c2 c3 (g+8, 2t 2t+1)
-// A C tile pair (keys 16kk .. 16kk+15) is exactly an A fragment: (c0 c1), (c2 c3) of tile 2kk, then of
-// tile 2kk+1. B from rows stored [n][k] (K for q.k) is a plain ldmatrix; from rows stored [k][n]
-// (V for P V) it is ldmatrix.trans. Shared rows are padded by 8 bf16 (16 bytes): the 8 row addresses
-// of an 8x8 ldmatrix fall in distinct bank groups.
+// Accumulator fragments (g = lane / 4, t = lane % 4, per warp of a warpgroup: rows 16 warp + g and + 8)
+// hold columns 8j + 2t, 8j + 2t + 1; two adjacent 8-column groups of them are exactly the A fragment of
+// a k16 step (PTX m16n8k16 A layout), which is how P and dS feed the next product from registers.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -39,69 +32,13 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kWarps = 4, kThreads = 32 * kWarps;
-constexpr int kMaxDqk = 192, kMaxDv = 128;  // register budget of the dk / dq accumulators
-constexpr int kPad = 8;
+constexpr int kMaxDqk = 192, kMaxDv = 128;  // packed widths the wgmma kernels take (Dp <= 192, v dims <= 128)
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 using namespace ptx;
 __device__ __forceinline__ uint32_t pack(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// rows x dim bf16 (dim a multiple of 8) into shared memory with row pitch ld; rows past `valid` are
-// zero. src points at column 0 of row 0 of this head; rows are `stride` elements apart.
-__device__ __forceinline__ void load_tile(bf16* dst, int ld, const bf16* src, int64_t first_row, int rows, int valid,
-                                          int64_t stride, int dim) {
-  const int chunks = dim / 8;
-  for (int i = threadIdx.x; i < rows * chunks; i += kThreads) {
-    const int r = i / chunks, c = (i % chunks) * 8;
-    const bool ok = r < valid;
-    cp_async16(dst + r * ld + c, ok ? src + (first_row + r) * stride + c : src, ok);
-  }
-}
-
-// acc (16 x 8NJ) += A (16 rows at a, pitch lda) . B^T, B the 8NJ rows at b (pitch ldb), over K (a
-// multiple of 16) columns: the q.k^T / dout.v^T pattern. NJ even.
-template <int NJ>
-__device__ __forceinline__ void rows_times_rows(float (&acc)[NJ][4], const bf16* a, int lda, const bf16* b, int ldb,
-                                                int K, int lane) {
-  const bf16* a_lane = a + (lane % 16) * lda + 8 * (lane / 16);
-  const bf16* b_lane = b + ((lane % 8) + 8 * (lane / 16)) * ldb + 8 * ((lane / 8) % 2);
-  for (int k = 0; k < K; k += 16) {
-    uint32_t af[4];
-    ldsm_x4(af, a_lane + k);
-#pragma unroll
-    for (int j = 0; j < NJ; j += 2) {
-      uint32_t bf[4];
-      ldsm_x4(bf, b_lane + 8 * j * ldb + k);
-      mma_bf16(acc[j], af, bf[0], bf[1]);
-      mma_bf16(acc[j + 1], af, bf[2], bf[3]);
-    }
-  }
-}
-
-// out (16 x cols, cols a multiple of 16 <= 8 NMAX) += C (16 x 8NJ, registers, rounded to bf16) . B,
-// B the 8NJ rows at b (pitch ldb) holding `cols` columns: the P.V / dS.K pattern.
-template <int NJ, int NMAX>
-__device__ __forceinline__ void regs_times_rows(float (&out)[NMAX][4], const float (&c)[NJ][4], const bf16* b,
-                                                int ldb, int cols, int lane) {
-  const bf16* b_lane = b + (lane % 16) * ldb + 8 * (lane / 16);
-#pragma unroll
-  for (int kk = 0; kk < NJ / 2; ++kk) {
-    const uint32_t af[4] = {pack(c[2 * kk][0], c[2 * kk][1]), pack(c[2 * kk][2], c[2 * kk][3]),
-                            pack(c[2 * kk + 1][0], c[2 * kk + 1][1]), pack(c[2 * kk + 1][2], c[2 * kk + 1][3])};
-#pragma unroll
-    for (int n = 0; n < NMAX; n += 2) {
-      if (8 * n < cols) {
-        uint32_t bf[4];
-        ldsm_x4_trans(bf, b_lane + 16 * kk * ldb + 8 * n);
-        mma_bf16(out[n], af, bf[0], bf[1]);
-        mma_bf16(out[n + 1], af, bf[2], bf[3]);
-      }
-    }
-  }
 }
 
 __device__ __forceinline__ float quad_max(float v) {
@@ -119,40 +56,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
-}
-
-template <int N>
-__device__ __forceinline__ void zero(float (&a)[N][4]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) a[i][0] = a[i][1] = a[i][2] = a[i][3] = 0.0f;
-}
-
-// 16 rows x cols of C tiles (rows r0 = row, r1 = row + 8 of this lane) to fp32 global rows.
-template <int NMAX>
-__device__ __forceinline__ void store_rows(float* dst, int64_t stride, int64_t r0, int64_t limit, int cols,
-                                           const float (&acc)[NMAX][4], float f0, float f1, int t) {
-#pragma unroll
-  for (int n = 0; n < NMAX; ++n) {
-    if (8 * n >= cols) break;
-    const int col = 8 * n + 2 * t;
-    if (r0 < limit) *reinterpret_cast<float2*>(dst + r0 * stride + col) = make_float2(acc[n][0] * f0, acc[n][1] * f0);
-    if (r0 + 8 < limit)
-      *reinterpret_cast<float2*>(dst + (r0 + 8) * stride + col) = make_float2(acc[n][2] * f1, acc[n][3] * f1);
-  }
-}
-
-// Double buffering: prefetch tile it + 1 into the other buffer (load(tile, buffer)), then wait until
-// tile it has landed for every thread of the block.
-template <typename Load>
-__device__ __forceinline__ void await_tile(int it, int tiles, const Load& load) {
-  if (it + 1 < tiles) {
-    load(it + 1, (it + 1) & 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-  } else {
-    cp_async_wait<0>();
-  }
-  __syncthreads();
 }
 
 struct Dims {
@@ -555,6 +458,170 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
     }
 }
 
+// ---- dk, dv on warpgroup MMA: block = 128 keys (64 per warpgroup) x one head ----
+// The transposed problem of dq, over the same head-major packs (Kp, Vp with Sp a multiple of 128). Per
+// 64-query tile, in sub-tiles of kKvSub queries: S^T = K Q^T and dP^T = V dO^T from shared memory in one
+// wgmma batch; P^T = exp(S^T scale - lse) and dS^T = P^T (dP^T - D) scale on the accumulators, rounded to
+// bf16 and kept in registers as the A operands of dV (64 x 128) += P^T dO and dK (64 x Dp) += dS^T Q,
+// whose B operands are the same Q and dO tiles read MN-major (the head dims contiguous), so no
+// transposed copy is made. Registers: dK and dV take (Dp + 128) / 2 a thread, hence the 32-query
+// sub-tiles (16 + 16 for S^T and dP^T). The per-query statistics (head-major lse_h, D_h) ride along
+// with each query tile.
+constexpr int kKvBlock = 128, kKvTile = 64, kKvSub = 32;
+template <int kDp>
+struct KvSmem {
+  static constexpr int kKBytes = kKvBlock * kDp * 2;     // kDp / 64 column blocks of [128][128 B]
+  static constexpr int kVBytes = kKvBlock * kFwdDv * 2;  // 2 column blocks of [128][128 B]
+  static constexpr int kQBytes = kKvTile * kDp * 2;      // kDp / 64 column blocks of [64][128 B]
+  static constexpr int kGBytes = kKvTile * kFwdDv * 2;   // 2 column blocks of [64][128 B]
+  static constexpr int kStageBytes = kQBytes + kGBytes + 1024;  // + lse and D of the 64 queries
+  static constexpr size_t kBytes = kKBytes + kVBytes + 2 * kStageBytes + 1024;  // + alignment slack
+};
+
+template <int kDp>
+__global__ void __launch_bounds__(kFwdThreads, 1)
+    bwd_kv_wgmma_kernel(const bf16* qp, const bf16* gp, const bf16* kp, const bf16* vp, const float* lse_h,
+                        const float* D_h, Dims d, int64_t Tp, int64_t Sp, float* dk_out, float* dv_out) {
+  using L = KvSmem<kDp>;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* Ks = align_to_swizzle_atom(smem_raw);
+  unsigned char* Vs = Ks + L::kKBytes;
+  unsigned char* stages = Vs + L::kVBytes;
+  const int64_t s0 = static_cast<int64_t>(blockIdx.x) * kKvBlock;  // the first key blocks see the most queries
+  const int h = blockIdx.y, wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t offset = d.S - d.T;
+  int64_t first = s0 - offset > 0 ? s0 - offset : 0;  // the first query that sees key s0
+  first -= first % kKvTile;
+  const int tiles = first < d.T ? static_cast<int>((d.T - first + kKvTile - 1) / kKvTile) : 0;
+  const bf16* qh = qp + h * Tp * kDp;
+  const bf16* gh = gp + h * Tp * kFwdDv;
+  auto load_queries = [&](int tile) {
+    unsigned char* st = stages + (tile & 1) * L::kStageBytes;
+    const int64_t q0 = first + static_cast<int64_t>(tile) * kKvTile;
+    load_swizzled<kDp>(st, qh + q0 * kDp, kKvTile);
+    load_swizzled<kFwdDv>(st + L::kQBytes, gh + q0 * kFwdDv, kKvTile);
+    if (threadIdx.x < kKvTile / 2) {  // 16 chunks of 4 lse values, then 16 of D
+      const bool is_lse = threadIdx.x < kKvTile / 4;
+      const int c = threadIdx.x % (kKvTile / 4);
+      float* stats = reinterpret_cast<float*>(st + L::kQBytes + L::kGBytes);
+      cp_async16(stats + (is_lse ? 0 : kKvTile) + 4 * c, (is_lse ? lse_h : D_h) + h * Tp + q0 + 4 * c, true);
+    }
+  };
+  load_swizzled<kDp>(Ks, kp + (h * Sp + s0) * kDp, kKvBlock);
+  load_swizzled<kFwdDv>(Vs, vp + (h * Sp + s0) * kFwdDv, kKvBlock);
+  if (tiles > 0) load_queries(0);
+  cp_async_commit();
+
+  constexpr int kChunks = kDp / 64, kSubs = kKvTile / kKvSub, kSteps = kKvSub / 16;
+  float dk[kChunks][32], dv[2][32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) dk[c][i] = 0.0f;
+    dv[0][i] = dv[1][i] = 0.0f;
+  }
+  const int64_t key_wg = s0 + 64 * wg, key0 = key_wg + 16 * warp + g, key1 = key0 + 8;
+  const float scale2 = d.scale * kLog2e;
+  for (int it = 0; it < tiles; ++it) {
+    next_key_tile(it, tiles, load_queries);  // the query tile it landed; tile it + 1 on its way
+    const int64_t q0 = first + static_cast<int64_t>(it) * kKvTile;
+    const unsigned char* Qt = stages + (it & 1) * L::kStageBytes;
+    const unsigned char* Gt = Qt + L::kQBytes;
+    const float* Ls = reinterpret_cast<const float*>(Gt + L::kGBytes);
+    const float* Ds = Ls + kKvTile;
+#pragma unroll 1
+    for (int sub = 0; sub < kSubs; ++sub) {
+      const int c0 = sub * kKvSub;  // the sub-tile's first query within the tile
+      if (q0 + c0 + kKvSub - 1 + offset < key_wg) continue;  // no query of it sees this warpgroup's keys
+      float sT[16], dpT[16];
+#pragma unroll
+      for (int i = 0; i < 16; ++i) sT[i] = dpT[i] = 0.0f;
+      wgmma_fence_operands(sT);
+      wgmma_fence_operands(dpT);
+      wgmma_fence();
+#pragma unroll
+      for (int kb = 0; kb < kChunks; ++kb) {  // S^T = K Q^T
+        const uint64_t da = wgmma_desc_sw128(Ks + kb * kKvBlock * 128 + wg * 64 * 128);
+        const uint64_t db = wgmma_desc_sw128(Qt + kb * kKvTile * 128 + c0 * 128);
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) wgmma_m64n32k16(sT, da + 2 * ks, db + 2 * ks);
+      }
+#pragma unroll
+      for (int kb = 0; kb < kFwdDv / 64; ++kb) {  // dP^T = V dO^T
+        const uint64_t da = wgmma_desc_sw128(Vs + kb * kKvBlock * 128 + wg * 64 * 128);
+        const uint64_t db = wgmma_desc_sw128(Gt + kb * kKvTile * 128 + c0 * 128);
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) wgmma_m64n32k16(dpT, da + 2 * ks, db + 2 * ks);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_fence_operands(sT);
+      wgmma_fence_operands(dpT);
+#pragma unroll
+      for (int j = 0; j < kKvSub / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = c0 + 8 * j + 2 * t + (e & 1);
+          const int64_t qi = q0 + col, key = e < 2 ? key0 : key1;
+          const bool visible = qi < d.T && key < d.S && key <= qi + offset;
+          const float prob = visible ? exp2f(sT[4 * j + e] * scale2 - Ls[col] * kLog2e) : 0.0f;
+          sT[4 * j + e] = prob;
+          dpT[4 * j + e] = prob * (dpT[4 * j + e] - Ds[col]) * d.scale;
+        }
+      uint32_t pa[kSteps][4], sa[kSteps][4];  // A fragments of k-step ks: queries 16 ks .. 16 ks + 15
+#pragma unroll
+      for (int ks = 0; ks < kSteps; ++ks)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          pa[ks][r] = pack(sT[8 * ks + 2 * r], sT[8 * ks + 2 * r + 1]);
+          sa[ks][r] = pack(dpT[8 * ks + 2 * r], dpT[8 * ks + 2 * r + 1]);
+        }
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) wgmma_fence_operands(dk[c]);
+      wgmma_fence_operands(dv[0]);
+      wgmma_fence_operands(dv[1]);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kSteps; ++ks) {
+        const int row = c0 + 16 * ks;  // k rows of the MN-major B tiles
+#pragma unroll
+        for (int c = 0; c < kFwdDv / 64; ++c)
+          wgmma_m64n64k16_rs<true>(dv[c], pa[ks], wgmma_desc_sw128_mn(Gt + c * kKvTile * 128 + row * 128));
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c)
+          wgmma_m64n64k16_rs<true>(dk[c], sa[ks], wgmma_desc_sw128_mn(Qt + c * kKvTile * 128 + row * 128));
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) wgmma_fence_operands(dk[c]);
+      wgmma_fence_operands(dv[0]);
+      wgmma_fence_operands(dv[1]);
+    }
+  }
+  const int64_t qs = static_cast<int64_t>(d.H) * d.Dqk, vs = static_cast<int64_t>(d.H) * d.Dv;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      const int col = 64 * c + 8 * j + 2 * t;
+      if (col >= d.Dqk) continue;
+      if (key0 < d.S) *reinterpret_cast<float2*>(dk_out + key0 * qs + h * d.Dqk + col) = make_float2(dk[c][4 * j], dk[c][4 * j + 1]);
+      if (key1 < d.S)
+        *reinterpret_cast<float2*>(dk_out + key1 * qs + h * d.Dqk + col) = make_float2(dk[c][4 * j + 2], dk[c][4 * j + 3]);
+    }
+#pragma unroll
+    for (int c = 0; c < kFwdDv / 64; ++c) {
+      const int col = 64 * c + 8 * j + 2 * t;
+      if (col >= d.Dv) continue;
+      if (key0 < d.S) *reinterpret_cast<float2*>(dv_out + key0 * vs + h * d.Dv + col) = make_float2(dv[c][4 * j], dv[c][4 * j + 1]);
+      if (key1 < d.S)
+        *reinterpret_cast<float2*>(dv_out + key1 * vs + h * d.Dv + col) = make_float2(dv[c][4 * j + 2], dv[c][4 * j + 3]);
+    }
+  }
+}
+
 // The fp32 rows a packing reads: value (r, h, c) of a [rows, H, D] view is src[r * stride + h * head_stride
 // + c] for c < D - tail_dims, and tail[r * tail_stride + c - (D - tail_dims)] (one tail per row, shared by
 // all heads: MLA's roped key) after.
@@ -613,91 +680,6 @@ __global__ void pack_heads_transposed_kernel(HeadRows src, int64_t rows, int D, 
   }
 }
 
-// ---- dk, dv: block = 64 keys (16 per warp) x one head; query tiles of 32, double-buffered ----
-// Per warp, transposed products: S^T = K_w Q^T, dP^T = V_w dO^T, then dV_w += P^T dO, dK_w += dS^T Q.
-constexpr int kKvK = 16 * kWarps, kKvQ = 32;  // 86 KB at 192 / 128
-
-// The per-query statistics come head-major (lse_h, D_h: [H][Tp], Tp a multiple of kKvQ, zero past T) and
-// ride along with each query tile into shared memory: read per element from global memory inside the
-// loop, their latency stalled every tile.
-__global__ void __launch_bounds__(kThreads, 2)
-    bwd_kv_kernel(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse_h, const float* D_h,
-                  int64_t Tp, Dims d, float* dk_out, float* dv_out) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  const int ldq = d.Dqk + kPad, ldv = d.Dv + kPad;
-  bf16* Ks = reinterpret_cast<bf16*>(smem);  // [64][ldq]
-  bf16* Vs = Ks + kKvK * ldq;                // [64][ldv]
-  bf16* Qs = Vs + kKvK * ldv;                // [2][32][ldq]
-  bf16* dOs = Qs + 2 * kKvQ * ldq;           // [2][32][ldv]
-  float* Ls = reinterpret_cast<float*>(dOs + 2 * kKvQ * ldv);  // [2][32] logsumexp of the tile's queries
-  float* Ds = Ls + 2 * kKvQ;                                   // [2][32] dout . out
-  const int64_t s0 = static_cast<int64_t>(blockIdx.x) * kKvK;  // the first key blocks see the most queries
-  const int h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t qs = static_cast<int64_t>(d.H) * d.Dqk, vs = static_cast<int64_t>(d.H) * d.Dv, offset = d.S - d.T;
-  const int keys = static_cast<int>(d.S - s0 < kKvK ? d.S - s0 : kKvK);
-  const bf16 *qh = q + h * d.Dqk, *kh = k + h * d.Dqk, *vh = v + h * d.Dv, *gh = dout + h * d.Dv;
-  int64_t first = s0 - offset > 0 ? s0 - offset : 0;  // the first query that sees key s0
-  first -= first % kKvQ;
-  const int tiles = static_cast<int>((d.T - first + kKvQ - 1) / kKvQ);
-  auto load_queries = [&](int tile, int buf) {
-    const int64_t q0 = first + static_cast<int64_t>(tile) * kKvQ;
-    const int rows = static_cast<int>(d.T - q0 < kKvQ ? d.T - q0 : kKvQ);
-    load_tile(Qs + buf * kKvQ * ldq, ldq, qh, q0, kKvQ, rows, qs, d.Dqk);
-    load_tile(dOs + buf * kKvQ * ldv, ldv, gh, q0, kKvQ, rows, vs, d.Dv);
-    if (threadIdx.x < kKvQ / 2) {  // 8 chunks of 4 lse values, then 8 of D
-      const int c = threadIdx.x % (kKvQ / 4);
-      const float* src = (threadIdx.x < kKvQ / 4 ? lse_h : D_h) + h * Tp + q0 + 4 * c;
-      cp_async16((threadIdx.x < kKvQ / 4 ? Ls : Ds) + buf * kKvQ + 4 * c, src, true);
-    }
-  };
-  load_tile(Ks, ldq, kh, s0, kKvK, keys, qs, d.Dqk);
-  load_tile(Vs, ldv, vh, s0, kKvK, keys, vs, d.Dv);
-  if (tiles > 0) load_queries(0, 0);
-  cp_async_commit();
-
-  float dk[kMaxDqk / 8][4], dv[kMaxDv / 8][4];
-  zero(dk);
-  zero(dv);
-  const int64_t key0 = s0 + warp * 16 + g, key1 = key0 + 8;
-  const bf16* Kw = Ks + warp * 16 * ldq;
-  const bf16* Vw = Vs + warp * 16 * ldv;
-  const float scale2 = d.scale * kLog2e;
-  for (int it = 0; it < tiles; ++it) {
-    const int buf = it & 1;
-    await_tile(it, tiles, load_queries);
-    const int64_t q0 = first + static_cast<int64_t>(it) * kKvQ;
-    const bf16* Qb = Qs + buf * kKvQ * ldq;
-    const bf16* dOb = dOs + buf * kKvQ * ldv;
-    float sT[kKvQ / 8][4], dpT[kKvQ / 8][4];
-    zero(sT);
-    zero(dpT);
-    rows_times_rows<kKvQ / 8>(sT, Kw, ldq, Qb, ldq, d.Dqk, lane);
-    rows_times_rows<kKvQ / 8>(dpT, Vw, ldv, dOb, ldv, d.Dv, lane);
-#pragma unroll
-    for (int j = 0; j < kKvQ / 8; ++j)
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int64_t qi = q0 + 8 * j + 2 * t + c;
-        const bool in = qi < d.T;
-        const float L = Ls[buf * kKvQ + 8 * j + 2 * t + c] * kLog2e, D = Ds[buf * kKvQ + 8 * j + 2 * t + c];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int e = 2 * r + c;
-          const int64_t key = r == 0 ? key0 : key1;
-          const bool visible = in && key < d.S && key <= qi + offset;
-          const float prob = visible ? exp2f(sT[j][e] * scale2 - L) : 0.0f;
-          sT[j][e] = prob;
-          dpT[j][e] = prob * (dpT[j][e] - D) * d.scale;
-        }
-      }
-    regs_times_rows<kKvQ / 8, kMaxDv / 8>(dv, sT, dOb, ldv, d.Dv, lane);
-    regs_times_rows<kKvQ / 8, kMaxDqk / 8>(dk, dpT, Qb, ldq, d.Dqk, lane);
-    __syncthreads();
-  }
-  store_rows(dk_out + h * d.Dqk, qs, key0, d.S, d.Dqk, dk, 1.0f, 1.0f, t);
-  store_rows(dv_out + h * d.Dv, vs, key0, d.S, d.Dv, dv, 1.0f, 1.0f, t);
-}
-
 template <typename Kernel>
 cudaError_t allow_smem(Kernel kernel, size_t bytes) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
@@ -705,10 +687,6 @@ cudaError_t allow_smem(Kernel kernel, size_t bytes) {
 unsigned tiles_of(int64_t n, int tile) { return static_cast<unsigned>((n + tile - 1) / tile); }
 // Blocks of 256 threads for a grid-stride loop over n items.
 unsigned grid_for(int64_t n) { return static_cast<unsigned>((n + 255) / 256 < 65536 ? (n + 255) / 256 : 65536); }
-size_t kv_smem(const Dims& d) {
-  return sizeof(bf16) * static_cast<size_t>((kKvK + 2 * kKvQ) * (d.Dqk + kPad + d.Dv + kPad)) +
-         sizeof(float) * 2 * 2 * kKvQ;
-}
 // lse_h[h][t] = lse[t][h], D_h[h][t] = Dsum[t][h] for t < T; zero for T <= t < Tp.
 __global__ void head_major_stats_kernel(const float* lse, const float* Dsum, int64_t T, int H, int64_t Tp,
                                         float* lse_h, float* D_h) {
@@ -718,19 +696,6 @@ __global__ void head_major_stats_kernel(const float* lse, const float* Dsum, int
     lse_h[i] = t < T ? lse[t * H + h] : 0.0f;
     D_h[i] = t < T ? Dsum[t * H + h] : 0.0f;
   }
-}
-
-// A bf16 copy (dense rows of `width`, a multiple of 8) of rows x width fp32 values with row stride `stride`.
-cudaError_t bf16_rows(DeviceScratch& scratch, const float* src, int64_t stride, int64_t rows, int64_t width,
-                      cudaStream_t stream, const bf16** out) {
-  bf16* dst = scratch.get<bf16>(rows * width);
-  *out = dst;
-  if (!dst) return cudaErrorMemoryAllocation;
-  // One "head" as wide as the row, no padding: the same conversion as the forward's packing.
-  pack_heads_kernel<<<grid_for(rows * width / 8), 256, 0, stream>>>(dense_rows(src, stride, width), rows,
-                                                                    static_cast<int>(width), 1, rows,
-                                                                    static_cast<int>(width), dst);
-  return cudaGetLastError();
 }
 
 template <int kDp>
@@ -784,12 +749,23 @@ cudaError_t dq_kernel(const bf16* qp, const bf16* gp, const bf16* kp, const bf16
   return cudaGetLastError();
 }
 
-// dq from the statistics (lse, D = dout . out; [T, H]): packs head-major bf16 copies of q, dout, k, v and
-// k transposed, then the wgmma kernel.
-cudaError_t dq_wgmma(const AttentionBackwardParams& p, const Dims& d, const float* lse, const float* Dsum,
-                     cudaStream_t stream) {
+template <int kDp>
+cudaError_t dkdv_kernel(const bf16* qp, const bf16* gp, const bf16* kp, const bf16* vp, const float* lse_h,
+                        const float* D_h, const Dims& d, int64_t Tp, int64_t Sp, float* dk, float* dv,
+                        cudaStream_t stream) {
+  const cudaError_t e = allow_smem(bwd_kv_wgmma_kernel<kDp>, KvSmem<kDp>::kBytes);
+  if (e != cudaSuccess) return e;
+  bwd_kv_wgmma_kernel<kDp><<<dim3(tiles_of(d.S, kKvBlock), static_cast<unsigned>(d.H)), kFwdThreads,
+                             KvSmem<kDp>::kBytes, stream>>>(qp, gp, kp, vp, lse_h, D_h, d, Tp, Sp, dk, dv);
+  return cudaGetLastError();
+}
+
+// dq, dk and dv from the statistics (lse, D = dout . out; [T, H]): packs head-major bf16 copies of q,
+// dout, k, v and k transposed once, then the two wgmma kernels.
+cudaError_t backward_wgmma(const AttentionBackwardParams& p, const Dims& d, const float* lse, const float* Dsum,
+                           cudaStream_t stream) {
   const int Dp = (d.Dqk + 63) / 64 * 64;
-  const int64_t Tp = (d.T + kFwdQ - 1) / kFwdQ * kFwdQ, Sp = (d.S + kFwdK - 1) / kFwdK * kFwdK;
+  const int64_t Tp = (d.T + kFwdQ - 1) / kFwdQ * kFwdQ, Sp = (d.S + kKvBlock - 1) / kKvBlock * kKvBlock;
   const int64_t qw = p.H * p.Dqk, vw = p.H * p.Dv;
   DeviceScratch scratch;
   bf16* qp = scratch.get<bf16>(d.H * Tp * Dp);
@@ -797,6 +773,8 @@ cudaError_t dq_wgmma(const AttentionBackwardParams& p, const Dims& d, const floa
   bf16* kp = scratch.get<bf16>(d.H * Sp * Dp);
   bf16* vp = scratch.get<bf16>(d.H * Sp * kFwdDv);
   bf16* ktp = scratch.get<bf16>(d.H * Dp * Sp);
+  float* lse_h = scratch.get<float>(2 * d.H * Tp);  // then D_h
+  float* D_h = lse_h + d.H * Tp;
   if (scratch.failed()) return cudaErrorMemoryAllocation;
   const HeadRows q_rows = dense_rows(p.q, qw, d.Dqk), k_rows = dense_rows(p.k, qw, d.Dqk);
   pack_heads_kernel<<<grid_for(d.H * Tp * Dp / 8), 256, 0, stream>>>(q_rows, d.T, d.Dqk, d.H, Tp, Dp, qp);
@@ -807,7 +785,15 @@ cudaError_t dq_wgmma(const AttentionBackwardParams& p, const Dims& d, const floa
                                                                          kFwdDv, vp);
   pack_heads_transposed_kernel<<<dim3(static_cast<unsigned>(Sp / 32), static_cast<unsigned>(Dp / 32),
                                       static_cast<unsigned>(d.H)), 256, 0, stream>>>(k_rows, d.S, d.Dqk, Sp, Dp, ktp);
-  const cudaError_t e = cudaGetLastError();
+  head_major_stats_kernel<<<grid_for(d.H * Tp), 256, 0, stream>>>(lse, Dsum, d.T, d.H, Tp, lse_h, D_h);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  switch (Dp) {
+    case 64: e = dkdv_kernel<64>(qp, gp, kp, vp, lse_h, D_h, d, Tp, Sp, p.dk, p.dv, stream); break;
+    case 128: e = dkdv_kernel<128>(qp, gp, kp, vp, lse_h, D_h, d, Tp, Sp, p.dk, p.dv, stream); break;
+    case 192: e = dkdv_kernel<192>(qp, gp, kp, vp, lse_h, D_h, d, Tp, Sp, p.dk, p.dv, stream); break;
+    default: return cudaErrorInvalidValue;
+  }
   if (e != cudaSuccess) return e;
   switch (Dp) {
     case 64: return dq_kernel<64>(qp, gp, kp, vp, ktp, lse, Dsum, d, Tp, Sp, p.dq, stream);
@@ -840,11 +826,6 @@ cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cuda
   const Dims d{p.T, p.S, static_cast<int>(p.H), static_cast<int>(p.Dqk), static_cast<int>(p.Dv), p.scale};
   const int64_t qw = p.H * p.Dqk, vw = p.H * p.Dv, rows = p.T * p.H;
   DeviceScratch scratch;
-  const bf16 *q, *k, *v, *g;
-  cudaError_t e = bf16_rows(scratch, p.q, qw, p.T, qw, stream, &q);
-  if (e == cudaSuccess) e = bf16_rows(scratch, p.k, qw, p.S, qw, stream, &k);
-  if (e == cudaSuccess) e = bf16_rows(scratch, p.v, vw, p.S, vw, stream, &v);
-  if (e == cudaSuccess) e = bf16_rows(scratch, p.dout, vw, p.T, vw, stream, &g);
   // Statistics: the forward's out and logsumexp (given, or the forward again), then D = dout . out per
   // (query, head).
   const bool given = p.out && p.lse;
@@ -853,24 +834,11 @@ cudaError_t flash_attention_bf16_backward(const AttentionBackwardParams& p, cuda
   const float* out = given ? p.out : own_out;
   const float* lse = given ? p.lse : own_lse;
   float* Dsum = scratch.get<float>(rows);
-  const int64_t Tp = (p.T + kKvQ - 1) / kKvQ * kKvQ;
-  float* lse_h = scratch.get<float>(2 * p.H * Tp);  // then D_h
-  float* D_h = lse_h + p.H * Tp;
-  if (e == cudaSuccess && scratch.failed()) e = cudaErrorMemoryAllocation;
+  cudaError_t e = scratch.failed() ? cudaErrorMemoryAllocation : cudaSuccess;
   if (e == cudaSuccess && !given)
     e = forward(p.q, dense_rows(p.k, qw, p.Dqk), dense_rows(p.v, vw, p.Dv), d, own_out, own_lse, stream);
   if (e == cudaSuccess) e = attention_row_dots(p.dout, out, Dsum, rows, p.Dv, stream);
-  if (e == cudaSuccess) {
-    head_major_stats_kernel<<<grid_for(p.H * Tp), 256, 0, stream>>>(lse, Dsum, p.T, d.H, Tp, lse_h, D_h);
-    e = cudaGetLastError();
-  }
-  if (e == cudaSuccess) e = allow_smem(bwd_kv_kernel, kv_smem(d));
-  if (e == cudaSuccess) {
-    bwd_kv_kernel<<<dim3(tiles_of(p.S, kKvK), static_cast<unsigned>(p.H)), kThreads, kv_smem(d), stream>>>(
-        q, k, v, g, lse_h, D_h, Tp, d, p.dk, p.dv);
-    e = cudaGetLastError();
-  }
-  if (e == cudaSuccess) e = dq_wgmma(p, d, lse, Dsum, stream);
+  if (e == cudaSuccess) e = backward_wgmma(p, d, lse, Dsum, stream);
   return e;
 }
 
