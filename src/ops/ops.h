@@ -476,7 +476,8 @@ void row_dots(const Context& ctx, const RowDotsParams& p);
 //   gu[r]   = [xs[r] . gate[e]^T | xs[r] . up[e]^T]               [2F]  fp32
 //   h[r]    = bf16(silu(gu[r][:F]) * gu[r][F:])                   [F]
 //   y[r]    = h[r] . down[e]^T                                    [D]   fp32
-//   out[t]  = sum_k weights[t K + k] * y[slot_of_pair[t K + k]]   (k ascending; overwritten)
+//   out[t]  = sum_k weights[t K + k] * y[slot_of_pair[t K + k]]   (k ascending; overwritten, or with
+//             accumulate summed onto what out[t] holds, that first)
 // xs, gu, h and y are written for the backward. On CUDA D and F must be multiples of 8 and
 // E <= kMoeTrainMaxExperts.
 constexpr int64_t kMoeTrainMaxExperts = 1024;
@@ -495,6 +496,7 @@ struct MoeTrainParams {
   float* y = nullptr;      // [rows, D]
   float* out = nullptr;    // [T, D]
   int64_t T = 0, K = 0, D = 0, F = 0, E = 0, rows = 0;
+  bool accumulate = false;  // out += the combine (the forward only)
 };
 void moe_train_forward(const Context& ctx, const MoeTrainParams& p);
 

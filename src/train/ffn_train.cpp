@@ -4,6 +4,7 @@
 // there too, from the same logits and choices. With bf16 products on a device the routed experts of a
 // layer run as grouped GEMMs (ops::moe_train_forward / _backward); otherwise one expert at a time.
 #include <cmath>
+#include <map>
 
 #include "core/error.h"
 #include "ops/ops.h"
@@ -102,6 +103,46 @@ double balance_loss(const ModelConfig& c, const AuxSpec& aux, Batch batch, const
   return total;
 }
 
+// Routing indices read back without draining the device: a copy into pinned host memory the device
+// writes directly, then the host waits on an event recorded after that copy only, so work issued after
+// start() keeps running. One per backend that has mapped memory (never freed: process lifetime).
+class RoutingReadback {
+ public:
+  static RoutingReadback* of(const ops::Context& ctx) {
+    const ops::BackendTable& t = ops::backend_table(ctx.backend);
+    if (!t.host_mapped_allocate || !t.event_create || ops::op_profile_enabled()) return nullptr;
+    static std::map<ops::Backend, RoutingReadback*> per_backend;
+    RoutingReadback*& r = per_backend[ctx.backend];
+    if (!r) r = new RoutingReadback(t);
+    return r;
+  }
+  void start(const ops::Context& ctx, const int32_t* indices, int64_t n) {
+    if (n > capacity_) {
+      if (host_) t_.host_mapped_release(host_);
+      void* view = nullptr;
+      host_ = static_cast<int32_t*>(t_.host_mapped_allocate(static_cast<size_t>(n) * sizeof(int32_t), &view));
+      device_view_ = static_cast<int32_t*>(view);
+      capacity_ = n;
+    }
+    n_ = n;
+    // A copy of 32-bit words through float registers: loads and stores only, so the bits are kept.
+    ops::copy2d(ctx, {.src = reinterpret_cast<const float*>(indices), .dst = reinterpret_cast<float*>(device_view_),
+                      .rows = 1, .cols = n, .src_stride = n, .dst_stride = n});
+    t_.event_record(event_, ctx.stream);
+  }
+  std::vector<int32_t> finish() {
+    t_.event_wait(event_);
+    return std::vector<int32_t>(host_, host_ + n_);
+  }
+
+ private:
+  explicit RoutingReadback(const ops::BackendTable& t) : t_(t), event_(t.event_create()) {}
+  const ops::BackendTable& t_;
+  void* event_;
+  int32_t *host_ = nullptr, *device_view_ = nullptr;
+  int64_t capacity_ = 0, n_ = 0;
+};
+
 // Whether the routed experts can run as one grouped op: bf16 products on a device, bf16 compute copies
 // of every expert weight, no biases, and shapes the device kernels take.
 bool use_grouped_experts(const ops::Context& ctx, const ModelConfig& c, const MoeWeights& w) {
@@ -156,12 +197,25 @@ void moe_forward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights
                    .n_group = c.n_group, .topk_group = c.topk_group, .kind = c.router,
                    .norm_topk_prob = c.norm_topk_prob,
                    .routed_scaling_factor = static_cast<float>(c.routed_scaling_factor)});
-  const std::vector<int32_t> idx = s.indices.to_host(ctx);
+  // The routing goes to the host (row plan, load statistics). With grouped experts the shared experts,
+  // which do not need it, run first and the routed combine adds onto them; on a device the indices come
+  // back behind an event of their own, so the shared experts keep the GPU busy while the host waits
+  // and plans (a plain read-back would drain the device first).
+  s.grouped = use_grouped_experts(ctx, c, w);
+  const bool shared_first = s.grouped && has_shared(w);
+  std::vector<int32_t> idx;
+  if (RoutingReadback* readback = shared_first ? RoutingReadback::of(ctx) : nullptr) {
+    readback->start(ctx, s.indices.data(), T * K);
+    mlp_forward(ctx, w.shared, xn, T, D, out, false, s.shared);
+    idx = readback->finish();
+  } else {
+    if (shared_first) mlp_forward(ctx, w.shared, xn, T, D, out, false, s.shared);
+    idx = s.indices.to_host(ctx);
+  }
 
   stats.load.assign(static_cast<size_t>(E), 0);
   for (int64_t p = 0; p < T * K; ++p) stats.load[idx[p]]++;
   s.experts.clear();
-  s.grouped = use_grouped_experts(ctx, c, w);
   if (s.grouped) {
     const int64_t F = w.experts[0].gate_proj.dim(0);
     const ops::MoeTrainRows plan = ops::plan_moe_train_rows(idx, E);
@@ -178,6 +232,7 @@ void moe_forward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights
     s.weight_tables = bf16_tables(ctx, w, F, D);
     ops::MoeTrainParams p = grouped_params(c, s, xn, T, F);
     p.out = out;
+    p.accumulate = shared_first;
     ops::moe_train_forward(ctx, p);
   } else {
     // Group the (token, slot) pairs by expert on the host; upload the grouping once.
@@ -212,7 +267,7 @@ void moe_forward(const ops::Context& ctx, const ModelConfig& c, const MoeWeights
                                   .n = x.n, .D = D});
     }
   }
-  if (has_shared(w)) mlp_forward(ctx, w.shared, xn, T, D, out, true, s.shared);
+  if (has_shared(w) && !shared_first) mlp_forward(ctx, w.shared, xn, T, D, out, true, s.shared);
 
   stats.aux_loss = 0.0;
   s.aux_dlogits = Buffer<float>();

@@ -100,6 +100,22 @@ TEST_F(CudaMoeTrain, MatchesCpu) {
     EXPECT_LE(e_y, 2e-4);
     EXPECT_LE(e_gu, 2e-4);
     EXPECT_EQ(d_xs.download(), xs);  // a gather and a rounding: exact
+    {  // accumulate: the combine summed onto what out holds (the shared experts' output in training)
+      const auto base = randn(T * D, 12);
+      std::vector<float> want = base;
+      MoeTrainParams pa = p;
+      pa.out = want.data();
+      pa.accumulate = true;
+      cpu::moe_train_forward(pa);
+      Dev<float> d_acc(base);
+      MoeTrainParams qa = q;
+      qa.out = d_acc.ptr;
+      qa.accumulate = true;
+      CUDA_OK(cuda::moe_train_forward(qa, 0));
+      CUDA_OK(cudaDeviceSynchronize());
+      EXPECT_LE(rel_l2(d_acc.download(), want), 2e-4);
+      EXPECT_GT(rel_l2(want, out), 0.1);  // the base is really there
+    }
 
     std::vector<float> first_dx, first_dw, first_grads;
     for (int run = 0; run < 2; ++run) {

@@ -133,6 +133,15 @@ TEST(MoeTrain, ForwardAndBackwardMatchPerPairDoubleReference) {
     const Context cpu;
     ops::moe_train_forward(cpu, p);
     EXPECT_LE(rel_l2(got_out, out), 1e-4);
+    {  // accumulate: summed onto what out holds
+      std::vector<float> onto(T * D, 0.5f);
+      ops::MoeTrainParams pa = p;
+      pa.out = onto.data();
+      pa.accumulate = true;
+      ops::moe_train_forward(cpu, pa);
+      for (float& v : onto) v -= 0.5f;
+      EXPECT_LE(rel_l2(onto, out), 1e-4);
+    }
 
     // Gradients accumulate into what is there: start from a known offset and subtract it.
     std::vector<float> got_dx(T * D, 1.0f), got_dw(P, NAN), gg(E * F * D, 2.0f), gu_w(E * F * D, 3.0f),

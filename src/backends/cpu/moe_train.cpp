@@ -48,7 +48,7 @@ void moe_train_forward(const MoeTrainParams& p) {
   }
   for (int64_t t = 0; t < p.T; ++t)
     for (int64_t d = 0; d < D; ++d) {
-      float acc = 0.0f;
+      float acc = p.accumulate ? p.out[t * D + d] : 0.0f;
       for (int64_t k = 0; k < p.K; ++k) acc += p.weights[t * p.K + k] * p.y[p.slot_of_pair[t * p.K + k] * D + d];
       p.out[t * D + d] = acc;
     }

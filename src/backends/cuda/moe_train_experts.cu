@@ -361,7 +361,7 @@ cudaError_t moe_train_forward(const MoeTrainParams& p, cudaStream_t s) {
                       p.y, nullptr, nullptr, nullptr};
   launch_rows<Epilogue::StoreF32, false>(a_down, a_down, down, p, s);
   combine_kernel<<<blocks_for(p.T * p.D / 4, 256), 256, 0, s>>>(p.y, p.slot_of_pair, p.weights, p.T,
-                                                               static_cast<int>(p.K), p.D, p.out, false);
+                                                               static_cast<int>(p.K), p.D, p.out, p.accumulate);
   return cudaGetLastError();
 }
 
