@@ -391,6 +391,8 @@ void embed_backward(const Context& ctx, const EmbedBackwardParams& p) {
   DSV_CHECK(p.ids && p.dout && p.dtable, "embed_backward: null pointer (ids={}, dout={}, dtable={})", (void*)p.ids,
             (void*)p.dout, (void*)p.dtable);
   DSV_CHECK(p.T >= 0 && p.D > 0, "embed_backward: bad sizes T={} D={}", p.T, p.D);
+  DSV_CHECK(!p.grouped_tokens == !p.group_start && (p.grouped_tokens || p.groups == 0) && p.groups <= p.T,
+            "embed_backward: grouped_tokens and group_start go together (groups={}, T={})", p.groups, p.T);
   run(ctx, p, cpu::embed_backward, &BackendTable::embed_backward, "embed_backward");
 }
 
@@ -434,6 +436,18 @@ void moe_train_backward(const Context& ctx, const MoeTrainBackwardParams& p) {
   DSV_CHECK(p.dout && p.dx && p.dweights && p.dgate && p.dup && p.ddown,
             "moe_train_backward: null pointer (dout, dx, dweights and the gradient tables are required)");
   run(ctx, p, cpu::moe_train_backward, &BackendTable::moe_train_backward, "moe_train_backward");
+}
+
+EmbedGroups embed_backward_groups(const int32_t* ids, int64_t T) {
+  EmbedGroups g;
+  if (T == 0) return g;
+  g.tokens.resize(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) g.tokens[t] = static_cast<int32_t>(t);
+  std::stable_sort(g.tokens.begin(), g.tokens.end(), [&](int32_t a, int32_t b) { return ids[a] < ids[b]; });
+  for (int64_t i = 0; i < T; ++i)
+    if (i == 0 || ids[g.tokens[i]] != ids[g.tokens[i - 1]]) g.start.push_back(static_cast<int32_t>(i));
+  g.start.push_back(static_cast<int32_t>(T));
+  return g;
 }
 
 MoeTrainRows plan_moe_train_rows(const std::vector<int32_t>& indices, int64_t E) {

@@ -426,14 +426,24 @@ struct SwigluBackwardParams {
 };
 void swiglu_backward(const Context& ctx, const SwigluBackwardParams& p);
 
-// Backward of embed: dtable[ids[t], :] += dout[t, :] (ids may repeat).
+// Backward of embed: dtable[ids[t], :] += dout[t, :] (ids may repeat: added in token order).
+// Optionally the tokens grouped by id on the host (embed_backward_groups), which lets a device add each
+// id's rows in one pass instead of every table slice scanning all tokens; the sums are the same.
 struct EmbedBackwardParams {
   const int32_t* ids = nullptr;
   const float* dout = nullptr;
   float* dtable = nullptr;
   int64_t T = 0, D = 0;
+  const int32_t* grouped_tokens = nullptr;  // [T] token indices by id, then position (optional)
+  const int32_t* group_start = nullptr;     // [groups + 1] one group of grouped_tokens per distinct id
+  int64_t groups = 0;
 };
 void embed_backward(const Context& ctx, const EmbedBackwardParams& p);
+struct EmbedGroups {
+  std::vector<int32_t> tokens, start;  // grouped_tokens, group_start
+  int64_t groups() const { return start.empty() ? 0 : static_cast<int64_t>(start.size()) - 1; }
+};
+EmbedGroups embed_backward_groups(const int32_t* ids, int64_t T);
 
 // Gradient of the combine weights with respect to the router logits, for the weights route()
 // produced (same kind, K, norm_topk_prob, scaling). The correction bias only chooses experts, so it

@@ -100,6 +100,10 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
   const TargetCounts counts = count_targets(targets, batch, opt.mtp_depth);
   const bool backward = !opt.forward_only;
   const Buffer<int32_t> ids(ctx, inputs, static_cast<size_t>(T)), tgt(ctx, targets, static_cast<size_t>(T));
+  // The embedding backward's tokens grouped by id, uploaded with the ids (the host copies here anyway).
+  const ops::EmbedGroups embed_groups = backward ? ops::embed_backward_groups(inputs, T) : ops::EmbedGroups{};
+  const Buffer<int32_t> grouped_tokens(ctx, embed_groups.tokens.data(), embed_groups.tokens.size()),
+      group_start(ctx, embed_groups.start.data(), embed_groups.start.size());
 
   PassResult result;
   result.load.resize(static_cast<size_t>(L));
@@ -227,7 +231,9 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
                    opt.overwrite_expert_grads);
     saved[l] = LayerSaved{};  // free as we go
   }
-  ops::embed_backward(ctx, {.ids = ids.data(), .dout = dx.data(), .dtable = mut(grads.embed_tokens), .T = T, .D = D});
+  ops::embed_backward(ctx, {.ids = ids.data(), .dout = dx.data(), .dtable = mut(grads.embed_tokens), .T = T, .D = D,
+                            .grouped_tokens = grouped_tokens.data(), .group_start = group_start.data(),
+                            .groups = embed_groups.groups()});
   return result;
 }
 

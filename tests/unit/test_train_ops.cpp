@@ -614,6 +614,15 @@ TEST(TrainOpsEmbed, BackwardAddsRepeatedIds) {
       {"embed_backward", "token 1", "-2"});
 }
 
+TEST(TrainOpsEmbed, GroupsAreByIdThenPosition) {
+  const std::vector<int32_t> ids = {3, 0, 3, 4, 3, 0, 1, 3, 4, 0, 3};
+  const ops::EmbedGroups g = ops::embed_backward_groups(ids.data(), static_cast<int64_t>(ids.size()));
+  EXPECT_EQ(g.tokens, (std::vector<int32_t>{1, 5, 9, 6, 0, 2, 4, 7, 10, 3, 8}));
+  EXPECT_EQ(g.start, (std::vector<int32_t>{0, 3, 4, 9, 11}));  // ids 0, 1, 3, 4
+  EXPECT_EQ(g.groups(), 4);
+  EXPECT_EQ(ops::embed_backward_groups(ids.data(), 0).groups(), 0);
+}
+
 TEST(TrainOpsRowDots, MatchesDoubleReference) {
   const int64_t D = 13, n = 6;
   const std::vector<int32_t> rows = {4, 0, 4, 2, 7, 1};
