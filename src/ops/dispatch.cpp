@@ -441,11 +441,16 @@ void moe_train_backward(const Context& ctx, const MoeTrainBackwardParams& p) {
 EmbedGroups embed_backward_groups(const int32_t* ids, int64_t T) {
   EmbedGroups g;
   if (T == 0) return g;
+  // One sort of (id, position) keys: by id, then position.
+  std::vector<uint64_t> keys(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t)
+    keys[t] = static_cast<uint64_t>(static_cast<uint32_t>(ids[t])) << 32 | static_cast<uint64_t>(t);
+  std::sort(keys.begin(), keys.end());
   g.tokens.resize(static_cast<size_t>(T));
-  for (int64_t t = 0; t < T; ++t) g.tokens[t] = static_cast<int32_t>(t);
-  std::stable_sort(g.tokens.begin(), g.tokens.end(), [&](int32_t a, int32_t b) { return ids[a] < ids[b]; });
-  for (int64_t i = 0; i < T; ++i)
-    if (i == 0 || ids[g.tokens[i]] != ids[g.tokens[i - 1]]) g.start.push_back(static_cast<int32_t>(i));
+  for (int64_t i = 0; i < T; ++i) {
+    g.tokens[i] = static_cast<int32_t>(keys[i] & 0xffffffffu);
+    if (i == 0 || keys[i] >> 32 != keys[i - 1] >> 32) g.start.push_back(static_cast<int32_t>(i));
+  }
   g.start.push_back(static_cast<int32_t>(T));
   return g;
 }

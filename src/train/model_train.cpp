@@ -99,9 +99,10 @@ PassResult forward_backward(const Model& m, const Weights& grads, const int32_t*
   }
   const TargetCounts counts = count_targets(targets, batch, opt.mtp_depth);
   const bool backward = !opt.forward_only;
-  const Buffer<int32_t> ids(ctx, inputs, static_cast<size_t>(T)), tgt(ctx, targets, static_cast<size_t>(T));
-  // The embedding backward's tokens grouped by id, uploaded with the ids (the host copies here anyway).
+  // The embedding backward's tokens grouped by id, made before the first upload (which waits for the
+  // device to finish the previous step) and uploaded with the ids.
   const ops::EmbedGroups embed_groups = backward ? ops::embed_backward_groups(inputs, T) : ops::EmbedGroups{};
+  const Buffer<int32_t> ids(ctx, inputs, static_cast<size_t>(T)), tgt(ctx, targets, static_cast<size_t>(T));
   const Buffer<int32_t> grouped_tokens(ctx, embed_groups.tokens.data(), embed_groups.tokens.size()),
       group_start(ctx, embed_groups.start.data(), embed_groups.start.size());
 
