@@ -20,21 +20,10 @@ void rope_rows(const ops::Context& ctx, const ModelConfig& c, const layers::Rope
 }  // namespace
 
 Ropes make_ropes(const ops::Context& ctx, const ModelConfig& c, Batch batch, int64_t first_position) {
-  // Row t sits at position first_position + t % length. Built by an op per sequence on the backend: on
-  // a GPU the host-side tables of 2 x 4096 rows took ~3 ms each while the device waited.
-  const int64_t T = batch.tokens(), S = batch.length, half = c.qk_rope_head_dim / 2;
-  const std::vector<float> inv_freq = c.rope_inv_freq();
-  const Buffer<float> inv(ctx, inv_freq.data(), inv_freq.size());
-  const auto table = [&](bool negate_sin) {
-    layers::RopeTable t{.tokens = T, .half = half, .cos = Buffer<float>(ctx.backend, T * half),
-                        .sin = Buffer<float>(ctx.backend, T * half)};
-    for (int64_t b = 0; b < batch.sequences; ++b)
-      ops::rope_table(ctx, {.inv_freq = inv.data(), .cos = t.cos.data() + b * S * half,
-                            .sin = t.sin.data() + b * S * half, .first = first_position, .T = S, .half = half,
-                            .factor = static_cast<float>(c.rope_attention_factor()), .negate_sin = negate_sin});
-    return t;
-  };
-  return Ropes{table(false), table(true)};
+  // Row t sits at position first_position + t % length (built on the backend: on a GPU host-side tables
+  // of 2 x 4096 rows took ~3 ms each while the device waited).
+  return Ropes{layers::make_rope_table(ctx, c, first_position, batch.length, batch.sequences),
+               layers::make_rope_table(ctx, c, first_position, batch.length, batch.sequences, true)};
 }
 
 // The queries from the saved down-projection: q = rope(q_b_proj(norm(q_latent_raw))), or

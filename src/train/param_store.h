@@ -42,7 +42,6 @@ class ParamStore {
   // The flat buffers are grouped: [0, decay_end) trainable tensors with weight decay, the routed
   // experts' first ([0, experts_end)), [decay_end, trainable_end) trainable tensors without,
   // [trainable_end, total) buffers (router biases).
-  int64_t experts_end() const { return experts_end_; }
   int64_t decay_end() const { return decay_end_; }
   int64_t trainable_end() const { return trainable_end_; }
   int64_t trainable_count() const;

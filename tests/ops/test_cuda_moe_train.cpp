@@ -117,24 +117,27 @@ TEST_F(CudaMoeTrain, MatchesCpu) {
       EXPECT_GT(rel_l2(want, out), 0.1);  // the base is really there
     }
 
-    std::vector<float> first_dx, first_dw, first_grads;
-    for (int run = 0; run < 2; ++run) {
-      Dev<float> d_dx(dx0), d_dw(nans(P)), d_grads(g0);
+    // One backward from dx0 and the weight gradients `start`: dx, dweights and the weight gradients.
+    struct Grads {
+      std::vector<float> dx, dw, weights;
+    };
+    const auto backward = [&](const std::vector<float>& start, bool overwrite) {
+      Dev<float> d_dx(dx0), d_dw(nans(P)), d_grads(start);
       std::vector<float*> dev_grads(3 * E);
       for (int64_t i = 0; i < 3 * E; ++i) dev_grads[i] = d_grads.ptr + i * F * D;
       Dev<float*> d_grad_tables(dev_grads);
-      CUDA_OK(cuda::moe_train_backward({.fwd = q, .dout = d_dout.ptr, .dx = d_dx.ptr, .dweights = d_dw.ptr,
-                                        .dgate = d_grad_tables.ptr, .dup = d_grad_tables.ptr + E,
-                                        .ddown = d_grad_tables.ptr + 2 * E}, 0));
-      CUDA_OK(cudaDeviceSynchronize());
-      if (run == 0) {
-        first_dx = d_dx.download(), first_dw = d_dw.download(), first_grads = d_grads.download();
-        continue;
-      }
-      EXPECT_TRUE(same_bits(d_dx.download(), first_dx));
-      EXPECT_TRUE(same_bits(d_dw.download(), first_dw));
-      EXPECT_TRUE(same_bits(d_grads.download(), first_grads));
-    }
+      EXPECT_EQ(cuda::moe_train_backward({.fwd = q, .dout = d_dout.ptr, .dx = d_dx.ptr, .dweights = d_dw.ptr,
+                                          .dgate = d_grad_tables.ptr, .dup = d_grad_tables.ptr + E,
+                                          .ddown = d_grad_tables.ptr + 2 * E, .overwrite_dw = overwrite}, 0),
+                cudaSuccess);
+      EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      return Grads{d_dx.download(), d_dw.download(), d_grads.download()};
+    };
+    const Grads first = backward(g0, false), again = backward(g0, false);
+    EXPECT_TRUE(same_bits(again.dx, first.dx));
+    EXPECT_TRUE(same_bits(again.dw, first.dw));
+    EXPECT_TRUE(same_bits(again.weights, first.weights));
+    const std::vector<float>& first_dx = first.dx, &first_dw = first.dw, &first_grads = first.weights;
     const double e_dx = rel_l2(minus(first_dx, dx0), minus(dx, dx0)), e_dw = rel_l2(first_dw, dweights);
     const auto sub = [&](const std::vector<float>& v, int j) {
       return std::vector<float>(v.begin() + j * E * F * D, v.begin() + (j + 1) * E * F * D);
@@ -154,19 +157,7 @@ TEST_F(CudaMoeTrain, MatchesCpu) {
 
     // overwrite_dw: the old gradients (NaN here) are never read and every expert's are written, zeros
     // for an expert without rows (the skewed cases have some): equal to accumulating onto zeros.
-    const auto weight_grads = [&](std::vector<float> start, bool overwrite) {
-      Dev<float> d_dx(dx0), d_dw(nans(P)), d_grads(start);
-      std::vector<float*> dev_grads(3 * E);
-      for (int64_t i = 0; i < 3 * E; ++i) dev_grads[i] = d_grads.ptr + i * F * D;
-      Dev<float*> d_grad_tables(dev_grads);
-      EXPECT_EQ(cuda::moe_train_backward({.fwd = q, .dout = d_dout.ptr, .dx = d_dx.ptr, .dweights = d_dw.ptr,
-                                          .dgate = d_grad_tables.ptr, .dup = d_grad_tables.ptr + E,
-                                          .ddown = d_grad_tables.ptr + 2 * E, .overwrite_dw = overwrite}, 0),
-                cudaSuccess);
-      EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      return d_grads.download();
-    };
-    EXPECT_EQ(weight_grads(nans(g0.size()), true), weight_grads(std::vector<float>(g0.size(), 0.0f), false));
+    EXPECT_EQ(backward(nans(g0.size()), true).weights, backward(std::vector<float>(g0.size(), 0.0f), false).weights);
   }
 }
 

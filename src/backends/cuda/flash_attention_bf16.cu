@@ -460,17 +460,15 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
 
 // ---- dk, dv on warpgroup MMA: block = 128 keys (64 per warpgroup) x one head ----
 // The transposed problem of dq, over the same head-major packs (Kp, Vp with Sp a multiple of 128). Per
-// 64-query tile, in sub-tiles of kKvSub queries: S^T = K Q^T and dP^T = V dO^T from shared memory in one
-// wgmma batch; P^T = exp(S^T scale - lse) and dS^T = P^T (dP^T - D) scale on the accumulators, rounded to
-// bf16 and kept in registers as the A operands of dV (64 x 128) += P^T dO and dK (64 x Dp) += dS^T Q,
-// whose B operands are the same Q and dO tiles read MN-major (the head dims contiguous), so no
-// transposed copy is made. Registers: dK and dV take (Dp + 128) / 2 a thread, hence the 32-query
-// sub-tiles (16 + 16 for S^T and dP^T). The per-query statistics (head-major lse_h, D_h) ride along
-// with each query tile.
-constexpr int kKvBlock = 128, kKvTile = 64;
-// Sub-tiles of all 64 queries: measured on an H100 (bench-16b-l4 training, 8 calls a step) 5.6 ms a
-// step against 7.7 ms with two sub-tiles of 32 (n32 score products), although 64 spills a few registers.
-constexpr int kKvSub = 64;
+// 64-query tile: S^T = K Q^T and dP^T = V dO^T from shared memory in one wgmma batch (rows_times_keys:
+// the 128-key block plays the query block, the query tile the key tile); P^T = exp(S^T scale - lse) and
+// dS^T = P^T (dP^T - D) scale on the accumulators, rounded to bf16 and kept in registers as the A
+// operands of dV (64 x 128) += P^T dO and dK (64 x Dp) += dS^T Q, whose B operands are the same Q and dO
+// tiles read MN-major (the head dims contiguous), so no transposed copy is made. The per-query
+// statistics (head-major lse_h, D_h) ride along with each query tile. Registers: dK and dV take
+// (Dp + 128) / 2 a thread, and ptxas spills ~150 bytes at Dp 192; two sub-tiles of 32 queries (n32
+// score products, no spills) measured slower on an H100 (7.7 against 5.6 ms per bench-16b-l4 step).
+constexpr int kKvBlock = kFwdQ, kKvTile = kFwdK;  // the tile shapes rows_times_keys reads
 template <int kDp>
 struct KvSmem {
   static constexpr int kKBytes = kKvBlock * kDp * 2;     // kDp / 64 column blocks of [128][128 B]
@@ -481,14 +479,7 @@ struct KvSmem {
   static constexpr size_t kBytes = kKBytes + kVBytes + 2 * kStageBytes + 1024;  // + alignment slack
 };
 
-// acc (64 x kN) += A . B^T, both shared and K-major, for the sub-tile widths of the dk / dv kernel.
-template <int kN>
-__device__ __forceinline__ void wgmma_ss(float (&acc)[kN / 2], uint64_t da, uint64_t db) {
-  if constexpr (kN == 32) wgmma_m64n32k16(acc, da, db);
-  else wgmma_m64n64k16(acc, da, db);
-}
-
-template <int kDp, int kKvSub>
+template <int kDp>
 __global__ void __launch_bounds__(kFwdThreads, 1)
     bwd_kv_wgmma_kernel(const bf16* qp, const bf16* gp, const bf16* kp, const bf16* vp, const float* lse_h,
                         const float* D_h, Dims d, int64_t Tp, int64_t Sp, float* dk_out, float* dv_out) {
@@ -523,7 +514,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   if (tiles > 0) load_queries(0);
   cp_async_commit();
 
-  constexpr int kChunks = kDp / 64, kSubs = kKvTile / kKvSub, kSteps = kKvSub / 16;
+  constexpr int kChunks = kDp / 64;
   float dk[kChunks][32], dv[2][32];
 #pragma unroll
   for (int i = 0; i < 32; ++i) {
@@ -547,75 +538,54 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
     // key_wg + key <= q0 + col + offset  <=>  key - col <= diag (clamped: |key - col| < 64)
     const int64_t diag_wide = q0 + offset - key_wg;
     const int diag = static_cast<int>(diag_wide > 64 ? 64 : diag_wide < -128 ? -128 : diag_wide);
-#pragma unroll 1
-    for (int sub = 0; sub < kSubs; ++sub) {
-      const int c0 = sub * kKvSub;  // the sub-tile's first query within the tile
-      if (q0 + c0 + kKvSub - 1 + offset < key_wg) continue;  // no query of it sees this warpgroup's keys
-      float sT[kKvSub / 2], dpT[kKvSub / 2];
+    if (q0 + kKvTile - 1 + offset < key_wg) continue;  // no query of the tile sees this warpgroup's keys
+    float sT[32], dpT[32];
 #pragma unroll
-      for (int i = 0; i < kKvSub / 2; ++i) sT[i] = dpT[i] = 0.0f;
-      wgmma_fence_operands(sT);
-      wgmma_fence_operands(dpT);
-      wgmma_fence();
+    for (int i = 0; i < 32; ++i) sT[i] = dpT[i] = 0.0f;
+    wgmma_fence_operands(sT);
+    wgmma_fence_operands(dpT);
+    wgmma_fence();
+    rows_times_keys<kDp>(sT, Ks, Qt, wg);      // S^T = K Q^T
+    rows_times_keys<kFwdDv>(dpT, Vs, Gt, wg);  // dP^T = V dO^T
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operands(sT);
+    wgmma_fence_operands(dpT);
 #pragma unroll
-      for (int kb = 0; kb < kChunks; ++kb) {  // S^T = K Q^T
-        const uint64_t da = wgmma_desc_sw128(Ks + kb * kKvBlock * 128 + wg * 64 * 128);
-        const uint64_t db = wgmma_desc_sw128(Qt + kb * kKvTile * 128 + c0 * 128);
+    for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks) wgmma_ss<kKvSub>(sT, da + 2 * ks, db + 2 * ks);
+      for (int e = 0; e < 4; ++e) {
+        const int col = 8 * j + 2 * t + (e & 1);
+        const int key = e < 2 ? key_row : key_row + 8;  // within the warpgroup's 64
+        const bool visible = col < q_valid && key < k_valid && key - col <= diag;
+        const float prob = visible ? exp2f(sT[4 * j + e] * scale2 - Ls[col]) : 0.0f;
+        sT[4 * j + e] = prob;
+        dpT[4 * j + e] = prob * (dpT[4 * j + e] - Ds[col]) * d.scale;
       }
+    uint32_t pa[4][4], sa[4][4];  // A fragments of k-step ks: queries 16 ks .. 16 ks + 15
+    to_a_fragments(sT, pa);
+    to_a_fragments(dpT, sa);
 #pragma unroll
-      for (int kb = 0; kb < kFwdDv / 64; ++kb) {  // dP^T = V dO^T
-        const uint64_t da = wgmma_desc_sw128(Vs + kb * kKvBlock * 128 + wg * 64 * 128);
-        const uint64_t db = wgmma_desc_sw128(Gt + kb * kKvTile * 128 + c0 * 128);
+    for (int c = 0; c < kChunks; ++c) wgmma_fence_operands(dk[c]);
+    wgmma_fence_operands(dv[0]);
+    wgmma_fence_operands(dv[1]);
+    wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks) wgmma_ss<kKvSub>(dpT, da + 2 * ks, db + 2 * ks);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-      wgmma_fence_operands(sT);
-      wgmma_fence_operands(dpT);
+    for (int ks = 0; ks < 4; ++ks) {
+      const int row = 16 * ks;  // k rows of the MN-major B tiles
 #pragma unroll
-      for (int j = 0; j < kKvSub / 8; ++j)
+      for (int c = 0; c < kFwdDv / 64; ++c)
+        wgmma_m64n64k16_rs<true>(dv[c], pa[ks], wgmma_desc_sw128_mn(Gt + c * kKvTile * 128 + row * 128));
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = c0 + 8 * j + 2 * t + (e & 1);
-          const int key = e < 2 ? key_row : key_row + 8;  // within the warpgroup's 64
-          const bool visible = col < q_valid && key < k_valid && key - col <= diag;
-          const float prob = visible ? exp2f(sT[4 * j + e] * scale2 - Ls[col]) : 0.0f;
-          sT[4 * j + e] = prob;
-          dpT[4 * j + e] = prob * (dpT[4 * j + e] - Ds[col]) * d.scale;
-        }
-      uint32_t pa[kSteps][4], sa[kSteps][4];  // A fragments of k-step ks: queries 16 ks .. 16 ks + 15
-#pragma unroll
-      for (int ks = 0; ks < kSteps; ++ks)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          pa[ks][r] = pack(sT[8 * ks + 2 * r], sT[8 * ks + 2 * r + 1]);
-          sa[ks][r] = pack(dpT[8 * ks + 2 * r], dpT[8 * ks + 2 * r + 1]);
-        }
-#pragma unroll
-      for (int c = 0; c < kChunks; ++c) wgmma_fence_operands(dk[c]);
-      wgmma_fence_operands(dv[0]);
-      wgmma_fence_operands(dv[1]);
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < kSteps; ++ks) {
-        const int row = c0 + 16 * ks;  // k rows of the MN-major B tiles
-#pragma unroll
-        for (int c = 0; c < kFwdDv / 64; ++c)
-          wgmma_m64n64k16_rs<true>(dv[c], pa[ks], wgmma_desc_sw128_mn(Gt + c * kKvTile * 128 + row * 128));
-#pragma unroll
-        for (int c = 0; c < kChunks; ++c)
-          wgmma_m64n64k16_rs<true>(dk[c], sa[ks], wgmma_desc_sw128_mn(Qt + c * kKvTile * 128 + row * 128));
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-#pragma unroll
-      for (int c = 0; c < kChunks; ++c) wgmma_fence_operands(dk[c]);
-      wgmma_fence_operands(dv[0]);
-      wgmma_fence_operands(dv[1]);
+      for (int c = 0; c < kChunks; ++c)
+        wgmma_m64n64k16_rs<true>(dk[c], sa[ks], wgmma_desc_sw128_mn(Qt + c * kKvTile * 128 + row * 128));
     }
+    wgmma_commit();
+    wgmma_wait<0>();
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) wgmma_fence_operands(dk[c]);
+    wgmma_fence_operands(dv[0]);
+    wgmma_fence_operands(dv[1]);
   }
   const int64_t qs = static_cast<int64_t>(d.H) * d.Dqk, vs = static_cast<int64_t>(d.H) * d.Dv;
 #pragma unroll
@@ -771,10 +741,9 @@ template <int kDp>
 cudaError_t dkdv_kernel(const bf16* qp, const bf16* gp, const bf16* kp, const bf16* vp, const float* lse_h,
                         const float* D_h, const Dims& d, int64_t Tp, int64_t Sp, float* dk, float* dv,
                         cudaStream_t stream) {
-  constexpr int kSub = kKvSub;
-  const cudaError_t e = allow_smem(bwd_kv_wgmma_kernel<kDp, kSub>, KvSmem<kDp>::kBytes);
+  const cudaError_t e = allow_smem(bwd_kv_wgmma_kernel<kDp>, KvSmem<kDp>::kBytes);
   if (e != cudaSuccess) return e;
-  bwd_kv_wgmma_kernel<kDp, kSub><<<dim3(tiles_of(d.S, kKvBlock), static_cast<unsigned>(d.H)), kFwdThreads,
+  bwd_kv_wgmma_kernel<kDp><<<dim3(tiles_of(d.S, kKvBlock), static_cast<unsigned>(d.H)), kFwdThreads,
                              KvSmem<kDp>::kBytes, stream>>>(qp, gp, kp, vp, lse_h, D_h, d, Tp, Sp, dk, dv);
   return cudaGetLastError();
 }

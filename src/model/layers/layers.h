@@ -17,7 +17,10 @@ struct RopeTable {
   int64_t tokens = 0, half = 0;
   ops::Buffer<float> cos, sin;  // [T, R/2]
 };
-RopeTable make_rope_table(const ops::Context& ctx, const ModelConfig& c, int64_t first_position, int64_t T);
+// With `sequences` > 1, that many copies one after another (rows s * T + t, a training batch);
+// negate_sin gives the inverse rotation (the backward of rope).
+RopeTable make_rope_table(const ops::Context& ctx, const ModelConfig& c, int64_t first_position, int64_t T,
+                          int64_t sequences = 1, bool negate_sin = false);
 
 // The same angles on the host: cos/sin [positions.size(), R/2].
 void rope_angles(const ModelConfig& c, const std::vector<int64_t>& positions, float* cos, float* sin,

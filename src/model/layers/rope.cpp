@@ -4,16 +4,19 @@
 
 namespace dsv::layers {
 
-RopeTable make_rope_table(const ops::Context& ctx, const ModelConfig& c, int64_t first_position, int64_t T) {
+RopeTable make_rope_table(const ops::Context& ctx, const ModelConfig& c, int64_t first_position, int64_t T,
+                          int64_t sequences, bool negate_sin) {
   // Built by an op on the backend: on a device, a 4096-token prompt's tables (131k cos/sin pairs)
   // took the host ~2.7 ms while the device waited at the start of the prefill.
-  const int64_t half = c.qk_rope_head_dim / 2;
+  const int64_t half = c.qk_rope_head_dim / 2, rows = sequences * T;
   const std::vector<float> inv_freq = c.rope_inv_freq();
   const ops::Buffer<float> inv(ctx, inv_freq.data(), inv_freq.size());
-  RopeTable table{.tokens = T, .half = half, .cos = ops::Buffer<float>(ctx.backend, T * half),
-                  .sin = ops::Buffer<float>(ctx.backend, T * half)};
-  ops::rope_table(ctx, {.inv_freq = inv.data(), .cos = table.cos.data(), .sin = table.sin.data(), .first = first_position,
-                        .T = T, .half = half, .factor = static_cast<float>(c.rope_attention_factor())});
+  RopeTable table{.tokens = rows, .half = half, .cos = ops::Buffer<float>(ctx.backend, rows * half),
+                  .sin = ops::Buffer<float>(ctx.backend, rows * half)};
+  for (int64_t s = 0; s < sequences; ++s)
+    ops::rope_table(ctx, {.inv_freq = inv.data(), .cos = table.cos.data() + s * T * half,
+                          .sin = table.sin.data() + s * T * half, .first = first_position, .T = T, .half = half,
+                          .factor = static_cast<float>(c.rope_attention_factor()), .negate_sin = negate_sin});
   return table;
 }
 
